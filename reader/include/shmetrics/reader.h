@@ -1,0 +1,136 @@
+// shmetrics reader: read-only, validated access to segments.
+//
+// Segment::Open maps a segment file PROT_READ (the reader can never corrupt
+// a writer), checks the header, and copies every published descriptor into
+// process memory after validating it: each offset, length, count and string
+// is checked against the mapping before use. After that, values are read
+// straight from the mapping at validated offsets. A truncated, corrupt,
+// foreign-version or hostile file yields an absl::Status naming what is
+// wrong; never a crash, a read past the mapping, or a hang.
+//
+//   auto segment = shmetrics::reader::Segment::Open(path).value();
+//   for (const auto& series : segment->series()) {
+//     double value = segment->ScalarValue(series);  // counters and gauges
+//   }
+//
+// Opening has three outcomes, kept apart: ready (OK), not ready yet
+// (Unavailable: the creator is still laying the file out; retry shortly),
+// and broken (DataLoss, FailedPrecondition, NotFound, PermissionDenied...).
+//
+// Thread safety: thread-compatible (one Segment per thread, or a lock).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "shmetrics/shm/layout.h"
+#include "shmetrics/shm/segment_file.h"
+
+namespace shmetrics::reader {
+
+// A validated copy of a family descriptor.
+struct FamilyView {
+  std::string name;
+  std::string help;
+  std::string unit;
+  shm::MetricType type = shm::MetricType::kCounter;
+  shm::GaugeMerge gauge_merge = shm::GaugeMerge::kLiveSum;
+  std::vector<std::string> label_names;
+  std::vector<double> bounds;  // finite, strictly increasing; +Inf implicit
+  uint64_t created_unix_ns = 0;
+};
+
+// A validated copy of a series descriptor.
+struct SeriesView {
+  uint32_t family = 0;  // index into families()
+  std::vector<std::string> label_values;
+  uint32_t first_cell = 0;
+  uint32_t cell_count = 0;
+  bool overflow = false;
+  uint64_t created_unix_ns = 0;
+};
+
+// What the header says about the writer and how full the segment is.
+struct SegmentInfo {
+  std::string path;
+  std::string service;
+  uint32_t pid = 0;
+  uint32_t parent_pid = 0;
+  uint64_t process_start_ticks = 0;
+  uint64_t created_unix_ns = 0;
+  uint64_t closed_unix_ns = 0;
+  shm::SegmentState state = shm::SegmentState::kInitializing;
+  uint64_t size_bytes = 0;
+  uint32_t family_count = 0, family_capacity = 0;
+  uint32_t series_count = 0, series_capacity = 0;
+  uint32_t cells_used = 0, cells_per_lane = 0;
+  uint32_t lanes_in_use = 0, exclusive_lanes = 0;
+  uint64_t series_overflow_count = 0;
+  uint64_t lane_fallback_count = 0;
+};
+
+class Segment {
+ public:
+  struct Options {
+    shm::ReadOnlyMapping::Options mapping;
+    // A file still initializing after this long is reported broken
+    // (its creator probably died mid-setup) instead of "not ready yet".
+    double initializing_grace_seconds = 5.0;
+  };
+  static absl::StatusOr<std::unique_ptr<Segment>> Open(const std::string& path,
+                                                       const Options& options);
+  static absl::StatusOr<std::unique_ptr<Segment>> Open(const std::string& path) {
+    return Open(path, Options{});
+  }
+
+  // Picks up families and series published since the last call, and checks
+  // that the file has not shrunk. Once it fails, it keeps failing.
+  absl::Status Refresh();
+
+  const std::vector<FamilyView>& families() const { return families_; }
+  const std::vector<SeriesView>& series() const { return series_; }
+  SegmentInfo Info() const;
+
+  // True while the writer process holds its lock and has not closed.
+  bool WriterAlive() const;
+
+  // Counter or gauge value: the sum of the series' cell over the lanes in use.
+  double ScalarValue(const SeriesView& series) const;
+  // Histogram: fills `buckets` (bounds.size() + 1 non-cumulative counts, the
+  // last is +Inf) and returns the sum. _count is the sum of `buckets`.
+  double HistogramValue(const SeriesView& series, uint64_t* buckets) const;
+
+  const std::string& path() const { return mapping_->path(); }
+  const shm::ReadOnlyMapping& mapping() const { return *mapping_; }
+
+ private:
+  Segment() = default;
+  absl::Status ValidateHeader(const Options& options);
+  absl::Status RefreshUnchecked();
+  absl::StatusOr<std::string> ReadString(shm::StringRef ref, size_t max_bytes,
+                                         absl::string_view what) const;
+  uint64_t LoadCell(uint32_t lane, uint32_t cell) const;
+
+  std::unique_ptr<shm::ReadOnlyMapping> mapping_;
+  shm::SegmentHeader header_{};  // copy of the immutable part, validated
+  uint64_t lane_stride_bytes_ = 0;
+  uint32_t lanes_to_sum_ = 0;  // exclusive lanes in use
+  std::vector<FamilyView> families_;
+  std::vector<SeriesView> series_;
+  absl::Status broken_;
+};
+
+struct DirectoryEntry {
+  std::string path;
+  std::string file_name;
+  shm::SegmentFileId id;
+};
+// Segment files in `directory` (by name only; nothing is opened), sorted by
+// file name. Errors: NotFound, PermissionDenied for the directory itself.
+absl::StatusOr<std::vector<DirectoryEntry>> ListSegments(const std::string& directory);
+
+}  // namespace shmetrics::reader

@@ -1,0 +1,330 @@
+#include <dirent.h>
+
+#include <algorithm>
+#include <bit>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "shmetrics/reader.h"
+
+namespace shmetrics::reader {
+namespace {
+
+// Relaxed atomic load from the read-only mapping. __atomic_load_n accepts a
+// const pointer (std::atomic_ref<const T> does not exist in C++20); an
+// aligned 8-byte atomic load is a plain load and never writes the page.
+template <typename T>
+T LoadRelaxed(const void* address) {
+  return __atomic_load_n(static_cast<const T*>(address), __ATOMIC_RELAXED);
+}
+template <typename T>
+T LoadAcquire(const void* address) {
+  return __atomic_load_n(static_cast<const T*>(address), __ATOMIC_ACQUIRE);
+}
+
+absl::Status Corrupt(const std::string& path, absl::string_view what) {
+  return absl::DataLossError(absl::StrCat(path, ": corrupt segment: ", what));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::Open(const std::string& path,
+                                                       const Options& options) {
+  absl::StatusOr<std::unique_ptr<shm::ReadOnlyMapping>> mapping =
+      shm::ReadOnlyMapping::Open(path, options.mapping);
+  if (!mapping.ok()) return mapping.status();
+  auto segment = std::unique_ptr<Segment>(new Segment());
+  segment->mapping_ = *std::move(mapping);
+  if (absl::Status s = segment->ValidateHeader(options); !s.ok()) return s;
+  if (absl::Status s = segment->Refresh(); !s.ok()) return s;
+  return segment;
+}
+
+absl::Status Segment::ValidateHeader(const Options& options) {
+  const std::byte* data = mapping_->data();
+  const std::string& file = mapping_->path();
+  // acquire: pairs with the writer's release store of kReady (MarkReady),
+  // which publishes every header field written before it.
+  const uint32_t state = LoadAcquire<uint32_t>(data + offsetof(shm::SegmentHeader, state));
+  std::memcpy(&header_, data, sizeof header_);
+  if (header_.magic != shm::kMagic) {
+    if (state == 0 && header_.magic == 0 && mapping_->AgeSeconds() < options.initializing_grace_seconds) {
+      return absl::UnavailableError(absl::StrCat(file, ": not ready yet (being created)"));
+    }
+    return absl::FailedPreconditionError(absl::StrCat(file, ": not a shmetrics segment (bad magic)"));
+  }
+  if (header_.endian_marker != shm::kEndianMarker) {
+    return absl::FailedPreconditionError(absl::StrCat(file, ": written on a machine of other byte order"));
+  }
+  if (header_.layout_version != shm::kLayoutVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(file, ": layout version ", header_.layout_version,
+                                                      " is not supported (this reader reads version ",
+                                                      shm::kLayoutVersion, ")"));
+  }
+  if (state == static_cast<uint32_t>(shm::SegmentState::kInitializing)) {
+    if (mapping_->AgeSeconds() < options.initializing_grace_seconds) {
+      return absl::UnavailableError(absl::StrCat(file, ": not ready yet (being initialized)"));
+    }
+    return Corrupt(file, absl::StrCat("still initializing after ", options.initializing_grace_seconds,
+                                      " s (its creator probably died during setup)"));
+  }
+  if (state > static_cast<uint32_t>(shm::SegmentState::kClosed)) {
+    return Corrupt(file, absl::StrCat("unknown state ", state));
+  }
+  if (header_.header_size_bytes != sizeof(shm::SegmentHeader)) {
+    return Corrupt(file, absl::StrCat("header size ", header_.header_size_bytes));
+  }
+  if (header_.total_size_bytes != mapping_->size_bytes()) {
+    return Corrupt(file, absl::StrCat("truncated or extended: file has ", mapping_->size_bytes(),
+                                      " bytes, header says ", header_.total_size_bytes));
+  }
+  const size_t name_length = strnlen(header_.service_name, sizeof header_.service_name);
+  if (!shm::IsValidServiceName(absl::string_view(header_.service_name, name_length))) {
+    return Corrupt(file, "invalid service name");
+  }
+  if (header_.lane_count < 2) return Corrupt(file, "lane count below 2");
+  shm::Capacities capacities;
+  capacities.families = header_.family_capacity;
+  capacities.series = header_.series_capacity;
+  capacities.exclusive_lanes = header_.lane_count - 1;
+  capacities.cells_per_lane = header_.cells_per_lane;
+  capacities.string_arena_bytes = header_.string_arena_bytes;
+  capacities.bounds = header_.bounds_capacity;
+  capacities.ring_slots_per_lane = header_.ring_slots_per_lane;
+  capacities.ring_slot_bytes = header_.ring_slot_bytes;
+  if (absl::Status s = shm::ValidateCapacities(capacities); !s.ok()) {
+    return Corrupt(file, s.message());
+  }
+  // Every region offset is a function of the capacities: recompute them and
+  // require an exact match, so no offset in the file is trusted on its own.
+  const shm::RegionPlan plan = shm::PlanRegions(capacities);
+  if (plan.family_table_offset != header_.family_table_offset ||
+      plan.series_table_offset != header_.series_table_offset ||
+      plan.string_arena_offset != header_.string_arena_offset ||
+      plan.bounds_offset != header_.bounds_offset ||
+      plan.lane_owner_offset != header_.lane_owner_offset ||
+      plan.lanes_offset != header_.lanes_offset || plan.rings_offset != header_.rings_offset ||
+      plan.rings_size_bytes != header_.rings_size_bytes ||
+      plan.total_size_bytes != header_.total_size_bytes) {
+    return Corrupt(file, "region offsets do not match the capacities");
+  }
+  lane_stride_bytes_ = shm::AlignUp(uint64_t{header_.cells_per_lane} * 8, shm::kCacheLine);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Segment::ReadString(shm::StringRef ref, size_t max_bytes,
+                                                absl::string_view what) const {
+  if (ref.length > max_bytes || uint64_t{ref.offset} + ref.length > header_.string_arena_bytes) {
+    return Corrupt(path(), absl::StrCat(what, " points outside the string arena"));
+  }
+  std::string text(reinterpret_cast<const char*>(mapping_->data() + header_.string_arena_offset +
+                                                 ref.offset),
+                   ref.length);
+  if (!shm::IsValidUtf8(text)) return Corrupt(path(), absl::StrCat(what, " is not UTF-8"));
+  return text;
+}
+
+absl::Status Segment::Refresh() {
+  if (!broken_.ok()) return broken_;
+  broken_ = RefreshUnchecked();
+  return broken_;
+}
+
+absl::Status Segment::RefreshUnchecked() {
+  const std::string& file = path();
+  if (mapping_->CurrentFileSize() < mapping_->size_bytes()) {
+    return Corrupt(file, "the file shrank after it was mapped");
+  }
+  const std::byte* data = mapping_->data();
+  // acquire: pairs with the writer's release store of family_count, which
+  // publishes the descriptors (and strings, bounds) below the count.
+  const uint32_t family_count = LoadAcquire<uint32_t>(data + offsetof(shm::SegmentHeader, family_count));
+  if (family_count > header_.family_capacity) {
+    return Corrupt(file, absl::StrCat("family count ", family_count, " above capacity ",
+                                      header_.family_capacity));
+  }
+  absl::flat_hash_set<absl::string_view> names;
+  for (const FamilyView& f : families_) names.insert(f.name);
+  for (uint32_t i = static_cast<uint32_t>(families_.size()); i < family_count; ++i) {
+    shm::FamilyDescriptor d;
+    std::memcpy(&d, data + header_.family_table_offset + uint64_t{i} * sizeof d, sizeof d);
+    const std::string where = absl::StrCat("family ", i);
+    FamilyView f;
+    absl::StatusOr<std::string> name = ReadString(d.name, shm::kMaxNameBytes, where + " name");
+    if (!name.ok()) return name.status();
+    if (!shm::IsValidMetricName(*name)) return Corrupt(file, where + " has an invalid name");
+    f.name = *std::move(name);
+    absl::StatusOr<std::string> help = ReadString(d.help, shm::kMaxHelpBytes, where + " help");
+    if (!help.ok()) return help.status();
+    f.help = *std::move(help);
+    absl::StatusOr<std::string> unit = ReadString(d.unit, shm::kMaxNameBytes, where + " unit");
+    if (!unit.ok()) return unit.status();
+    f.unit = *std::move(unit);
+    if (d.type < 1 || d.type > 3) return Corrupt(file, absl::StrCat(where, " has unknown type ", d.type));
+    f.type = static_cast<shm::MetricType>(d.type);
+    if (d.gauge_merge > static_cast<uint8_t>(shm::GaugeMerge::kPerProcess)) {
+      return Corrupt(file, where + " has an unknown gauge merge mode");
+    }
+    f.gauge_merge = static_cast<shm::GaugeMerge>(d.gauge_merge);
+    if (d.label_count > shm::kMaxLabels) return Corrupt(file, where + " has too many labels");
+    for (uint32_t l = 0; l < d.label_count; ++l) {
+      absl::StatusOr<std::string> label = ReadString(d.label_names[l], shm::kMaxNameBytes, where + " label");
+      if (!label.ok()) return label.status();
+      if (!shm::IsValidLabelName(*label) || (f.type == shm::MetricType::kHistogram && *label == "le")) {
+        return Corrupt(file, where + " has an invalid label name");
+      }
+      f.label_names.push_back(*std::move(label));
+    }
+    if (f.type == shm::MetricType::kHistogram) {
+      if (d.bucket_count < 1 || d.bucket_count > shm::kMaxBuckets ||
+          uint64_t{d.bounds_index} + d.bucket_count > header_.bounds_capacity) {
+        return Corrupt(file, where + " has bucket bounds outside the bounds area");
+      }
+      f.bounds.resize(d.bucket_count);
+      std::memcpy(f.bounds.data(), data + header_.bounds_offset + uint64_t{d.bounds_index} * 8,
+                  d.bucket_count * sizeof(double));
+      for (uint32_t b = 0; b < d.bucket_count; ++b) {
+        if (!std::isfinite(f.bounds[b]) || (b > 0 && !(f.bounds[b] > f.bounds[b - 1]))) {
+          return Corrupt(file, where + " has bounds that are not finite and increasing");
+        }
+      }
+    } else if (d.bucket_count != 0) {
+      return Corrupt(file, where + " has buckets but is not a histogram");
+    }
+    f.created_unix_ns = d.created_unix_ns;
+    families_.push_back(std::move(f));
+    if (!names.insert(families_.back().name).second) {
+      return Corrupt(file, absl::StrCat(where, " repeats the name ", families_.back().name));
+    }
+  }
+
+  // acquire: pairs with the writer's release store of series_count.
+  const uint32_t series_count = LoadAcquire<uint32_t>(data + offsetof(shm::SegmentHeader, series_count));
+  if (series_count > header_.series_capacity) {
+    return Corrupt(file, absl::StrCat("series count ", series_count, " above capacity ",
+                                      header_.series_capacity));
+  }
+  for (uint32_t i = static_cast<uint32_t>(series_.size()); i < series_count; ++i) {
+    shm::SeriesDescriptor d;
+    std::memcpy(&d, data + header_.series_table_offset + uint64_t{i} * sizeof d, sizeof d);
+    const std::string where = absl::StrCat("series ", i);
+    if (d.family_index >= families_.size()) {
+      return Corrupt(file, absl::StrCat(where, " names family ", d.family_index, " of ", families_.size()));
+    }
+    const FamilyView& f = families_[d.family_index];
+    const uint32_t expected_cells =
+        f.type == shm::MetricType::kHistogram ? static_cast<uint32_t>(f.bounds.size()) + 2 : 1;
+    if (d.cell_count != expected_cells ||
+        uint64_t{d.first_cell} + d.cell_count > header_.cells_per_lane) {
+      return Corrupt(file, where + " has cells outside the lane");
+    }
+    SeriesView s;
+    s.family = d.family_index;
+    s.first_cell = d.first_cell;
+    s.cell_count = d.cell_count;
+    s.overflow = (d.flags & shm::kSeriesFlagOverflow) != 0;
+    s.created_unix_ns = d.created_unix_ns;
+    for (size_t l = 0; l < f.label_names.size(); ++l) {
+      absl::StatusOr<std::string> value =
+          ReadString(d.label_values[l], shm::kMaxLabelValueBytes, where + " label value");
+      if (!value.ok()) return value.status();
+      s.label_values.push_back(*std::move(value));
+    }
+    series_.push_back(std::move(s));
+  }
+  const uint32_t high_water =
+      LoadAcquire<uint32_t>(data + offsetof(shm::SegmentHeader, lanes_high_water));
+  lanes_to_sum_ = std::min(high_water, header_.lane_count - 1);
+  return absl::OkStatus();
+}
+
+uint64_t Segment::LoadCell(uint32_t lane, uint32_t cell) const {
+  return LoadRelaxed<uint64_t>(mapping_->data() + header_.lanes_offset + lane * lane_stride_bytes_ +
+                               uint64_t{cell} * 8);
+}
+
+double Segment::ScalarValue(const SeriesView& series) const {
+  double total = 0;
+  for (uint32_t lane = 0; lane < lanes_to_sum_; ++lane) {
+    total += std::bit_cast<double>(LoadCell(lane, series.first_cell));
+  }
+  return total + std::bit_cast<double>(LoadCell(header_.lane_count - 1, series.first_cell));
+}
+
+double Segment::HistogramValue(const SeriesView& series, uint64_t* buckets) const {
+  const uint32_t bucket_cells = series.cell_count - 1;
+  std::fill(buckets, buckets + bucket_cells, 0);
+  double sum = 0;
+  auto add_lane = [&](uint32_t lane) {
+    for (uint32_t b = 0; b < bucket_cells; ++b) buckets[b] += LoadCell(lane, series.first_cell + b);
+    sum += std::bit_cast<double>(LoadCell(lane, series.first_cell + bucket_cells));
+  };
+  for (uint32_t lane = 0; lane < lanes_to_sum_; ++lane) add_lane(lane);
+  add_lane(header_.lane_count - 1);
+  return sum;
+}
+
+bool Segment::WriterAlive() const {
+  const uint32_t state = LoadAcquire<uint32_t>(mapping_->data() + offsetof(shm::SegmentHeader, state));
+  return state == static_cast<uint32_t>(shm::SegmentState::kReady) && mapping_->WriterHoldsLock();
+}
+
+SegmentInfo Segment::Info() const {
+  const std::byte* data = mapping_->data();
+  SegmentInfo info;
+  info.path = path();
+  info.service = std::string(header_.service_name, strnlen(header_.service_name, sizeof header_.service_name));
+  info.pid = header_.pid;
+  info.parent_pid = header_.parent_pid;
+  info.process_start_ticks = header_.process_start_ticks;
+  info.created_unix_ns = header_.created_unix_ns;
+  info.closed_unix_ns = LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, closed_unix_ns));
+  const uint32_t state = LoadAcquire<uint32_t>(data + offsetof(shm::SegmentHeader, state));
+  info.state = state <= 2 ? static_cast<shm::SegmentState>(state) : shm::SegmentState::kInitializing;
+  info.size_bytes = mapping_->size_bytes();
+  info.family_count = static_cast<uint32_t>(families_.size());
+  info.family_capacity = header_.family_capacity;
+  info.series_count = static_cast<uint32_t>(series_.size());
+  info.series_capacity = header_.series_capacity;
+  info.cells_used = std::min(LoadRelaxed<uint32_t>(data + offsetof(shm::SegmentHeader, cells_used)),
+                             header_.cells_per_lane);
+  info.cells_per_lane = header_.cells_per_lane;
+  // Lanes whose owner word is set right now.
+  const uint32_t exclusive = header_.lane_count - 1;
+  for (uint32_t lane = 0; lane < exclusive; ++lane) {
+    info.lanes_in_use += LoadRelaxed<uint64_t>(data + header_.lane_owner_offset + lane * 8ull) != 0;
+  }
+  info.exclusive_lanes = exclusive;
+  info.series_overflow_count =
+      LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, series_overflow_count));
+  info.lane_fallback_count =
+      LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, lane_fallback_count));
+  return info;
+}
+
+absl::StatusOr<std::vector<DirectoryEntry>> ListSegments(const std::string& directory) {
+  DIR* dir = opendir(directory.c_str());
+  if (dir == nullptr) {
+    const int err = errno;
+    const std::string message = absl::StrCat("cannot list ", directory, ": ", std::strerror(err));
+    if (err == ENOENT || err == ENOTDIR) return absl::NotFoundError(message);
+    if (err == EACCES) return absl::PermissionDeniedError(message);
+    return absl::InternalError(message);
+  }
+  std::vector<DirectoryEntry> entries;
+  while (const dirent* entry = readdir(dir)) {
+    std::optional<shm::SegmentFileId> id = shm::ParseSegmentFileName(entry->d_name);
+    if (!id) continue;
+    entries.push_back({absl::StrCat(directory, "/", entry->d_name), entry->d_name, *std::move(id)});
+  }
+  closedir(dir);
+  std::sort(entries.begin(), entries.end(),
+            [](const DirectoryEntry& a, const DirectoryEntry& b) { return a.file_name < b.file_name; });
+  return entries;
+}
+
+}  // namespace shmetrics::reader

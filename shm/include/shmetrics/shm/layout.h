@@ -1,0 +1,217 @@
+// shmetrics segment layout, version 1.
+//
+// One segment is one file (normally on tmpfs, /dev/shm) written by exactly one
+// process and read by any number of read-only mappers. This header is the
+// single source of truth for the byte layout; docs/segment-format.md mirrors
+// it field by field, and the static_asserts below pin every offset a reader
+// relies on to the numbers written in that document.
+//
+// Layout of a segment (every region starts on a 64-byte boundary):
+//
+//   [SegmentHeader 512 B][FamilyDescriptor x family_capacity]
+//   [SeriesDescriptor x series_capacity][string arena][bucket bounds (f64)]
+//   [lane owner words (u64) x lane_count][lanes: lane_count x cells_per_lane x 8 B]
+//   [rings (reserved, size given in the header)]
+//
+// A "cell" is one 8-byte value slot. Every series owns `cell_count` cells at
+// the same index `first_cell` in every lane; the value of the series is the
+// sum over lanes. Lanes 0 .. lane_count-2 are exclusive (owned by one thread
+// at a time, updated with a plain load + store); the last lane is shared and
+// updated with atomic read-modify-write by threads that found no free lane.
+//
+// Cell encodings:
+//   counter   1 cell : f64 running total
+//   gauge     1 cell : f64 delta; value = sum over lanes (set() writes the
+//                      correction into the shared lane)
+//   histogram B+2 cells: u64 count per bucket (B finite bounds, then +Inf),
+//                      then f64 sum. _count is the sum of the buckets, so the
+//                      +Inf bucket always equals _count.
+//
+// Publication protocol (memory ordering): the writer fills a descriptor and
+// the strings/bounds it points to, then increments family_count/series_count
+// with a release store. A reader loads the count with acquire and may then
+// read descriptors below it. Counts never decrease; descriptors below a
+// published count never change. The reader still validates everything, since
+// a file may be corrupt or hostile.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include "absl/strings/string_view.h"
+
+namespace shmetrics::shm {
+
+inline constexpr uint64_t kMagic = 0x31435254454d4853ull;  // "SHMETRC1" in file byte order
+inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kEndianMarker = 0x01020304u;   // reads 0x04030201 on the other endianness
+inline constexpr size_t kCacheLine = 64;                  // fixed, never hardware_destructive_interference_size
+inline constexpr size_t kRegionAlign = 64;
+inline constexpr size_t kMaxLabels = 8;
+inline constexpr size_t kServiceNameBytes = 64;          // NUL-padded
+inline constexpr size_t kMaxNameBytes = 200;             // metric and label names
+inline constexpr size_t kMaxLabelValueBytes = 256;
+inline constexpr size_t kMaxHelpBytes = 1024;
+inline constexpr size_t kMaxBuckets = 64;                // finite bounds per histogram
+inline constexpr uint32_t kNoIndex = 0xffffffffu;
+
+enum class SegmentState : uint32_t {
+  kInitializing = 0,  // creator is still laying out the file: readers wait or skip
+  kReady = 1,         // writer running
+  kClosed = 2,        // writer shut down cleanly; values are final
+};
+
+enum class MetricType : uint8_t { kCounter = 1, kGauge = 2, kHistogram = 3 };
+
+// How the exporter merges one gauge family across the processes of a service.
+enum class GaugeMerge : uint8_t {
+  kLiveSum = 0,     // sum over live writers only (in-progress, connections, users)
+  kSum = 1,         // sum over all segments, dead ones included
+  kMax = 2,
+  kMin = 3,
+  kPerProcess = 4,  // one series per process with a `pid` label
+};
+
+// Reference to bytes in the string arena. Strings are not NUL-terminated.
+struct StringRef {
+  uint32_t offset;  // from the start of the string arena
+  uint32_t length;  // bytes
+};
+static_assert(sizeof(StringRef) == 8);
+
+struct SegmentHeader {
+  uint64_t magic;                   //   0
+  uint32_t layout_version;          //   8
+  uint32_t header_size_bytes;       //  12  sizeof(SegmentHeader)
+  uint64_t total_size_bytes;        //  16  the file size; readers check it against fstat
+  uint32_t endian_marker;           //  24
+  uint32_t state;                   //  28  SegmentState; atomic (release by writer)
+  uint64_t created_unix_ns;         //  32
+  uint32_t pid;                     //  40
+  uint32_t parent_pid;              //  44  non-zero when created in a fork() child
+  uint64_t process_start_ticks;     //  48  /proc/<pid>/stat field 22: pid + this names one process
+  char service_name[kServiceNameBytes];  // 56
+
+  // Capacities, fixed at creation.
+  uint32_t family_capacity;         // 120
+  uint32_t series_capacity;         // 124
+  uint32_t lane_count;              // 128  exclusive lanes + 1 shared lane (the last)
+  uint32_t cells_per_lane;          // 132
+  uint32_t string_arena_bytes;      // 136
+  uint32_t bounds_capacity;         // 140  f64 slots
+  uint32_t ring_slots_per_lane;     // 144  0 in segments without rings
+  uint32_t ring_slot_bytes;         // 148
+
+  // Region offsets from the start of the segment, each 64-byte aligned.
+  uint64_t family_table_offset;     // 152
+  uint64_t series_table_offset;     // 160
+  uint64_t string_arena_offset;     // 168
+  uint64_t bounds_offset;           // 176
+  uint64_t lane_owner_offset;       // 184
+  uint64_t lanes_offset;            // 192  lane i starts at lanes_offset + i * cells_per_lane * 8
+  uint64_t rings_offset;            // 200
+  uint64_t rings_size_bytes;        // 208
+
+  // Published counters (atomic). Writer: release store after the data they
+  // cover is written. Reader: acquire load before reading that data.
+  uint32_t family_count;            // 216
+  uint32_t series_count;            // 220
+  uint32_t string_arena_used;       // 224
+  uint32_t bounds_used;             // 228
+  uint32_t cells_used;              // 232
+  uint32_t lanes_high_water;        // 236  1 + highest lane index ever claimed
+  uint64_t series_overflow_count;   // 240  series requests that went to an overflow series
+  uint64_t closed_unix_ns;          // 248  set with state = kClosed
+  uint64_t lane_fallback_count;     // 256  threads that found no free lane and used the shared one
+  uint8_t reserved[248];            // 264 .. 512
+};
+static_assert(sizeof(SegmentHeader) == 512);
+static_assert(alignof(SegmentHeader) == 8);
+static_assert(offsetof(SegmentHeader, layout_version) == 8);
+static_assert(offsetof(SegmentHeader, total_size_bytes) == 16);
+static_assert(offsetof(SegmentHeader, state) == 28);
+static_assert(offsetof(SegmentHeader, pid) == 40);
+static_assert(offsetof(SegmentHeader, process_start_ticks) == 48);
+static_assert(offsetof(SegmentHeader, service_name) == 56);
+static_assert(offsetof(SegmentHeader, family_capacity) == 120);
+static_assert(offsetof(SegmentHeader, ring_slot_bytes) == 148);
+static_assert(offsetof(SegmentHeader, family_table_offset) == 152);
+static_assert(offsetof(SegmentHeader, lanes_offset) == 192);
+static_assert(offsetof(SegmentHeader, rings_size_bytes) == 208);
+static_assert(offsetof(SegmentHeader, family_count) == 216);
+static_assert(offsetof(SegmentHeader, lanes_high_water) == 236);
+static_assert(offsetof(SegmentHeader, series_overflow_count) == 240);
+static_assert(offsetof(SegmentHeader, lane_fallback_count) == 256);
+
+struct FamilyDescriptor {
+  StringRef name;                   //   0
+  StringRef help;                   //   8
+  uint8_t type;                     //  16  MetricType
+  uint8_t gauge_merge;              //  17  GaugeMerge (gauges only)
+  uint16_t label_count;             //  18  <= kMaxLabels
+  uint32_t bucket_count;            //  20  finite bounds (histograms), else 0
+  uint32_t bounds_index;            //  24  first bound in the bounds region
+  uint32_t reserved0;               //  28
+  StringRef label_names[kMaxLabels];  // 32
+  StringRef unit;                   //  96  may be empty
+  uint64_t created_unix_ns;         // 104
+  uint8_t reserved[16];             // 112 .. 128
+};
+static_assert(sizeof(FamilyDescriptor) == 128);
+static_assert(offsetof(FamilyDescriptor, type) == 16);
+static_assert(offsetof(FamilyDescriptor, bucket_count) == 20);
+static_assert(offsetof(FamilyDescriptor, label_names) == 32);
+static_assert(offsetof(FamilyDescriptor, unit) == 96);
+
+inline constexpr uint32_t kSeriesFlagOverflow = 1u << 0;  // catches series beyond capacity
+
+struct SeriesDescriptor {
+  uint32_t family_index;            //  0
+  uint32_t first_cell;              //  4  cell index, identical in every lane
+  uint32_t cell_count;              //  8  1, 1 or bucket_count + 2
+  uint32_t flags;                   // 12  kSeriesFlag*
+  StringRef label_values[kMaxLabels];  // 16
+  uint64_t created_unix_ns;         // 80
+  uint64_t reserved;                // 88
+};
+static_assert(sizeof(SeriesDescriptor) == 96);
+static_assert(offsetof(SeriesDescriptor, first_cell) == 4);
+static_assert(offsetof(SeriesDescriptor, label_values) == 16);
+static_assert(offsetof(SeriesDescriptor, created_unix_ns) == 80);
+
+// Lane owner word: 0 = free, otherwise (pid << 32 | kernel thread id low 32 bits).
+using LaneOwnerWord = uint64_t;
+
+// Capacities chosen at creation. Defaults fit a typical web service in ~2.3 MiB.
+struct Capacities {
+  uint32_t families = 256;
+  uint32_t series = 4096;
+  uint32_t exclusive_lanes = 32;   // threads that get a private lane
+  uint32_t cells_per_lane = 8192;  // 8 B each
+  uint32_t string_arena_bytes = 256 * 1024;
+  uint32_t bounds = 2048;
+  uint32_t ring_slots_per_lane = 0;
+  uint32_t ring_slot_bytes = 0;
+};
+
+// Region offsets and total size computed from capacities. Pure function of
+// its input, shared by the writer (to lay out) and the reader (to check).
+struct RegionPlan {
+  uint64_t family_table_offset, series_table_offset, string_arena_offset,
+      bounds_offset, lane_owner_offset, lanes_offset, rings_offset,
+      rings_size_bytes, total_size_bytes;
+  uint32_t lane_count;
+};
+RegionPlan PlanRegions(const Capacities& capacities);
+
+constexpr uint64_t AlignUp(uint64_t value, uint64_t alignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+
+// Character rules that are part of the format: a reader rejects a segment
+// whose names break them, so that no output format can be broken by a name.
+bool IsValidMetricName(absl::string_view name);   // [a-zA-Z_:][a-zA-Z0-9_:]*
+bool IsValidLabelName(absl::string_view name);    // [a-zA-Z_][a-zA-Z0-9_]*, not "__" prefixed
+bool IsValidServiceName(absl::string_view name);  // [a-zA-Z0-9_-]{1,48}
+bool IsValidUtf8(absl::string_view text);
+
+}  // namespace shmetrics::shm

@@ -1,0 +1,146 @@
+// Segment files: naming, creation, read-only mapping and writer liveness.
+//
+// A writer creates its file with O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600 (or
+// 0640) regardless of umask, allocates every byte up front with
+// posix_fallocate (so a full tmpfs fails here, never as SIGBUS later), and
+// holds an exclusive flock() on it for as long as it lives. The kernel drops
+// that lock when the process dies, kill -9 included, so "the lock is free"
+// means "the writer is gone", whatever happened to its pid since.
+//
+// Thread safety: WritableSegment and ReadOnlyMapping are thread-compatible.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "shmetrics/shm/layout.h"
+
+namespace boost::interprocess {
+class mapped_region;
+}
+
+namespace shmetrics::shm {
+
+inline constexpr absl::string_view kFilePrefix = "shmetrics.";
+inline constexpr absl::string_view kDefaultDirectory = "/dev/shm";
+
+// "shmetrics.<service>.<pid>.<start_ticks>": the start time keeps a reused
+// pid from colliding with a dead writer's file that is not retired yet.
+std::string SegmentFileName(absl::string_view service, uint32_t pid, uint64_t start_ticks);
+
+struct SegmentFileId {
+  std::string service;
+  uint32_t pid = 0;
+  uint64_t start_ticks = 0;
+};
+// Returns nullopt for any file name that is not a segment's.
+std::optional<SegmentFileId> ParseSegmentFileName(absl::string_view file_name);
+
+// $SHMETRICS_DIR when set and non-empty, else /dev/shm.
+std::string DirectoryFromEnvironment();
+
+// Start time of a process in clock ticks since boot (/proc/<pid>/stat field
+// 22), or 0 when the process does not exist or cannot be read.
+uint64_t ProcessStartTicks(pid_t pid);
+uint64_t NowUnixNs();
+
+// Range checks on capacities, shared by the writer (before laying out) and
+// the reader (before trusting a header): InvalidArgument naming the field.
+absl::Status ValidateCapacities(const Capacities& capacities);
+
+class WritableSegment {
+ public:
+  struct Options {
+    std::string directory;
+    std::string service;
+    Capacities capacities;
+    bool group_readable = false;  // 0640 instead of 0600
+  };
+  // Creates, allocates, locks and maps a new segment, and writes the header
+  // with state kInitializing. The caller lays out its tables and then calls
+  // MarkReady(). Errors: InvalidArgument (bad service name or capacities),
+  // AlreadyExists, ResourceExhausted (no space: ENOSPC from posix_fallocate),
+  // PermissionDenied, NotFound (directory), Internal (anything else).
+  static absl::StatusOr<std::unique_ptr<WritableSegment>> Create(const Options& options);
+
+  ~WritableSegment();  // unlocks and unmaps; does not remove the file
+  WritableSegment(const WritableSegment&) = delete;
+  WritableSegment& operator=(const WritableSegment&) = delete;
+
+  std::byte* base() const { return base_; }
+  uint64_t size_bytes() const { return size_bytes_; }
+  const std::string& path() const { return path_; }
+  SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }
+
+  void MarkReady();
+  void MarkClosed();
+  // Deletes the file (the mapping stays valid until destruction).
+  absl::Status Unlink();
+
+  // Called in a fork() child: creates a segment for the child process with
+  // the same layout and the parent's descriptors, tables and strings (but no
+  // values), and maps it MAP_FIXED at the same address, so that every
+  // pointer and handle taken before the fork stays valid and writes into the
+  // child's own file. Uses raw syscalls only (no allocation beyond the path
+  // string), because the child of a multithreaded parent may only do that.
+  // On failure the range is replaced by an anonymous private mapping so the
+  // child can never write into its parent's segment.
+  absl::Status ReplaceInForkChild();
+
+ private:
+  WritableSegment() = default;
+  std::string directory_;
+  std::string path_;
+  int fd_ = -1;
+  std::unique_ptr<boost::interprocess::mapped_region> region_;
+  std::byte* base_ = nullptr;
+  uint64_t size_bytes_ = 0;
+  mode_t mode_ = 0600;
+};
+
+// A read-only view of a segment file's bytes. Never writes; checks the file
+// is a regular file owned by the expected user, and maps exactly the size
+// that fstat reports, so no read can go past the end of the file.
+class ReadOnlyMapping {
+ public:
+  struct Options {
+    // Files owned by another uid are refused unless this is set (root reads any).
+    bool allow_other_owners = false;
+  };
+  // Errors: NotFound, PermissionDenied, FailedPrecondition (not a regular
+  // file, symlink, wrong owner), DataLoss (smaller than a header).
+  static absl::StatusOr<std::unique_ptr<ReadOnlyMapping>> Open(const std::string& path,
+                                                               const Options& options);
+  ~ReadOnlyMapping();
+  ReadOnlyMapping(const ReadOnlyMapping&) = delete;
+  ReadOnlyMapping& operator=(const ReadOnlyMapping&) = delete;
+
+  const std::byte* data() const { return data_; }
+  uint64_t size_bytes() const { return size_bytes_; }
+  const std::string& path() const { return path_; }
+  // Seconds since the file's last status change (creation, for a segment).
+  double AgeSeconds() const;
+  // True when some process holds the writer's flock on this file.
+  bool WriterHoldsLock() const;
+  // Current size of the file per fstat (changes if someone truncates it).
+  uint64_t CurrentFileSize() const;
+
+ private:
+  ReadOnlyMapping() = default;
+  std::string path_;
+  int fd_ = -1;
+  std::unique_ptr<boost::interprocess::mapped_region> region_;
+  const std::byte* data_ = nullptr;
+  uint64_t size_bytes_ = 0;
+  int64_t ctime_sec_ = 0;
+};
+
+}  // namespace shmetrics::shm

@@ -1,0 +1,369 @@
+#include "shmetrics/shm/segment_file.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include <boost/interprocess/file_mapping.hpp>
+#include <boost/interprocess/mapped_region.hpp>
+
+namespace shmetrics::shm {
+namespace bip = boost::interprocess;
+
+namespace {
+
+absl::Status ErrnoStatus(int err, absl::string_view what) {
+  const std::string message = absl::StrCat(what, ": ", std::strerror(err));
+  switch (err) {
+    case ENOENT: return absl::NotFoundError(message);
+    case EACCES:
+    case EPERM: return absl::PermissionDeniedError(message);
+    case EEXIST: return absl::AlreadyExistsError(message);
+    case ENOSPC:
+    case EDQUOT:
+    case ENOMEM: return absl::ResourceExhaustedError(message);
+    case ELOOP: return absl::FailedPreconditionError(absl::StrCat(what, ": is a symbolic link"));
+    default: return absl::InternalError(message);
+  }
+}
+
+// Maps `size` bytes of the file open as `fd` through Boost.Interprocess,
+// after checking that the path still names the same inode as `fd` (the
+// path is opened twice: once by us with O_NOFOLLOW, once by Boost).
+absl::StatusOr<std::unique_ptr<bip::mapped_region>> MapWithBoost(const std::string& path, int fd,
+                                                                 uint64_t size, bool writable) {
+  struct stat ours {};
+  if (fstat(fd, &ours) != 0) return ErrnoStatus(errno, "fstat " + path);
+  try {
+    const bip::mode_t mode = writable ? bip::read_write : bip::read_only;
+    // The file_mapping may go away once the region exists (Boost documents this).
+    bip::file_mapping file(path.c_str(), mode);
+    struct stat theirs {};
+    if (fstat(file.get_mapping_handle().handle, &theirs) != 0 || theirs.st_ino != ours.st_ino ||
+        theirs.st_dev != ours.st_dev) {
+      return absl::FailedPreconditionError(path + ": file was replaced while opening");
+    }
+    return std::make_unique<bip::mapped_region>(file, mode, 0, size);
+  } catch (const bip::interprocess_exception& e) {
+    return absl::InternalError(absl::StrCat("map ", path, ": ", e.what()));
+  }
+}
+
+}  // namespace
+
+std::string SegmentFileName(absl::string_view service, uint32_t pid, uint64_t start_ticks) {
+  return absl::StrCat(kFilePrefix, service, ".", pid, ".", start_ticks);
+}
+
+std::optional<SegmentFileId> ParseSegmentFileName(absl::string_view file_name) {
+  if (file_name.substr(0, kFilePrefix.size()) != kFilePrefix) return std::nullopt;
+  std::vector<absl::string_view> parts = absl::StrSplit(file_name.substr(kFilePrefix.size()), '.');
+  if (parts.size() != 3 || !IsValidServiceName(parts[0])) return std::nullopt;
+  SegmentFileId id;
+  id.service = std::string(parts[0]);
+  if (!absl::SimpleAtoi(parts[1], &id.pid) || !absl::SimpleAtoi(parts[2], &id.start_ticks)) {
+    return std::nullopt;
+  }
+  return id;
+}
+
+std::string DirectoryFromEnvironment() {
+  const char* dir = std::getenv("SHMETRICS_DIR");
+  return dir != nullptr && *dir != '\0' ? std::string(dir) : std::string(kDefaultDirectory);
+}
+
+uint64_t ProcessStartTicks(pid_t pid) {
+  // Raw read(): also used in a fork() child, where iostreams are unwelcome.
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buffer[1024];
+  const ssize_t n = read(fd, buffer, sizeof buffer - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buffer[n] = '\0';
+  // The command name (field 2) may contain spaces and parentheses: fields
+  // after it are counted from the last ')'.
+  const char* p = strrchr(buffer, ')');
+  if (p == nullptr) return 0;
+  int field = 2;
+  while (*p != '\0' && field < 22) {
+    if (*p == ' ') ++field;
+    ++p;
+  }
+  uint64_t ticks = 0;
+  std::from_chars(p, buffer + n, ticks);
+  return ticks;
+}
+
+uint64_t NowUnixNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+// ---------------------------------------------------------------- writer side
+
+absl::Status ValidateCapacities(const Capacities& c) {
+  auto bad = [](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("capacity out of range: ", what));
+  };
+  if (c.families < 1 || c.families > (1u << 20)) return bad("families (1 .. 2^20)");
+  if (c.series < 1 || c.series > (1u << 24)) return bad("series (1 .. 2^24)");
+  if (c.exclusive_lanes < 1 || c.exclusive_lanes > 1024) return bad("exclusive_lanes (1 .. 1024)");
+  if (c.cells_per_lane < 1 || c.cells_per_lane > (1u << 26)) return bad("cells_per_lane (1 .. 2^26)");
+  if (c.string_arena_bytes < 64 || c.string_arena_bytes > (1u << 30)) return bad("string_arena_bytes");
+  if (c.bounds > (1u << 24)) return bad("bounds");
+  if (c.ring_slots_per_lane > (1u << 20) || c.ring_slot_bytes > 4096) return bad("rings");
+  const RegionPlan plan = PlanRegions(c);
+  if (plan.total_size_bytes > (uint64_t{1} << 36)) return bad("total size above 64 GiB");
+  return absl::OkStatus();
+}
+
+namespace {
+
+void FillHeader(SegmentHeader& h, const Capacities& c, const RegionPlan& plan,
+                absl::string_view service, uint32_t pid, uint32_t parent_pid) {
+  h.magic = kMagic;
+  h.layout_version = kLayoutVersion;
+  h.header_size_bytes = sizeof(SegmentHeader);
+  h.total_size_bytes = plan.total_size_bytes;
+  h.endian_marker = kEndianMarker;
+  h.created_unix_ns = NowUnixNs();
+  h.pid = pid;
+  h.parent_pid = parent_pid;
+  h.process_start_ticks = ProcessStartTicks(static_cast<pid_t>(pid));
+  std::memset(h.service_name, 0, sizeof h.service_name);
+  std::memcpy(h.service_name, service.data(), service.size());
+  h.family_capacity = c.families;
+  h.series_capacity = c.series;
+  h.lane_count = plan.lane_count;
+  h.cells_per_lane = c.cells_per_lane;
+  h.string_arena_bytes = c.string_arena_bytes;
+  h.bounds_capacity = c.bounds;
+  h.ring_slots_per_lane = c.ring_slots_per_lane;
+  h.ring_slot_bytes = c.ring_slot_bytes;
+  h.family_table_offset = plan.family_table_offset;
+  h.series_table_offset = plan.series_table_offset;
+  h.string_arena_offset = plan.string_arena_offset;
+  h.bounds_offset = plan.bounds_offset;
+  h.lane_owner_offset = plan.lane_owner_offset;
+  h.lanes_offset = plan.lanes_offset;
+  h.rings_offset = plan.rings_offset;
+  h.rings_size_bytes = plan.rings_size_bytes;
+}
+
+// Opens a new file exclusively, sets its mode, allocates it and takes the
+// writer lock. Raw syscalls only (used in fork children too).
+int CreateLockedFile(const char* path, mode_t mode, uint64_t size, int* error) {
+  const int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+  if (fd < 0) {
+    *error = errno;
+    return -1;
+  }
+  int rc = fchmod(fd, mode);  // umask must not widen or narrow the mode we chose
+  if (rc == 0) rc = posix_fallocate(fd, 0, static_cast<off_t>(size));
+  else rc = errno;
+  if (rc == 0 && flock(fd, LOCK_EX) != 0) rc = errno;
+  if (rc != 0) {
+    *error = rc;
+    close(fd);
+    unlink(path);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WritableSegment>> WritableSegment::Create(const Options& options) {
+  if (!IsValidServiceName(options.service)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid service name '", options.service, "': use 1-48 of [A-Za-z0-9_-]"));
+  }
+  if (absl::Status s = ValidateCapacities(options.capacities); !s.ok()) return s;
+  const RegionPlan plan = PlanRegions(options.capacities);
+
+  auto segment = std::unique_ptr<WritableSegment>(new WritableSegment());
+  segment->directory_ = options.directory.empty() ? DirectoryFromEnvironment() : options.directory;
+  segment->mode_ = options.group_readable ? 0640 : 0600;
+  const pid_t pid = getpid();
+  segment->path_ = absl::StrCat(segment->directory_, "/",
+                                SegmentFileName(options.service, pid, ProcessStartTicks(pid)));
+  int error = 0;
+  segment->fd_ = CreateLockedFile(segment->path_.c_str(), segment->mode_, plan.total_size_bytes,
+                                  &error);
+  if (segment->fd_ < 0) {
+    if (error == ENOSPC) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot allocate ", plan.total_size_bytes, " bytes for ", segment->path_,
+          ": no space left (is the tmpfs full? Docker's default /dev/shm is 64 MiB)"));
+    }
+    return ErrnoStatus(error, "create " + segment->path_);
+  }
+  auto region = MapWithBoost(segment->path_, segment->fd_, plan.total_size_bytes, /*writable=*/true);
+  if (!region.ok()) {
+    unlink(segment->path_.c_str());
+    return region.status();
+  }
+  segment->region_ = *std::move(region);
+  segment->base_ = static_cast<std::byte*>(segment->region_->get_address());
+  segment->size_bytes_ = plan.total_size_bytes;
+  FillHeader(segment->header(), options.capacities, plan, options.service,
+             static_cast<uint32_t>(pid), 0);
+  return segment;
+}
+
+// The region's destructor unmaps the range, also after ReplaceInForkChild
+// put another file's pages at the same address and size.
+WritableSegment::~WritableSegment() {
+  region_.reset();
+  if (fd_ >= 0) close(fd_);  // drops the flock
+}
+
+void WritableSegment::MarkReady() {
+  // release: publishes the header and tables written before; pairs with the
+  // acquire load of `state` in the reader's Open.
+  std::atomic_ref<uint32_t>(header().state)
+      .store(static_cast<uint32_t>(SegmentState::kReady), std::memory_order_release);
+}
+
+void WritableSegment::MarkClosed() {
+  std::atomic_ref<uint64_t>(header().closed_unix_ns).store(NowUnixNs(), std::memory_order_relaxed);
+  // release: the final values are published with the state change.
+  std::atomic_ref<uint32_t>(header().state)
+      .store(static_cast<uint32_t>(SegmentState::kClosed), std::memory_order_release);
+}
+
+absl::Status WritableSegment::Unlink() {
+  if (unlink(path_.c_str()) != 0) return ErrnoStatus(errno, "unlink " + path_);
+  return absl::OkStatus();
+}
+
+absl::Status WritableSegment::ReplaceInForkChild() {
+  const pid_t pid = getpid();
+  const SegmentHeader& parent = header();
+  const uint32_t parent_pid = parent.pid;
+  char service[kServiceNameBytes + 1] = {};
+  std::memcpy(service, parent.service_name, kServiceNameBytes);
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s%s.%d.%llu", directory_.c_str(), kFilePrefix.data(), service,
+           static_cast<int>(pid), static_cast<unsigned long long>(ProcessStartTicks(pid)));
+  int error = 0;
+  const int fd = CreateLockedFile(path, mode_, size_bytes_, &error);
+  absl::Status status;
+  if (fd >= 0) {
+    // Copy the header and every metadata region (everything before the lane
+    // owner words) from the parent's mapping; lanes and rings start at zero.
+    const uint64_t metadata_bytes = parent.lane_owner_offset;
+    uint64_t done = 0;
+    while (done < metadata_bytes) {
+      const ssize_t n = pwrite(fd, base_ + done, metadata_bytes - done, static_cast<off_t>(done));
+      if (n <= 0) break;
+      done += static_cast<uint64_t>(n);
+    }
+    void* mapped = done == metadata_bytes
+                       ? mmap(base_, size_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0)
+                       : MAP_FAILED;
+    if (mapped == base_) {
+      SegmentHeader& h = header();
+      h.pid = static_cast<uint32_t>(pid);
+      h.parent_pid = parent_pid;
+      h.process_start_ticks = ProcessStartTicks(pid);
+      h.created_unix_ns = NowUnixNs();
+      h.lanes_high_water = 0;
+      h.series_overflow_count = 0;
+      h.lane_fallback_count = 0;
+      h.closed_unix_ns = 0;
+      close(fd_);  // our copy of the parent's file and its lock reference
+      fd_ = fd;
+      path_ = path;
+      MarkReady();
+      return absl::OkStatus();
+    }
+    error = errno;
+    close(fd);
+    unlink(path);
+  }
+  status = ErrnoStatus(error, absl::StrCat("create child segment ", path));
+  // Never let the child write into the parent's file.
+  mmap(base_, size_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  close(fd_);
+  fd_ = -1;
+  return status;
+}
+
+// ---------------------------------------------------------------- reader side
+
+absl::StatusOr<std::unique_ptr<ReadOnlyMapping>> ReadOnlyMapping::Open(const std::string& path,
+                                                                       const Options& options) {
+  const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return ErrnoStatus(errno, "open " + path);
+  auto mapping = std::unique_ptr<ReadOnlyMapping>(new ReadOnlyMapping());
+  mapping->fd_ = fd;
+  mapping->path_ = path;
+  struct stat st {};
+  if (fstat(fd, &st) != 0) return ErrnoStatus(errno, "fstat " + path);
+  if (!S_ISREG(st.st_mode)) return absl::FailedPreconditionError(path + ": not a regular file");
+  if (st.st_nlink != 1) return absl::FailedPreconditionError(path + ": has extra hard links");
+  const uid_t me = geteuid();
+  if (!options.allow_other_owners && me != 0 && st.st_uid != me) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": owned by uid ", st.st_uid, ", not by this user (uid ", me, ")"));
+  }
+  if (static_cast<uint64_t>(st.st_size) < sizeof(SegmentHeader)) {
+    return absl::DataLossError(absl::StrCat(path, ": truncated: ", st.st_size,
+                                            " bytes, smaller than a segment header"));
+  }
+  mapping->size_bytes_ = static_cast<uint64_t>(st.st_size);
+  mapping->ctime_sec_ = st.st_ctim.tv_sec;
+  auto region = MapWithBoost(path, fd, mapping->size_bytes_, /*writable=*/false);
+  if (!region.ok()) return region.status();
+  mapping->region_ = *std::move(region);
+  mapping->data_ = static_cast<const std::byte*>(mapping->region_->get_address());
+  return mapping;
+}
+
+ReadOnlyMapping::~ReadOnlyMapping() {
+  region_.reset();
+  if (fd_ >= 0) close(fd_);
+}
+
+double ReadOnlyMapping::AgeSeconds() const {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  return static_cast<double>(now.tv_sec - ctime_sec_);
+}
+
+bool ReadOnlyMapping::WriterHoldsLock() const {
+  // A shared lock succeeds only when no exclusive (writer) lock is held. We
+  // drop it at once, so a writer blocked in flock(LOCK_EX) waits a moment at most.
+  if (flock(fd_, LOCK_SH | LOCK_NB) == 0) {
+    flock(fd_, LOCK_UN);
+    return false;
+  }
+  return errno == EWOULDBLOCK;
+}
+
+uint64_t ReadOnlyMapping::CurrentFileSize() const {
+  struct stat st {};
+  if (fstat(fd_, &st) != 0) return 0;
+  return static_cast<uint64_t>(st.st_size);
+}
+
+}  // namespace shmetrics::shm

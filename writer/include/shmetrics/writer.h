@@ -1,0 +1,147 @@
+// shmetrics writer: the library a service links to publish metrics.
+//
+// A Writer owns one shared-memory segment for this process. Registering a
+// family or a series is the cold path (validation, a process-wide mutex, a
+// hash lookup, then publication to readers). It returns a handle whose
+// operations are the hot path (see hot_path.h).
+//
+//   auto writer = shmetrics::Writer::Create({.service = "api"}).value();
+//   auto requests = writer->AddCounter("http_requests_total", "Requests served.",
+//                                      {"method", "status"}).value();
+//   shmetrics::Counter get_ok = requests.WithLabels({"GET", "200"}).value();
+//   get_ok.inc();   // ~1 ns, no lock, no syscall
+//
+// fork(): a child process gets a segment of its own automatically (via
+// pthread_atfork), mapped at the parent's address, so every handle taken
+// before the fork keeps working and writes into the child's segment. A
+// pre-fork server (register, then fork N workers) needs nothing more.
+//
+// Thread safety: Writer and the family handles are thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "shmetrics/hot_path.h"
+#include "shmetrics/shm/layout.h"
+
+namespace shmetrics {
+
+using shm::GaugeMerge;
+
+struct WriterOptions {
+  std::string service;    // required: [A-Za-z0-9_-]{1,48}
+  std::string directory;  // default: $SHMETRICS_DIR, else /dev/shm
+  shm::Capacities capacities;
+  bool group_readable = false;  // file mode 0640 instead of 0600
+  // What WithLabels() does when no series slot or cell is left.
+  enum class OnFull {
+    kOverflowSeries,  // return the family's overflow series (label values
+                      // "shmetrics_overflow"), log once to stderr, count it
+    kError,           // return ResourceExhausted
+  } on_full = OnFull::kOverflowSeries;
+  bool remove_on_close = false;  // unlink the file on Close() (values are then lost)
+};
+
+class Writer;
+
+// Family handles: cheap to copy; WithLabels() registers (or finds) a series.
+// Errors: InvalidArgument (wrong number of values, value not UTF-8 or longer
+// than 256 bytes), ResourceExhausted (only with OnFull::kError).
+class CounterFamily {
+ public:
+  absl::StatusOr<Counter> WithLabels(std::initializer_list<absl::string_view> values) const;
+  absl::StatusOr<Counter> WithLabels(const std::vector<std::string>& values) const;
+
+ private:
+  friend class Writer;
+  Writer* writer_ = nullptr;
+  uint32_t family_ = 0;
+};
+
+class GaugeFamily {
+ public:
+  absl::StatusOr<Gauge> WithLabels(std::initializer_list<absl::string_view> values) const;
+  absl::StatusOr<Gauge> WithLabels(const std::vector<std::string>& values) const;
+
+ private:
+  friend class Writer;
+  Writer* writer_ = nullptr;
+  uint32_t family_ = 0;
+};
+
+class HistogramFamily {
+ public:
+  absl::StatusOr<Histogram> WithLabels(std::initializer_list<absl::string_view> values) const;
+  absl::StatusOr<Histogram> WithLabels(const std::vector<std::string>& values) const;
+
+ private:
+  friend class Writer;
+  Writer* writer_ = nullptr;
+  uint32_t family_ = 0;
+};
+
+// Default histogram bounds, in seconds: 5 ms .. 10 s (Prometheus' defaults).
+std::vector<double> DefaultBuckets();
+// `count` bounds start, start*factor, ...
+std::vector<double> ExponentialBuckets(double start, double factor, int count);
+
+class Writer {
+ public:
+  // Creates the segment. Errors: InvalidArgument (service name, capacities),
+  // ResourceExhausted (no space for the segment, or 16 writers in this
+  // process already), AlreadyExists, PermissionDenied, NotFound (directory).
+  static absl::StatusOr<std::unique_ptr<Writer>> Create(const WriterOptions& options);
+  ~Writer();  // Close(), then unmaps. Handles must not be used afterwards.
+
+  // Registering the same name again with the same type, labels (and bounds)
+  // returns the same family; anything else is AlreadyExists. Errors:
+  // InvalidArgument (name, label names, help, bounds), AlreadyExists,
+  // ResourceExhausted (family table, string arena or bounds area full).
+  absl::StatusOr<CounterFamily> AddCounter(absl::string_view name, absl::string_view help,
+                                           std::vector<std::string> label_names = {});
+  absl::StatusOr<GaugeFamily> AddGauge(absl::string_view name, absl::string_view help,
+                                       std::vector<std::string> label_names = {},
+                                       GaugeMerge merge = GaugeMerge::kLiveSum);
+  // Bounds must be finite and strictly increasing (1 .. 64 of them); +Inf is implicit.
+  absl::StatusOr<HistogramFamily> AddHistogram(absl::string_view name, absl::string_view help,
+                                               std::vector<std::string> label_names,
+                                               std::vector<double> bounds);
+
+  // Marks the segment closed (values final); the exporter then retires it.
+  void Close();
+
+  const std::string& path() const;
+  uint32_t series_count() const;
+  uint64_t series_overflow_count() const;
+
+  struct Impl;  // opaque; public only so the lane binding code can reach it
+  Impl& impl() const { return *impl_; }
+
+ private:
+  friend class CounterFamily;
+  friend class GaugeFamily;
+  friend class HistogramFamily;
+  friend struct WriterForkHandlers;
+  explicit Writer(std::unique_ptr<Impl> impl);
+  struct SeriesCells {
+    uint32_t first_cell;
+    const double* bounds;
+    uint32_t bucket_count;
+  };
+  absl::StatusOr<uint32_t> AddFamily(absl::string_view name, absl::string_view help,
+                                     shm::MetricType type, std::vector<std::string> label_names,
+                                     GaugeMerge merge, std::vector<double> bounds);
+  absl::StatusOr<SeriesCells> AddSeries(uint32_t family, std::vector<absl::string_view> values);
+  template <typename Handle>
+  absl::StatusOr<Handle> MakeHandle(uint32_t family, std::vector<absl::string_view> values);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shmetrics

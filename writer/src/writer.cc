@@ -1,0 +1,594 @@
+#include "shmetrics/writer.h"
+
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "shmetrics/shm/segment_file.h"
+
+namespace shmetrics {
+namespace internal {
+WriterSlot g_writer_slots[kMaxWritersPerProcess];
+constinit thread_local ThreadLane t_lanes[kMaxWritersPerProcess];
+}  // namespace internal
+
+namespace {
+using internal::g_writer_slots;
+using internal::kMaxWritersPerProcess;
+using internal::t_lanes;
+
+// One process-wide mutex guards every Writer's registration state, the
+// writer slots and lane ownership. It is a plain std::mutex rather than an
+// absl::Mutex because fork() handlers lock it in the parent and unlock it in
+// the child, which is well defined for a pthread mutex and not documented
+// for absl::Mutex (whose waiter lists could name threads the child lacks).
+std::mutex g_registry_mu;
+Writer* g_writers[kMaxWritersPerProcess];  // guarded by g_registry_mu
+
+constexpr absl::string_view kOverflowValue = "shmetrics_overflow";
+
+uint64_t LaneOwnerWordForThisThread() {
+  return (uint64_t{static_cast<uint32_t>(getpid())} << 32) |
+         static_cast<uint32_t>(syscall(SYS_gettid));
+}
+
+// Gives this thread's exclusive lanes back when the thread exits.
+struct LaneReleaser {
+  bool armed = false;
+  ~LaneReleaser();
+};
+thread_local LaneReleaser t_lane_releaser;
+
+}  // namespace
+
+struct Writer::Impl {
+  WriterOptions options;
+  std::unique_ptr<shm::WritableSegment> segment;
+  uint32_t slot = 0;
+  bool closed = false;
+
+  struct FamilyInfo {
+    shm::MetricType type;
+    std::vector<std::string> label_names;
+    std::vector<double> bounds;
+    const double* bounds_in_segment = nullptr;
+    std::string help;
+    GaugeMerge merge;
+    std::string name;
+    uint32_t overflow_series = shm::kNoIndex;  // published lazily from the reserve
+  };
+  std::vector<FamilyInfo> families;
+  absl::flat_hash_map<std::string, uint32_t> family_by_name;
+  absl::flat_hash_map<std::string, uint32_t> series_by_key;
+  absl::flat_hash_map<std::string, shm::StringRef> interned;
+  // Series slots and cells held back for families' overflow series.
+  uint32_t reserved_series = 0;
+  uint32_t reserved_cells = 0;
+  bool full_reported = false;
+
+  shm::SegmentHeader& header() const { return segment->header(); }
+  template <typename T>
+  T* region(uint64_t offset) const {
+    return reinterpret_cast<T*>(segment->base() + offset);
+  }
+  shm::LaneOwnerWord* lane_owners() const {
+    return region<shm::LaneOwnerWord>(header().lane_owner_offset);
+  }
+  uint64_t lane_stride() const {
+    return shm::AlignUp(uint64_t{header().cells_per_lane} * 8, shm::kCacheLine);
+  }
+
+  absl::StatusOr<shm::StringRef> Intern(absl::string_view text) {
+    if (auto it = interned.find(text); it != interned.end()) return it->second;
+    shm::SegmentHeader& h = header();
+    if (uint64_t{h.string_arena_used} + text.size() > h.string_arena_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("string arena (", h.string_arena_bytes,
+                                                       " bytes) exhausted in segment ",
+                                                       segment->path()));
+    }
+    shm::StringRef ref{h.string_arena_used, static_cast<uint32_t>(text.size())};
+    std::memcpy(region<char>(h.string_arena_offset) + ref.offset, text.data(), text.size());
+    // relaxed: informational; the bytes are published by the count that
+    // later covers the descriptor pointing at them.
+    std::atomic_ref<uint32_t>(h.string_arena_used)
+        .store(ref.offset + ref.length, std::memory_order_relaxed);
+    interned.emplace(std::string(text), ref);
+    return ref;
+  }
+
+  uint32_t CellsFor(const FamilyInfo& family) const {
+    return family.type == shm::MetricType::kHistogram
+               ? static_cast<uint32_t>(family.bounds.size()) + 2
+               : 1;
+  }
+
+  // Writes a series descriptor at the next index and publishes it.
+  uint32_t PublishSeries(uint32_t family, uint32_t first_cell, uint32_t cell_count,
+                         const std::vector<shm::StringRef>& values, uint32_t flags) {
+    shm::SegmentHeader& h = header();
+    const uint32_t index = h.series_count;
+    shm::SeriesDescriptor& d = region<shm::SeriesDescriptor>(h.series_table_offset)[index];
+    d = shm::SeriesDescriptor{};
+    d.family_index = family;
+    d.first_cell = first_cell;
+    d.cell_count = cell_count;
+    d.flags = flags;
+    for (size_t i = 0; i < values.size(); ++i) d.label_values[i] = values[i];
+    d.created_unix_ns = shm::NowUnixNs();
+    std::atomic_ref<uint32_t>(h.cells_used).store(first_cell + cell_count, std::memory_order_relaxed);
+    // release: publishes the descriptor and the strings it refers to; pairs
+    // with the acquire load of series_count in reader/src/segment.cc.
+    std::atomic_ref<uint32_t>(h.series_count).store(index + 1, std::memory_order_release);
+    return index;
+  }
+};
+
+// ------------------------------------------------------------- lane binding
+
+internal::ThreadLane& internal::BindLane(uint32_t slot_index) {
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  ThreadLane& lane = t_lanes[slot_index];
+  Writer* writer = g_writers[slot_index];
+  WriterSlot& slot = g_writer_slots[slot_index];
+  if (writer == nullptr) {
+    std::fprintf(stderr, "shmetrics: metric handle used after its Writer was destroyed\n");
+    std::abort();
+  }
+  Writer::Impl& impl = writer->impl();
+  shm::SegmentHeader& h = impl.header();
+  t_lane_releaser.armed = true;  // constructs the releaser for this thread
+  const uint32_t exclusive = h.lane_count - 1;
+  shm::LaneOwnerWord* owners = impl.lane_owners();
+  uint32_t chosen = slot.shared_lane;
+  for (uint32_t i = 0; i < exclusive; ++i) {
+    std::atomic_ref<uint64_t> owner(owners[i]);
+    if (owner.load(std::memory_order_relaxed) == 0) {
+      owner.store(LaneOwnerWordForThisThread(), std::memory_order_relaxed);
+      chosen = i;
+      break;
+    }
+  }
+  if (chosen == slot.shared_lane) {
+    std::atomic_ref<uint64_t>(h.lane_fallback_count).fetch_add(1, std::memory_order_relaxed);
+  } else if (chosen + 1 > h.lanes_high_water) {
+    // release: a reader that sees the new high water will also find this
+    // lane's owner word set.
+    std::atomic_ref<uint32_t>(h.lanes_high_water).store(chosen + 1, std::memory_order_release);
+  }
+  lane.lane_base = slot.lanes_base + uint64_t{chosen} * slot.lane_stride_bytes;
+  lane.shared = chosen == slot.shared_lane;
+  lane.generation = slot.generation.load(std::memory_order_relaxed);
+  return lane;
+}
+
+namespace {
+LaneReleaser::~LaneReleaser() {
+  if (!armed) return;
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  for (uint32_t s = 0; s < kMaxWritersPerProcess; ++s) {
+    internal::ThreadLane& lane = t_lanes[s];
+    internal::WriterSlot& slot = g_writer_slots[s];
+    if (g_writers[s] == nullptr || lane.shared || lane.lane_base == nullptr ||
+        lane.generation != slot.generation.load(std::memory_order_relaxed)) {
+      continue;
+    }
+    const uint64_t index = uint64_t(lane.lane_base - slot.lanes_base) / slot.lane_stride_bytes;
+    // release: the cells this thread wrote are handed to the next owner
+    // (who also takes g_registry_mu, which alone would suffice in-process).
+    std::atomic_ref<uint64_t>(g_writers[s]->impl().lane_owners()[index])
+        .store(0, std::memory_order_release);
+    lane = internal::ThreadLane{};
+  }
+}
+}  // namespace
+
+void Gauge::set(double value) {
+  internal::CurrentLane(slot_);  // make sure this writer's slot is bound
+  const internal::WriterSlot& slot = g_writer_slots[slot_];
+  const uint32_t high_water =
+      std::atomic_ref<uint32_t>(*const_cast<uint32_t*>(slot.lanes_high_water))
+          .load(std::memory_order_acquire);
+  const uint32_t lanes = std::min(high_water, slot.shared_lane);
+  double exclusive_sum = 0;
+  for (uint32_t i = 0; i < lanes; ++i) {
+    auto* cells = reinterpret_cast<double*>(slot.lanes_base + uint64_t{i} * slot.lane_stride_bytes);
+    exclusive_sum += std::atomic_ref<double>(cells[cell_]).load(std::memory_order_relaxed);
+  }
+  auto* shared = reinterpret_cast<double*>(slot.lanes_base +
+                                           uint64_t{slot.shared_lane} * slot.lane_stride_bytes);
+  std::atomic_ref<double>(shared[cell_]).store(value - exclusive_sum, std::memory_order_relaxed);
+}
+
+// ------------------------------------------------------------------- fork()
+
+struct WriterForkHandlers {
+  static void Prepare() { g_registry_mu.lock(); }
+  static void Parent() { g_registry_mu.unlock(); }
+  static void Child() {
+    for (uint32_t s = 0; s < kMaxWritersPerProcess; ++s) {
+      Writer* writer = g_writers[s];
+      if (writer == nullptr || writer->impl_->closed) continue;
+      absl::Status status = writer->impl_->segment->ReplaceInForkChild();
+      if (!status.ok()) {
+        std::fprintf(stderr, "shmetrics: fork child %d has no segment of its own, its metrics are "
+                     "dropped: %s\n", static_cast<int>(getpid()), status.ToString().c_str());
+      }
+      // The child's segment has no lane owners: every thread must rebind.
+      g_writer_slots[s].generation.fetch_add(1, std::memory_order_relaxed);
+    }
+    g_registry_mu.unlock();
+  }
+};
+
+namespace {
+void RegisterForkHandlersOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    pthread_atfork(&WriterForkHandlers::Prepare, &WriterForkHandlers::Parent,
+                   &WriterForkHandlers::Child);
+  });
+}
+
+absl::Status ValidateLabelNames(const std::vector<std::string>& label_names, shm::MetricType type) {
+  if (label_names.size() > shm::kMaxLabels) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("too many label names (", label_names.size(), "); at most ", shm::kMaxLabels));
+  }
+  for (size_t i = 0; i < label_names.size(); ++i) {
+    const std::string& label = label_names[i];
+    if (!shm::IsValidLabelName(label)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "invalid label name '", label, "': must match [a-zA-Z_][a-zA-Z0-9_]* without a __ prefix"));
+    }
+    if (type == shm::MetricType::kHistogram && label == "le") {
+      return absl::InvalidArgumentError("label name 'le' is reserved for histogram buckets");
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (label_names[j] == label) {
+        return absl::InvalidArgumentError(absl::StrCat("duplicate label name '", label, "'"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateBounds(const std::vector<double>& bounds) {
+  if (bounds.empty() || bounds.size() > shm::kMaxBuckets) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a histogram needs 1 to ", shm::kMaxBuckets, " bucket bounds, got ", bounds.size()));
+  }
+  for (size_t i = 0; i < bounds.size(); ++i) {
+    if (!std::isfinite(bounds[i]) || (i > 0 && !(bounds[i] > bounds[i - 1]))) {
+      return absl::InvalidArgumentError(
+          "histogram bounds must be finite and strictly increasing (+Inf is implicit)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+const char* TypeName(shm::MetricType type) {
+  switch (type) {
+    case shm::MetricType::kCounter: return "counter";
+    case shm::MetricType::kGauge: return "gauge";
+    case shm::MetricType::kHistogram: return "histogram";
+  }
+  return "unknown";
+}
+}  // namespace
+
+// ------------------------------------------------------------------- Writer
+
+std::vector<double> DefaultBuckets() {
+  return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+}
+
+std::vector<double> ExponentialBuckets(double start, double factor, int count) {
+  std::vector<double> bounds;
+  for (int i = 0; i < count; ++i, start *= factor) bounds.push_back(start);
+  return bounds;
+}
+
+Writer::Writer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& options) {
+  RegisterForkHandlersOnce();
+  shm::WritableSegment::Options segment_options;
+  segment_options.directory = options.directory;
+  segment_options.service = options.service;
+  segment_options.capacities = options.capacities;
+  segment_options.group_readable = options.group_readable;
+  absl::StatusOr<std::unique_ptr<shm::WritableSegment>> segment =
+      shm::WritableSegment::Create(segment_options);
+  if (!segment.ok()) return segment.status();
+
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->segment = *std::move(segment);
+  std::unique_ptr<Writer> writer(new Writer(std::move(impl)));
+  Impl& w = *writer->impl_;
+
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  uint32_t slot = kMaxWritersPerProcess;
+  for (uint32_t s = 0; s < kMaxWritersPerProcess; ++s) {
+    if (g_writers[s] == nullptr) {
+      slot = s;
+      break;
+    }
+  }
+  if (slot == kMaxWritersPerProcess) {
+    (void)w.segment->Unlink();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("at most ", kMaxWritersPerProcess, " writers per process"));
+  }
+  w.slot = slot;
+  shm::SegmentHeader& h = w.header();
+  internal::WriterSlot& ws = g_writer_slots[slot];
+  ws.lanes_base = w.segment->base() + h.lanes_offset;
+  ws.lane_stride_bytes = w.lane_stride();
+  ws.shared_lane = h.lane_count - 1;
+  ws.lanes_high_water = &h.lanes_high_water;
+  // Generations are unique across slot reuse, so no stale binding survives.
+  static uint64_t next_generation = 1;
+  ws.generation.store(next_generation++, std::memory_order_relaxed);
+  g_writers[slot] = writer.get();
+  // The overflow label value is interned up front so that using an overflow
+  // series never needs arena space.
+  if (absl::StatusOr<shm::StringRef> ref = w.Intern(kOverflowValue); !ref.ok()) return ref.status();
+  w.segment->MarkReady();
+  return writer;
+}
+
+Writer::~Writer() {
+  Close();
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  g_writers[impl_->slot] = nullptr;
+  g_writer_slots[impl_->slot].generation.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Writer::Close() {
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  if (impl_->closed) return;
+  impl_->closed = true;
+  impl_->segment->MarkClosed();
+  if (impl_->options.remove_on_close) (void)impl_->segment->Unlink();
+}
+
+const std::string& Writer::path() const { return impl_->segment->path(); }
+
+uint32_t Writer::series_count() const {
+  return std::atomic_ref<uint32_t>(impl_->header().series_count).load(std::memory_order_relaxed);
+}
+
+uint64_t Writer::series_overflow_count() const {
+  return std::atomic_ref<uint64_t>(impl_->header().series_overflow_count)
+      .load(std::memory_order_relaxed);
+}
+
+absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_view help,
+                                           shm::MetricType type,
+                                           std::vector<std::string> label_names, GaugeMerge merge,
+                                           std::vector<double> bounds) {
+  if (!shm::IsValidMetricName(name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid metric name '", name, "': must match [a-zA-Z_:][a-zA-Z0-9_:]* (at most ",
+        shm::kMaxNameBytes, " bytes)"));
+  }
+  if (help.size() > shm::kMaxHelpBytes || !shm::IsValidUtf8(help)) {
+    return absl::InvalidArgumentError(absl::StrCat("help of '", name, "' must be UTF-8, at most ",
+                                                   shm::kMaxHelpBytes, " bytes"));
+  }
+  if (absl::Status s = ValidateLabelNames(label_names, type); !s.ok()) return s;
+  if (type == shm::MetricType::kHistogram) {
+    if (absl::Status s = ValidateBounds(bounds); !s.ok()) return s;
+  }
+
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  Impl& w = *impl_;
+  if (auto it = w.family_by_name.find(name); it != w.family_by_name.end()) {
+    const Impl::FamilyInfo& existing = w.families[it->second];
+    if (existing.type != type || existing.label_names != label_names || existing.bounds != bounds) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "metric '", name, "' is already registered as a ", TypeName(existing.type),
+          " with labels [", absl::StrJoin(existing.label_names, ","), "]",
+          existing.type == shm::MetricType::kHistogram ? " and other bounds" : ""));
+    }
+    return it->second;
+  }
+  shm::SegmentHeader& h = w.header();
+  const uint32_t index = h.family_count;
+  if (index >= h.family_capacity) {
+    return absl::ResourceExhaustedError(absl::StrCat("family capacity ", h.family_capacity,
+                                                     " exhausted in segment ", w.segment->path()));
+  }
+  if (bounds.size() > h.bounds_capacity - h.bounds_used) {
+    return absl::ResourceExhaustedError(absl::StrCat("bucket bound capacity ", h.bounds_capacity,
+                                                     " exhausted in segment ", w.segment->path()));
+  }
+  Impl::FamilyInfo info{type, label_names, bounds, nullptr, std::string(help), merge,
+                        std::string(name)};
+  const uint32_t overflow_cells = label_names.empty() ? 0 : w.CellsFor(info);
+  const uint32_t overflow_series = label_names.empty() ? 0 : 1;
+  if (h.series_count + w.reserved_series + overflow_series > h.series_capacity ||
+      h.cells_used + w.reserved_cells + overflow_cells > h.cells_per_lane) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "no room for the overflow series of family '", name, "' in segment ", w.segment->path()));
+  }
+
+  shm::FamilyDescriptor d{};
+  absl::StatusOr<shm::StringRef> name_ref = w.Intern(name);
+  if (!name_ref.ok()) return name_ref.status();
+  absl::StatusOr<shm::StringRef> help_ref = w.Intern(help);
+  if (!help_ref.ok()) return help_ref.status();
+  d.name = *name_ref;
+  d.help = *help_ref;
+  for (size_t i = 0; i < label_names.size(); ++i) {
+    absl::StatusOr<shm::StringRef> ref = w.Intern(label_names[i]);
+    if (!ref.ok()) return ref.status();
+    d.label_names[i] = *ref;
+  }
+  d.type = static_cast<uint8_t>(type);
+  d.gauge_merge = static_cast<uint8_t>(merge);
+  d.label_count = static_cast<uint16_t>(label_names.size());
+  d.created_unix_ns = shm::NowUnixNs();
+  if (type == shm::MetricType::kHistogram) {
+    double* area = w.region<double>(h.bounds_offset);
+    d.bounds_index = h.bounds_used;
+    d.bucket_count = static_cast<uint32_t>(bounds.size());
+    std::memcpy(area + h.bounds_used, bounds.data(), bounds.size() * sizeof(double));
+    info.bounds_in_segment = area + h.bounds_used;
+    std::atomic_ref<uint32_t>(h.bounds_used)
+        .store(h.bounds_used + d.bucket_count, std::memory_order_relaxed);
+  }
+  w.region<shm::FamilyDescriptor>(h.family_table_offset)[index] = d;
+  // release: publishes the descriptor, its strings and bounds; pairs with
+  // the acquire load of family_count in the reader.
+  std::atomic_ref<uint32_t>(h.family_count).store(index + 1, std::memory_order_release);
+  w.reserved_series += overflow_series;
+  w.reserved_cells += overflow_cells;
+  w.families.push_back(std::move(info));
+  w.family_by_name.emplace(std::string(name), index);
+  return index;
+}
+
+absl::StatusOr<Writer::SeriesCells> Writer::AddSeries(uint32_t family,
+                                                      std::vector<absl::string_view> values) {
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  Impl& w = *impl_;
+  Impl::FamilyInfo& info = w.families[family];
+  if (values.size() != info.label_names.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "family '", info.name, "' with labels [",
+        absl::StrJoin(info.label_names, ","), "] needs ", info.label_names.size(),
+        " label values, got ", values.size()));
+  }
+  std::string key;
+  absl::StrAppend(&key, family, "\xff");
+  for (absl::string_view value : values) {
+    if (value.size() > shm::kMaxLabelValueBytes || !shm::IsValidUtf8(value)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "label value must be UTF-8, at most ", shm::kMaxLabelValueBytes, " bytes"));
+    }
+    absl::StrAppend(&key, value.size(), ":", value);
+  }
+  shm::SegmentHeader& h = w.header();
+  const uint32_t cell_count = w.CellsFor(info);
+  if (auto it = w.series_by_key.find(key); it != w.series_by_key.end()) {
+    const shm::SeriesDescriptor& d = w.region<shm::SeriesDescriptor>(h.series_table_offset)[it->second];
+    return SeriesCells{d.first_cell, info.bounds_in_segment, static_cast<uint32_t>(info.bounds.size())};
+  }
+  const bool has_room = h.series_count + w.reserved_series < h.series_capacity &&
+                        h.cells_used + w.reserved_cells + cell_count <= h.cells_per_lane;
+  std::vector<shm::StringRef> refs;
+  bool interned = has_room;
+  if (has_room) {
+    for (absl::string_view value : values) {
+      absl::StatusOr<shm::StringRef> ref = w.Intern(value);
+      if (!ref.ok()) {
+        interned = false;
+        break;
+      }
+      refs.push_back(*ref);
+    }
+  }
+  if (!interned) {
+    const std::string what = absl::StrCat(
+        "series capacity exhausted in segment ", w.segment->path(), " (", h.series_count,
+        " series of ", h.series_capacity, ", ", h.cells_used, " cells of ", h.cells_per_lane,
+        ", arena ", h.string_arena_used, " of ", h.string_arena_bytes, " bytes)");
+    if (w.options.on_full == WriterOptions::OnFull::kError || info.label_names.empty()) {
+      return absl::ResourceExhaustedError(what);
+    }
+    std::atomic_ref<uint64_t>(h.series_overflow_count).fetch_add(1, std::memory_order_relaxed);
+    if (!w.full_reported) {
+      w.full_reported = true;
+      std::fprintf(stderr, "shmetrics: %s; new series now go to their family's series with every "
+                   "label = \"%s\"\n", what.c_str(), std::string(kOverflowValue).c_str());
+    }
+    if (info.overflow_series == shm::kNoIndex) {
+      const shm::StringRef overflow_ref = w.interned.find(kOverflowValue)->second;
+      std::vector<shm::StringRef> overflow_refs(info.label_names.size(), overflow_ref);
+      w.reserved_series -= 1;
+      w.reserved_cells -= cell_count;
+      info.overflow_series = w.PublishSeries(family, h.cells_used, cell_count, overflow_refs,
+                                             shm::kSeriesFlagOverflow);
+    }
+    const shm::SeriesDescriptor& d =
+        w.region<shm::SeriesDescriptor>(h.series_table_offset)[info.overflow_series];
+    return SeriesCells{d.first_cell, info.bounds_in_segment, static_cast<uint32_t>(info.bounds.size())};
+  }
+  const uint32_t first_cell = h.cells_used;
+  const uint32_t index = w.PublishSeries(family, first_cell, cell_count, refs, 0);
+  w.series_by_key.emplace(std::move(key), index);
+  return SeriesCells{first_cell, info.bounds_in_segment, static_cast<uint32_t>(info.bounds.size())};
+}
+
+template <typename Handle>
+absl::StatusOr<Handle> Writer::MakeHandle(uint32_t family, std::vector<absl::string_view> values) {
+  absl::StatusOr<SeriesCells> cells = AddSeries(family, std::move(values));
+  if (!cells.ok()) return cells.status();
+  if constexpr (std::is_same_v<Handle, Histogram>) {
+    return Histogram(impl_->slot, cells->first_cell, cells->bounds, cells->bucket_count);
+  } else {
+    return Handle(impl_->slot, cells->first_cell);
+  }
+}
+
+absl::StatusOr<CounterFamily> Writer::AddCounter(absl::string_view name, absl::string_view help,
+                                                 std::vector<std::string> label_names) {
+  absl::StatusOr<uint32_t> index =
+      AddFamily(name, help, shm::MetricType::kCounter, std::move(label_names), GaugeMerge::kSum, {});
+  if (!index.ok()) return index.status();
+  CounterFamily family;
+  family.writer_ = this;
+  family.family_ = *index;
+  return family;
+}
+
+absl::StatusOr<GaugeFamily> Writer::AddGauge(absl::string_view name, absl::string_view help,
+                                             std::vector<std::string> label_names,
+                                             GaugeMerge merge) {
+  absl::StatusOr<uint32_t> index =
+      AddFamily(name, help, shm::MetricType::kGauge, std::move(label_names), merge, {});
+  if (!index.ok()) return index.status();
+  GaugeFamily family;
+  family.writer_ = this;
+  family.family_ = *index;
+  return family;
+}
+
+absl::StatusOr<HistogramFamily> Writer::AddHistogram(absl::string_view name, absl::string_view help,
+                                                     std::vector<std::string> label_names,
+                                                     std::vector<double> bounds) {
+  absl::StatusOr<uint32_t> index = AddFamily(name, help, shm::MetricType::kHistogram,
+                                             std::move(label_names), GaugeMerge::kSum,
+                                             std::move(bounds));
+  if (!index.ok()) return index.status();
+  HistogramFamily family;
+  family.writer_ = this;
+  family.family_ = *index;
+  return family;
+}
+
+#define SHMETRICS_WITH_LABELS(Family, Handle)                                               \
+  absl::StatusOr<Handle> Family::WithLabels(std::initializer_list<absl::string_view> values) \
+      const {                                                                               \
+    return writer_->MakeHandle<Handle>(family_, std::vector<absl::string_view>(values));     \
+  }                                                                                         \
+  absl::StatusOr<Handle> Family::WithLabels(const std::vector<std::string>& values) const { \
+    return writer_->MakeHandle<Handle>(                                                     \
+        family_, std::vector<absl::string_view>(values.begin(), values.end()));             \
+  }
+SHMETRICS_WITH_LABELS(CounterFamily, Counter)
+SHMETRICS_WITH_LABELS(GaugeFamily, Gauge)
+SHMETRICS_WITH_LABELS(HistogramFamily, Histogram)
+#undef SHMETRICS_WITH_LABELS
+
+}  // namespace shmetrics
