@@ -147,7 +147,7 @@ absl::Status Segment::RefreshUnchecked() {
     return Corrupt(file, absl::StrCat("family count ", family_count, " above capacity ",
                                       header_.family_capacity));
   }
-  absl::flat_hash_set<absl::string_view> names;
+  absl::flat_hash_set<std::string> names;
   for (const FamilyView& f : families_) names.insert(f.name);
   for (uint32_t i = static_cast<uint32_t>(families_.size()); i < family_count; ++i) {
     shm::FamilyDescriptor d;
