@@ -97,3 +97,125 @@ inline void AddSegment(const reader::Segment& segment, Totals& totals) {
 }
 
 }  // namespace shmetrics::testing
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+namespace shmetrics::testing {
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout only
+};
+
+inline CommandResult RunCommand(const std::string& command) {
+  CommandResult result;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return result;
+  std::array<char, 65536> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.output.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+inline std::string ShellQuote(const std::string& text) {
+  std::string quoted = "'";
+  for (char ch : text) quoted += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  return quoted + "'";
+}
+
+// A child process running a program; killed (SIGTERM, then SIGKILL) and
+// reaped when destroyed.
+class Subprocess {
+ public:
+  Subprocess(const std::vector<std::string>& argv, const std::string& log_path) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      FILE* log = std::fopen(log_path.c_str(), "w");
+      if (log != nullptr) {
+        dup2(fileno(log), 1);
+        dup2(fileno(log), 2);
+      }
+      std::vector<char*> args;
+      for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+  }
+  ~Subprocess() { Stop(); }
+  pid_t pid() const { return pid_; }
+  // SIGTERM and wait up to 5 s, then SIGKILL. Returns the exit status (see WaitChild).
+  int Stop() {
+    if (pid_ <= 0) return exit_status_;
+    kill(pid_, SIGTERM);
+    for (int i = 0; i < 500; ++i) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+        pid_ = -1;
+        return exit_status_;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    kill(pid_, SIGKILL);
+    exit_status_ = WaitChild(pid_);
+    pid_ = -1;
+    return exit_status_;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int exit_status_ = -1000;
+};
+
+// A loopback port that was free a moment ago.
+inline int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+  socklen_t length = sizeof address;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  close(fd);
+  return ntohs(address.sin_port);
+}
+
+struct HttpResponse {
+  int status = 0;
+  std::string content_type;
+  std::string encoding;
+  std::string body;
+};
+
+// GET through tests/expo.py (python's urllib): an HTTP client that is not ours.
+inline HttpResponse HttpGet(const std::string& url, const std::string& extra_args = "") {
+  const CommandResult r = RunCommand("/usr/bin/python3 " SHMETRICS_TESTS_DIR "/expo.py get " + ShellQuote(url) +
+                                     " " + extra_args + " 2>/dev/null");
+  HttpResponse response;
+  const size_t blank = r.output.find("\n\n");
+  if (r.exit_code != 0 || blank == std::string::npos) return response;
+  std::sscanf(r.output.c_str(), "STATUS %d", &response.status);
+  const auto header_value = [&](const std::string& name) {
+    const size_t at = r.output.find("\n" + name + " ");
+    if (at == std::string::npos || at > blank) return std::string();
+    const size_t start = at + name.size() + 2;
+    return r.output.substr(start, r.output.find('\n', start) - start);
+  };
+  response.content_type = header_value("CONTENT-TYPE");
+  response.encoding = header_value("ENCODING");
+  response.body = r.output.substr(blank + 2);
+  return response;
+}
+
+}  // namespace shmetrics::testing

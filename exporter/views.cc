@@ -1,0 +1,224 @@
+#include "views.h"
+
+#include <cmath>
+#include <map>
+#include <time.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace shmetrics::exporter {
+namespace {
+using reader::AppendJsonNumber;
+using reader::AppendJsonString;
+
+double NowSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
+}
+
+const char* TypeName(shm::MetricType type) {
+  return type == shm::MetricType::kCounter ? "counter"
+         : type == shm::MetricType::kGauge ? "gauge"
+                                           : "histogram";
+}
+
+std::string LabelValue(const reader::AggregatedSeries& s, absl::string_view name) {
+  for (const auto& [label, value] : s.labels) {
+    if (label == name) return value;
+  }
+  return "";
+}
+
+void AppendPercentiles(std::string* out, const std::vector<double>& bounds,
+                       const std::vector<uint64_t>& buckets) {
+  static constexpr std::pair<const char*, double> kQuantiles[] = {{"p50", 0.5}, {"p95", 0.95}, {"p99", 0.99}};
+  for (const auto& [name, q] : kQuantiles) {
+    absl::StrAppend(out, ",\"", name, "\":");
+    AppendJsonNumber(out, reader::EstimateQuantile(bounds, buckets, q));
+  }
+}
+
+struct Family {
+  explicit Family(shm::MetricType t) : type(t) {}
+  shm::MetricType type;
+  double total = 0;
+  size_t series = 0;
+  std::vector<double> bounds;
+  std::vector<uint64_t> buckets;
+  double sum = 0;
+};
+
+void Merge(Family& f, const reader::AggregatedSeries& s) {
+  ++f.series;
+  if (s.type != shm::MetricType::kHistogram) {
+    f.total += s.value;
+    return;
+  }
+  if (f.buckets.empty()) {
+    f.bounds = s.bounds;
+    f.buckets.assign(s.buckets.size(), 0);
+  }
+  if (f.bounds != s.bounds) return;
+  for (size_t b = 0; b < s.buckets.size(); ++b) f.buckets[b] += s.buckets[b];
+  f.sum += s.sum;
+}
+
+uint64_t Count(const Family& f) {
+  uint64_t count = 0;
+  for (uint64_t b : f.buckets) count += b;
+  return count;
+}
+
+}  // namespace
+
+void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self,
+                       reader::ExpositionFormat format, std::string* out) {
+  const reader::CollectorCounters c = collector.Counters();
+  const size_t problems = collector.Problems().size();
+  const bool om = format == reader::ExpositionFormat::kOpenMetrics;
+  auto gauge = [&](const char* name, const char* help, absl::string_view labels, double value, bool header) {
+    if (header) absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " gauge\n");
+    absl::StrAppend(out, name, labels, " ");
+    reader::AppendDouble(out, value);
+    out->push_back('\n');
+  };
+  auto counter = [&](const char* family, const char* help, double value) {
+    absl::StrAppend(out, "# HELP ", family, om ? "" : "_total", " ", help, "\n# TYPE ", family,
+                    om ? "" : "_total", " counter\n", family, "_total ");
+    reader::AppendDouble(out, value);
+    out->push_back('\n');
+  };
+  gauge("shmetrics_exporter_scrape_duration_seconds", "Time the previous scrape took to render.", "",
+        self.last_scrape_duration_seconds, true);
+  counter("shmetrics_exporter_scrapes", "Scrapes of /metrics served.", double(self.scrapes_total));
+  gauge("shmetrics_exporter_segments", "Segments seen in the directory, by state.", "{state=\"alive\"}",
+        double(c.segments_alive), true);
+  gauge("shmetrics_exporter_segments", "", "{state=\"dead\"}", double(c.segments_dead), false);
+  gauge("shmetrics_exporter_segments", "", "{state=\"not_ready\"}", double(c.segments_not_ready), false);
+  gauge("shmetrics_exporter_segments", "", "{state=\"corrupt\"}", double(problems), false);
+  counter("shmetrics_exporter_segments_retired", "Dead writers' segments folded into the archive and removed.",
+          double(c.segments_retired_total));
+  gauge("shmetrics_exporter_series", "Aggregated series exported.", "", double(c.series), true);
+  gauge("shmetrics_exporter_archived_series", "Series kept in the archive of retired writers.", "",
+        double(c.archived_series), true);
+  gauge("shmetrics_exporter_start_time_seconds", "Unix time the exporter started.", "",
+        self.start_unix_seconds, true);
+}
+
+int RenderHealth(const reader::Collector& collector, const SelfStats& self, std::string* out) {
+  const std::vector<reader::Problem> problems = collector.Problems();
+  const reader::CollectorCounters c = collector.Counters();
+  const bool ok = problems.empty();
+  absl::StrAppend(out, "{\"status\":", ok ? "\"ok\"" : "\"degraded\"", ",\"version\":");
+  AppendJsonString(out, kVersion);
+  absl::StrAppend(out, ",\"uptime_seconds\":");
+  AppendJsonNumber(out, std::floor((NowSeconds() - self.start_unix_seconds) * 1000) / 1000);
+  absl::StrAppend(out, ",\"segments_alive\":", c.segments_alive, ",\"segments_dead\":", c.segments_dead,
+                  ",\"segments_retired_total\":", c.segments_retired_total, ",\"series\":", c.series,
+                  ",\"segments\":[");
+  bool first = true;
+  for (const reader::SegmentReport& r : collector.Segments()) {
+    absl::StrAppend(out, first ? "" : ",", "{\"service\":");
+    first = false;
+    AppendJsonString(out, r.info.service);
+    absl::StrAppend(out, ",\"pid\":", r.info.pid, ",\"alive\":", r.alive ? "true" : "false", ",\"path\":");
+    AppendJsonString(out, r.info.path);
+    absl::StrAppend(out, ",\"families_used\":", r.info.family_count, ",\"families_capacity\":",
+                    r.info.family_capacity, ",\"series_used\":", r.info.series_count,
+                    ",\"series_capacity\":", r.info.series_capacity, ",\"series_overflow\":",
+                    r.info.series_overflow_count, ",\"lanes_in_use\":", r.info.lanes_in_use, "}");
+  }
+  absl::StrAppend(out, "],\"problems\":[");
+  first = true;
+  for (const reader::Problem& p : problems) {
+    absl::StrAppend(out, first ? "" : ",", "{\"path\":");
+    first = false;
+    AppendJsonString(out, p.path);
+    absl::StrAppend(out, ",\"error\":");
+    AppendJsonString(out, p.error);
+    out->push_back('}');
+  }
+  out->append("]}\n");
+  return ok ? 200 : 503;
+}
+
+void RenderStats(const reader::Collector& collector, std::string* out) {
+  const std::vector<reader::AggregatedSeries> all = collector.Snapshot();
+  std::map<std::string, Family> families;
+  struct Endpoint {
+    double requests = 0, errors = 0;
+    Family latency = Family(shm::MetricType::kHistogram);
+  };
+  std::map<std::pair<std::string, std::string>, Endpoint> endpoints;  // (method, endpoint)
+  double cache_hits = 0, cache_misses = 0;
+  std::map<std::string, double> llm;  // tokens, cost, calls
+  for (const reader::AggregatedSeries& s : all) {
+    auto [it, inserted] = families.try_emplace(s.family, s.type);
+    Merge(it->second, s);
+    if (s.family == "http_requests_total") {
+      Endpoint& e = endpoints[{LabelValue(s, "method"), LabelValue(s, "endpoint")}];
+      e.requests += s.value;
+      if (LabelValue(s, "status").substr(0, 1) == "5") e.errors += s.value;
+    } else if (s.family == "http_request_duration_seconds") {
+      Merge(endpoints[{LabelValue(s, "method"), LabelValue(s, "endpoint")}].latency, s);
+    } else if (s.family == "cache_operations_total") {
+      (LabelValue(s, "result") == "hit" ? cache_hits : cache_misses) += s.value;
+    } else if (s.family.size() > 13 && s.family.substr(s.family.size() - 13) == "_tokens_total") {
+      llm["tokens"] += s.value;
+    } else if (s.family.find("_api_cost_dollars_total") != std::string::npos) {
+      llm["cost_usd"] += s.value;
+    } else if (s.family.find("_api_calls_total") != std::string::npos) {
+      llm["calls"] += s.value;
+    }
+  }
+  out->append("{\"families\":[");
+  bool first = true;
+  for (const auto& [name, f] : families) {
+    absl::StrAppend(out, first ? "" : ",", "{\"name\":");
+    first = false;
+    AppendJsonString(out, name);
+    absl::StrAppend(out, ",\"type\":\"", TypeName(f.type), "\",\"series\":", f.series);
+    if (f.type == shm::MetricType::kHistogram) {
+      absl::StrAppend(out, ",\"count\":", Count(f), ",\"sum\":");
+      AppendJsonNumber(out, f.sum);
+      AppendPercentiles(out, f.bounds, f.buckets);
+    } else {
+      absl::StrAppend(out, ",\"total\":");
+      AppendJsonNumber(out, f.total);
+    }
+    out->push_back('}');
+  }
+  out->append("],\"endpoints\":[");
+  first = true;
+  for (const auto& [key, e] : endpoints) {
+    absl::StrAppend(out, first ? "" : ",", "{\"method\":");
+    first = false;
+    AppendJsonString(out, key.first);
+    absl::StrAppend(out, ",\"endpoint\":");
+    AppendJsonString(out, key.second);
+    absl::StrAppend(out, ",\"requests\":");
+    AppendJsonNumber(out, e.requests);
+    absl::StrAppend(out, ",\"errors\":");
+    AppendJsonNumber(out, e.errors);
+    absl::StrAppend(out, ",\"error_rate\":");
+    AppendJsonNumber(out, e.requests > 0 ? e.errors / e.requests : NAN);
+    if (!e.latency.buckets.empty()) AppendPercentiles(out, e.latency.bounds, e.latency.buckets);
+    out->push_back('}');
+  }
+  absl::StrAppend(out, "],\"cache\":{\"hits\":");
+  AppendJsonNumber(out, cache_hits);
+  absl::StrAppend(out, ",\"misses\":");
+  AppendJsonNumber(out, cache_misses);
+  absl::StrAppend(out, ",\"hit_rate\":");
+  AppendJsonNumber(out, cache_hits + cache_misses > 0 ? cache_hits / (cache_hits + cache_misses) : NAN);
+  absl::StrAppend(out, "},\"llm\":{\"tokens\":");
+  AppendJsonNumber(out, llm["tokens"]);
+  absl::StrAppend(out, ",\"cost_usd\":");
+  AppendJsonNumber(out, llm["cost_usd"]);
+  absl::StrAppend(out, ",\"calls\":");
+  AppendJsonNumber(out, llm["calls"]);
+  out->append("}}\n");
+}
+
+}  // namespace shmetrics::exporter

@@ -1,0 +1,33 @@
+// The exporter's response bodies: the exposition with self-metrics, and the
+// JSON views (health, stats). Pure functions of a Collector.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "shmetrics/collector.h"
+
+namespace shmetrics::exporter {
+
+// The exporter's own health, rendered as metrics after the services'.
+struct SelfStats {
+  double last_scrape_duration_seconds = 0;
+  uint64_t scrapes_total = 0;
+  uint64_t http_errors_total = 0;
+  double start_unix_seconds = 0;
+};
+
+void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self,
+                       reader::ExpositionFormat format, std::string* out);
+
+// GET /api/health: returns the HTTP status (200, or 503 when a segment is
+// corrupt or unreadable) and fills `out` with JSON.
+int RenderHealth(const reader::Collector& collector, const SelfStats& self, std::string* out);
+
+// GET /api/stats: per family totals and percentiles, per endpoint request
+// counts, error rates and latency percentiles, cache hit rate, LLM usage.
+void RenderStats(const reader::Collector& collector, std::string* out);
+
+inline constexpr const char* kVersion = "0.1.0";
+
+}  // namespace shmetrics::exporter

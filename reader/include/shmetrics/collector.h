@@ -1,0 +1,130 @@
+// Collector: every segment of a directory, aggregated per service, rendered
+// as Prometheus text 0.0.4 or OpenMetrics 1.0, plus the retirement of dead
+// writers' segments.
+//
+// Aggregation. Series with the same family name and label values are merged
+// across the processes of a service: counters and histograms are summed;
+// gauges follow their family's GaugeMerge (live sum by default). Every
+// series carries a `service` label (unless the family has one already).
+//
+// Retirement. A segment whose writer is gone (closed, or its flock free
+// and its pid no longer the same process) is folded into the archive, a
+// file `shmetrics-archive` in the same directory, and then removed. The
+// archive keeps each counter's and histogram's final totals (and kSum,
+// kMax, kMin gauges), so aggregated counters never go backwards when a
+// process exits, crashes or restarts, and dead segments never pile up.
+// The archive is written atomically (temp file + rename) before a segment
+// is removed, and lists the file names it has folded, so a crash between
+// the two steps neither loses nor double-counts a segment. One collector
+// at a time may retire in a directory: it holds an flock on the archive.
+//
+// Cost. Scan() rebuilds the sorted series index only when segments or
+// series come or go. Render() walks that index and reads values straight
+// from the mappings into the output buffer: cost per live series, not per
+// writer that ever ran.
+//
+// Thread safety: thread-safe. Render() and the read accessors take a
+// shared lock and may run concurrently; Scan() takes it exclusively.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "shmetrics/reader.h"
+
+namespace shmetrics::reader {
+
+enum class ExpositionFormat { kPrometheusText, kOpenMetrics };
+
+// Content-Type header value for each format.
+const char* ContentType(ExpositionFormat format);
+
+struct CollectorOptions {
+  std::string directory;        // default: $SHMETRICS_DIR, else /dev/shm
+  std::string service_filter;   // only this service; empty = all
+  bool retire_dead = true;      // fold dead segments into the archive and remove them
+  Segment::Options segment;
+};
+
+// One segment as last seen by Scan().
+struct SegmentReport {
+  SegmentInfo info;
+  bool alive = false;
+};
+
+// A file that could not be read; it is skipped, the rest are served.
+struct Problem {
+  std::string path;
+  std::string error;
+};
+
+struct CollectorCounters {
+  uint64_t scans = 0;
+  uint64_t segments_alive = 0;
+  uint64_t segments_dead = 0;         // dead, not (yet) retired
+  uint64_t segments_not_ready = 0;
+  uint64_t segments_retired_total = 0;
+  uint64_t series = 0;                // aggregated series in the index
+  uint64_t archived_series = 0;
+};
+
+// A scalar sample of the aggregated view, for JSON views and tests.
+struct AggregatedSeries {
+  std::string service;
+  std::string family;
+  shm::MetricType type;
+  std::vector<std::pair<std::string, std::string>> labels;  // family labels only
+  double value = 0;                   // counter / gauge
+  std::vector<double> bounds;         // histogram
+  std::vector<uint64_t> buckets;      // histogram, non-cumulative, +Inf last
+  double sum = 0;                     // histogram
+};
+
+class Collector {
+ public:
+  // Errors: NotFound (directory), FailedPrecondition (another collector
+  // holds the archive lock: pass retire_dead = false to share the
+  // directory read-only), DataLoss never: a corrupt archive is set aside
+  // (renamed *.corrupt) and reported as a Problem.
+  static absl::StatusOr<std::unique_ptr<Collector>> Create(const CollectorOptions& options);
+  ~Collector();
+
+  // Finds new and vanished segments, refreshes the rest, retires the dead.
+  // Fails only when the directory itself cannot be listed.
+  absl::Status Scan();
+
+  // Appends the exposition of every service (without the OpenMetrics
+  // "# EOF" line, so that callers can add their own metrics first).
+  void Render(ExpositionFormat format, std::string* out) const;
+
+  std::vector<SegmentReport> Segments() const;
+  std::vector<Problem> Problems() const;
+  CollectorCounters Counters() const;
+  // Every aggregated series, in exposition order.
+  std::vector<AggregatedSeries> Snapshot() const;
+
+  struct State;  // opaque
+
+ private:
+  explicit Collector(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+// Quantile estimate from histogram buckets, the way PromQL's
+// histogram_quantile() does it: linear interpolation inside the bucket
+// where the rank falls; the lowest bucket starts at 0 (if its bound is
+// positive); a rank in the +Inf bucket returns the highest finite bound.
+// NaN when the histogram is empty.
+double EstimateQuantile(const std::vector<double>& bounds, const std::vector<uint64_t>& buckets,
+                        double quantile);
+
+// Text helpers shared by the exporter and the CLI.
+void AppendDouble(std::string* out, double value);       // Prometheus number syntax
+void AppendJsonString(std::string* out, absl::string_view text);
+void AppendJsonNumber(std::string* out, double value);   // null for NaN and infinities
+
+}  // namespace shmetrics::reader

@@ -1,0 +1,82 @@
+// Number and string formatting shared by the exposition, JSON views and CLI.
+#include <charconv>
+#include <cmath>
+
+#include "shmetrics/collector.h"
+
+namespace shmetrics::reader {
+
+void AppendDouble(std::string* out, double value) {
+  if (std::isnan(value)) {
+    out->append("NaN");
+  } else if (std::isinf(value)) {
+    out->append(value > 0 ? "+Inf" : "-Inf");
+  } else {
+    char buffer[32];
+    // Shortest text that reads back as the same double.
+    auto result = std::to_chars(buffer, buffer + sizeof buffer, value);
+    out->append(buffer, result.ptr);
+  }
+}
+
+void AppendJsonNumber(std::string* out, double value) {
+  if (!std::isfinite(value)) {
+    out->append("null");
+    return;
+  }
+  AppendDouble(out, value);
+}
+
+void AppendJsonString(std::string* out, absl::string_view text) {
+  out->push_back('"');
+  for (char ch : text) {
+    switch (ch) {
+      case '"': out->append("\\\""); break;
+      case '\\': out->append("\\\\"); break;
+      case '\n': out->append("\\n"); break;
+      case '\r': out->append("\\r"); break;
+      case '\t': out->append("\\t"); break;
+      default:
+        if (static_cast<unsigned char>(ch) < 0x20) {
+          static constexpr char kHex[] = "0123456789abcdef";
+          out->append("\\u00");
+          out->push_back(kHex[(ch >> 4) & 0xf]);
+          out->push_back(kHex[ch & 0xf]);
+        } else {
+          out->push_back(ch);
+        }
+    }
+  }
+  out->push_back('"');
+}
+
+double EstimateQuantile(const std::vector<double>& bounds, const std::vector<uint64_t>& buckets,
+                        double quantile) {
+  uint64_t count = 0;
+  for (uint64_t b : buckets) count += b;
+  if (count == 0 || buckets.size() != bounds.size() + 1 || bounds.empty()) return std::nan("");
+  if (quantile <= 0) return quantile < 0 ? -INFINITY : 0;  // as PromQL does for q < 0 / q = 0 with lower bound
+  if (quantile >= 1) return bounds.back();
+  const double rank = quantile * static_cast<double>(count);
+  uint64_t below = 0;
+  for (size_t i = 0; i < buckets.size(); ++i) {
+    const uint64_t cumulative = below + buckets[i];
+    if (static_cast<double>(cumulative) >= rank) {
+      if (i == bounds.size()) return bounds.back();  // rank in +Inf bucket
+      const double upper = bounds[i];
+      const double lower = i == 0 ? (bounds[0] > 0 ? 0 : bounds[0]) : bounds[i - 1];
+      if (buckets[i] == 0) return upper;
+      return lower + (upper - lower) * ((rank - static_cast<double>(below)) / static_cast<double>(buckets[i]));
+    }
+    below = cumulative;
+  }
+  return bounds.back();
+}
+
+const char* ContentType(ExpositionFormat format) {
+  return format == ExpositionFormat::kOpenMetrics
+             ? "application/openmetrics-text; version=1.0.0; charset=utf-8"
+             : "text/plain; version=0.0.4; charset=utf-8";
+}
+
+}  // namespace shmetrics::reader

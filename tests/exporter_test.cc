@@ -1,0 +1,378 @@
+// The exporter as a real process, against real writer processes, checked
+// by independent peers: promtool, python3-prometheus-client, prometheus-cpp
+// and a real Prometheus server.
+#include <doctest/doctest.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+#include <sys/stat.h>
+
+#include <functional>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "shmetrics/collector.h"
+#include "shmetrics/writer.h"
+#include "test_support.h"
+
+namespace shmetrics {
+namespace {
+using testing::HttpGet;
+using testing::RunCommand;
+using testing::Subprocess;
+using testing::TempDir;
+
+// A forked writer process: runs `work`, reports ready, then idles until
+// stopped (a clean exit without Close(): it reads as dead, like a crash).
+class WriterProcess {
+ public:
+  WriterProcess(const std::string& dir, const std::string& service, std::function<void(Writer&)> work) {
+    int ready[2], stop[2];
+    REQUIRE(pipe(ready) == 0);
+    REQUIRE(pipe(stop) == 0);
+    pid_ = fork();
+    if (pid_ == 0) {
+      close(ready[0]);
+      close(stop[1]);
+      WriterOptions options;
+      options.service = service;
+      options.directory = dir;
+      auto writer = Writer::Create(options);
+      if (!writer.ok()) _exit(3);
+      work(**writer);
+      char byte = 'r';
+      if (write(ready[1], &byte, 1) != 1) _exit(4);
+      while (read(stop[0], &byte, 1) > 0) {
+      }
+      _exit(0);
+    }
+    close(ready[1]);
+    close(stop[0]);
+    stop_fd_ = stop[1];
+    char byte = 0;
+    REQUIRE(read(ready[0], &byte, 1) == 1);
+    close(ready[0]);
+  }
+  ~WriterProcess() { Stop(); }
+  void Stop() {
+    if (pid_ <= 0) return;
+    close(stop_fd_);
+    testing::WaitChild(pid_);
+    pid_ = -1;
+  }
+  void Kill9() {
+    kill(pid_, SIGKILL);
+    testing::WaitChild(pid_);
+    close(stop_fd_);
+    pid_ = -1;
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  int stop_fd_ = -1;
+};
+
+const std::vector<double> kLatencyBounds = {0.01, 0.05, 0.1, 0.5, 1};
+const double kLatencies[] = {0.004, 0.02, 0.07, 0.3, 0.8, 3};
+const std::string kOddEndpoint = "/q\"uote\\back\nline";
+
+// Deterministic traffic; every process of the service does the same.
+void WebTraffic(Writer& writer) {
+  auto requests = writer.AddCounter("http_requests_total", "Requests served,\nby \\ status.",
+                                    {"method", "endpoint", "status"}).value();
+  auto duration = writer.AddHistogram("http_request_duration_seconds", "Request latency.",
+                                      {"method", "endpoint"}, kLatencyBounds).value();
+  auto in_progress = writer.AddGauge("http_requests_in_progress", "In flight.").value();
+  auto cache = writer.AddCounter("cache_operations_total", "Cache.", {"operation", "result"}).value();
+  for (int i = 0; i < 120; ++i) requests.WithLabels({"GET", "/api", "200"}).value().inc();
+  for (int i = 0; i < 3; ++i) requests.WithLabels({"POST", "/api", "500"}).value().inc();
+  requests.WithLabels({"GET", kOddEndpoint, "404"}).value().inc();
+  auto api = duration.WithLabels({"GET", "/api"}).value();
+  for (int i = 0; i < 120; ++i) api.observe(kLatencies[i % 6]);
+  in_progress.WithLabels({}).value().inc(2);
+  cache.WithLabels({"get", "hit"}).value().add(30);
+  cache.WithLabels({"get", "miss"}).value().add(10);
+}
+
+class Exporter {
+ public:
+  explicit Exporter(const TempDir& dir, std::vector<std::string> extra = {})
+      : port_(testing::FreePort()), log_(dir.path() + "/../" + std::filesystem::path(dir.path()).filename().string() + ".exporter.log") {
+    std::vector<std::string> argv = {SHMETRICS_EXPORTER_BIN, "--dir", dir.path(), "--listen",
+                                     absl::StrCat("127.0.0.1:", port_), "--min-scan-interval-ms", "0"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    process_ = std::make_unique<Subprocess>(argv, log_);
+    for (int i = 0; i < 100 && HttpGet(url("/api/health")).status == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  ~Exporter() {
+    process_.reset();
+    std::filesystem::remove(log_);
+  }
+  std::string url(const std::string& path) const { return absl::StrCat("http://127.0.0.1:", port_, path); }
+  int port() const { return port_; }
+  int Stop() { return process_->Stop(); }
+  std::string Log() const { return testing::ReadFile(log_); }
+
+ private:
+  int port_;
+  std::string log_;
+  std::unique_ptr<Subprocess> process_;
+};
+
+// Samples parsed by python3-prometheus-client, minus the exporter's own.
+std::vector<std::string> ParsedSamples(const TempDir& dir, const std::string& body, const std::string& kind,
+                                       bool drop_service = false) {
+  const std::string file = dir.path() + "/exposition.txt";
+  testing::WriteFile(file, body);
+  const auto r = RunCommand("/usr/bin/python3 " SHMETRICS_TESTS_DIR "/expo.py samples " + file + " " + kind);
+  std::filesystem::remove(file);
+  REQUIRE(r.exit_code == 0);
+  std::vector<std::string> lines;
+  for (absl::string_view line : absl::StrSplit(r.output, '\n', absl::SkipEmpty())) {
+    if (absl::StartsWith(line, "shmetrics_exporter_")) continue;
+    std::string text(line);
+    if (drop_service) {
+      for (const char* pattern : {",service=\"web\"", "service=\"web\",", "service=\"web\""}) {
+        if (const size_t at = text.find(pattern); at != std::string::npos) text.erase(at, strlen(pattern));
+      }
+    }
+    lines.push_back(text);
+  }
+  return lines;
+}
+
+TEST_CASE("exporter output of a multi-process run passes promtool and both python parsers") {
+  TempDir dir;
+  WriterProcess a(dir.path(), "web", WebTraffic);
+  WriterProcess b(dir.path(), "web", WebTraffic);
+  Exporter exporter(dir);
+  const auto text = HttpGet(exporter.url("/metrics"));
+  REQUIRE(text.status == 200);
+  CHECK(text.content_type == "text/plain; version=0.0.4; charset=utf-8");
+  const std::string file = dir.path() + "/metrics.txt";
+  testing::WriteFile(file, text.body);
+  const auto promtool = RunCommand("promtool check metrics < " + file + " 2>&1");
+  CHECK_MESSAGE(promtool.exit_code == 0, promtool.output);
+
+  const auto samples = ParsedSamples(dir, text.body, "text");
+  const std::set<std::string> got(samples.begin(), samples.end());
+  // Two processes, summed.
+  CHECK(got.contains("http_requests_total{endpoint=\"/api\",method=\"GET\",service=\"web\",status=\"200\"} 240.0"));
+  CHECK(got.contains("http_requests_total{endpoint=\"/api\",method=\"POST\",service=\"web\",status=\"500\"} 6.0"));
+  CHECK(got.contains("http_requests_total{endpoint=\"/q\\\"uote\\\\back\\nline\",method=\"GET\",service=\"web\",status=\"404\"} 2.0"));
+  CHECK(got.contains("http_request_duration_seconds_bucket{endpoint=\"/api\",le=\"0.01\",method=\"GET\",service=\"web\"} 40.0"));
+  CHECK(got.contains("http_request_duration_seconds_bucket{endpoint=\"/api\",le=\"+Inf\",method=\"GET\",service=\"web\"} 240.0"));
+  CHECK(got.contains("http_request_duration_seconds_count{endpoint=\"/api\",method=\"GET\",service=\"web\"} 240.0"));
+  CHECK(got.contains("http_requests_in_progress{service=\"web\"} 4.0"));
+  CHECK(got.contains("cache_operations_total{operation=\"get\",result=\"hit\",service=\"web\"} 60.0"));
+  CHECK(absl::StrContains(text.body, "# HELP http_requests_total Requests served,\\nby \\\\ status.\n"));
+
+  const auto om = HttpGet(exporter.url("/metrics"), "--accept application/openmetrics-text");
+  REQUIRE(om.status == 200);
+  CHECK(om.content_type == "application/openmetrics-text; version=1.0.0; charset=utf-8");
+  CHECK(absl::EndsWith(om.body, "# EOF\n"));
+  CHECK(absl::StrContains(om.body, "# TYPE http_requests counter\n"));
+  const auto om_samples = ParsedSamples(dir, om.body, "openmetrics");
+  CHECK(std::set<std::string>(om_samples.begin(), om_samples.end()).contains(
+      "http_requests_total{endpoint=\"/api\",method=\"GET\",service=\"web\",status=\"200\"} 240.0"));
+  CHECK(om_samples.size() == samples.size());
+
+  const auto gz = HttpGet(exporter.url("/metrics"), "--gzip");
+  CHECK(gz.encoding == "gzip");
+  CHECK(ParsedSamples(dir, gz.body, "text").size() == samples.size());
+}
+
+TEST_CASE("the exporter gives the same samples as prometheus-cpp's TextSerializer for the same metrics") {
+  TempDir dir;
+  WriterProcess a(dir.path(), "web", WebTraffic);
+  Exporter exporter(dir);
+  const auto ours = HttpGet(exporter.url("/metrics"));
+  REQUIRE(ours.status == 200);
+
+  prometheus::Registry registry;
+  auto& requests = prometheus::BuildCounter().Name("http_requests_total").Help("Requests served,\nby \\ status.").Register(registry);
+  auto& duration = prometheus::BuildHistogram().Name("http_request_duration_seconds").Help("Request latency.").Register(registry);
+  auto& in_progress = prometheus::BuildGauge().Name("http_requests_in_progress").Help("In flight.").Register(registry);
+  auto& cache = prometheus::BuildCounter().Name("cache_operations_total").Help("Cache.").Register(registry);
+  requests.Add({{"method", "GET"}, {"endpoint", "/api"}, {"status", "200"}}).Increment(120);
+  requests.Add({{"method", "POST"}, {"endpoint", "/api"}, {"status", "500"}}).Increment(3);
+  requests.Add({{"method", "GET"}, {"endpoint", kOddEndpoint}, {"status", "404"}}).Increment();
+  auto& api = duration.Add({{"method", "GET"}, {"endpoint", "/api"}}, kLatencyBounds);
+  for (int i = 0; i < 120; ++i) api.Observe(kLatencies[i % 6]);
+  in_progress.Add({}).Set(2);
+  cache.Add({{"operation", "get"}, {"result", "hit"}}).Increment(30);
+  cache.Add({{"operation", "get"}, {"result", "miss"}}).Increment(10);
+  // prometheus-cpp 1.0.1 leaves HELP unescaped (a newline breaks its
+  // output), so its HELP lines are not compared: samples are.
+  const std::string reference = prometheus::TextSerializer().Serialize(registry.Collect());
+  std::string reference_without_help;
+  for (absl::string_view line : absl::StrSplit(reference, '\n')) {
+    if (!absl::StartsWith(line, "# TYPE") && !absl::StartsWith(line, "http_") && !absl::StartsWith(line, "cache_")) continue;
+    absl::StrAppend(&reference_without_help, line, "\n");
+  }
+  const auto theirs = ParsedSamples(dir, reference_without_help, "text");
+  const auto mine = ParsedSamples(dir, ours.body, "text", /*drop_service=*/true);
+  CHECK(mine == theirs);
+  CHECK(mine.size() == 14);
+}
+
+TEST_CASE("a writer killed with -9 and restarted: the exported counter never decreases; its segment is retired") {
+  TempDir dir;
+  Exporter exporter(dir);
+  auto value_of = [&](const std::string& sample_prefix) {
+    const auto r = HttpGet(exporter.url("/metrics"));
+    for (absl::string_view line : absl::StrSplit(r.body, '\n')) {
+      if (absl::StartsWith(line, sample_prefix)) return std::stod(std::string(line.substr(sample_prefix.size())));
+    }
+    return -1.0;
+  };
+  const std::string sample = "jobs_total{service=\"batch\"} ";
+  auto work = [](int n) {
+    return [n](Writer& w) { w.AddCounter("jobs_total", "Jobs.").value().WithLabels({}).value().add(n); };
+  };
+  auto first = std::make_unique<WriterProcess>(dir.path(), "batch", work(100));
+  CHECK(value_of(sample) == 100);
+  const std::string first_segment = dir.SegmentPaths().at(0);
+  first->Kill9();
+  CHECK(value_of(sample) == 100);  // folded into the archive, not lost
+  CHECK_FALSE(std::filesystem::exists(first_segment));
+  CHECK(std::filesystem::exists(dir.path() + "/shmetrics-archive"));
+  WriterProcess second(dir.path(), "batch", work(5));
+  CHECK(value_of(sample) == 105);
+  CHECK(absl::StrContains(HttpGet(exporter.url("/metrics")).body, "shmetrics_exporter_segments_retired_total 1\n"));
+
+  // The archive survives an exporter restart.
+  CHECK(exporter.Stop() == 0);
+  Exporter again(dir);
+  const auto r = HttpGet(again.url("/metrics"));
+  CHECK(absl::StrContains(r.body, sample + "105\n"));
+}
+
+TEST_CASE("a corrupt segment next to good ones: the good ones are served, health says what is wrong") {
+  TempDir dir;
+  WriterProcess a(dir.path(), "web", WebTraffic);
+  const std::string bad = dir.path() + "/shmetrics.web.4242.1";
+  testing::WriteFile(bad, std::string(8192, 'x'));
+  chmod(bad.c_str(), 0600);
+  Exporter exporter(dir);
+  const auto metrics = HttpGet(exporter.url("/metrics"));
+  CHECK(metrics.status == 200);
+  CHECK(absl::StrContains(metrics.body, "http_requests_total{method=\"GET\",endpoint=\"/api\",status=\"200\",service=\"web\"} 120\n"));
+  CHECK(absl::StrContains(metrics.body, "shmetrics_exporter_segments{state=\"corrupt\"} 1\n"));
+  const auto health = HttpGet(exporter.url("/api/health"));
+  CHECK(health.status == 503);
+  CHECK(absl::StrContains(health.body, "\"status\":\"degraded\""));
+  CHECK(absl::StrContains(health.body, "{\"path\":\"" + bad + "\",\"error\":\"" + bad +
+                                           ": not a shmetrics segment (bad magic)\"}"));
+  CHECK(absl::StrContains(exporter.Log(), "shmetrics: skipping " + bad + ": not a shmetrics segment (bad magic)"));
+  CHECK(std::filesystem::exists(bad));  // never removed: it is not ours to judge
+}
+
+TEST_CASE("HTTP: unknown paths 404, wrong methods 405, HEAD, reserved routes, stats and health JSON") {
+  TempDir dir;
+  WriterProcess a(dir.path(), "web", WebTraffic);
+  Exporter exporter(dir);
+  CHECK(HttpGet(exporter.url("/nope")).status == 404);
+  CHECK(HttpGet(exporter.url("/nope")).body == "{\"error\":\"not found: /nope\"}\n");
+  const auto post = HttpGet(exporter.url("/metrics"), "--method POST");
+  CHECK(post.status == 405);
+  CHECK(post.body == "{\"error\":\"method POST not allowed; use GET\"}\n");
+  CHECK(HttpGet(exporter.url("/metrics"), "--method HEAD").status == 200);
+  CHECK(HttpGet(exporter.url("/api/recent")).status == 501);
+  const auto health = HttpGet(exporter.url("/api/health"));
+  CHECK(health.status == 200);
+  CHECK(absl::StrContains(health.body, "\"status\":\"ok\",\"version\":\"0.1.0\""));
+  CHECK(absl::StrContains(health.body, absl::StrCat("\"service\":\"web\",\"pid\":", a.pid(), ",\"alive\":true")));
+  const auto stats = HttpGet(exporter.url("/api/stats"));
+  CHECK(stats.status == 200);
+  // 120 GET /api: 20 each of 0.004, 0.02, 0.07, 0.3, 0.8 and 3 s.
+  // p50: rank 60 falls in (0.1, 0.5] holding 20 after 60 below -> 0.1.
+  CHECK(absl::StrContains(stats.body,
+      "{\"method\":\"GET\",\"endpoint\":\"/api\",\"requests\":120,\"errors\":0,\"error_rate\":0,"
+      "\"p50\":0.1,\"p95\":1,\"p99\":1}"));
+  CHECK(absl::StrContains(stats.body, "{\"method\":\"POST\",\"endpoint\":\"/api\",\"requests\":3,\"errors\":3,\"error_rate\":1}"));
+  CHECK(absl::StrContains(stats.body, "\"cache\":{\"hits\":30,\"misses\":10,\"hit_rate\":0.75}"));
+  // A raw, malformed request gets an error response, and the server lives on.
+  const auto raw = RunCommand(absl::StrCat("printf 'GARBAGE\\r\\n\\r\\n' | timeout 5 bash -c 'cat > /dev/tcp/127.0.0.1/",
+                                           exporter.port(), "' ; echo done"));
+  CHECK(raw.output == "done\n");
+  CHECK(HttpGet(exporter.url("/metrics")).status == 200);
+}
+
+TEST_CASE("basic auth: no or wrong credentials get 401, right ones 200") {
+  TempDir dir;
+  const std::string credentials = dir.path() + "/credentials";
+  testing::WriteFile(credentials, "# user:password\nprom:s3cret\n");
+  Exporter exporter(dir, {"--basic-auth-file", credentials});
+  CHECK(HttpGet(exporter.url("/metrics")).status == 401);
+  CHECK(HttpGet(exporter.url("/metrics"), "--auth prom:wrong").status == 401);
+  CHECK(HttpGet(exporter.url("/metrics"), "--auth prom:s3cret").status == 200);
+}
+
+TEST_CASE("bad flags and an unusable directory get their exit codes") {
+  TempDir dir;
+  auto run = [&](const std::string& args) {
+    return RunCommand(std::string(SHMETRICS_EXPORTER_BIN) + " " + args + " 2>&1").exit_code;
+  };
+  CHECK(run("--no-such-flag") == 2);
+  CHECK(run("--threads 0") == 2);
+  CHECK(run("--dir " + dir.path() + "/missing --listen 127.0.0.1:1") == 3);
+  Exporter first(dir);
+  const auto second = RunCommand(absl::StrCat(SHMETRICS_EXPORTER_BIN, " --dir ", dir.path(),
+                                              " --listen 127.0.0.1:", testing::FreePort(), " 2>&1"));
+  CHECK(second.exit_code == 5);
+  CHECK(absl::StrContains(second.output, "another exporter (or shmetrics gc) already retires segments in " + dir.path()));
+  CHECK(RunCommand(absl::StrCat(SHMETRICS_EXPORTER_BIN, " --no-retire --dir ", dir.path(), " --listen 127.0.0.1:",
+                                first.port(), " 2>&1")).exit_code == 4);
+}
+
+TEST_CASE("a real Prometheus server scrapes the exporter; PromQL returns what the writers produced") {
+  if (RunCommand("command -v prometheus").exit_code != 0) {
+    FAIL("Debian's prometheus is not installed (the README's test command installs it)");
+  }
+  TempDir dir;
+  WriterProcess a(dir.path(), "web", WebTraffic);
+  WriterProcess b(dir.path(), "web", WebTraffic);
+  Exporter exporter(dir);
+  const int port = testing::FreePort();
+  const std::string config = dir.path() + "/prometheus.yml";
+  testing::WriteFile(config, absl::StrCat("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: shmetrics\n"
+                                          "    static_configs:\n      - targets: ['127.0.0.1:", exporter.port(), "']\n"));
+  const std::string data = dir.path() + "/tsdb";
+  Subprocess prometheus({"/usr/bin/prometheus", "--config.file=" + config, "--storage.tsdb.path=" + data,
+                         absl::StrCat("--web.listen-address=127.0.0.1:", port)},
+                        dir.path() + "/prometheus.log");
+  auto query = [&](const std::string& promql) {
+    const std::string url = absl::StrCat("http://127.0.0.1:", port, "/api/v1/query?query=", promql);
+    return HttpGet(url).body;
+  };
+  std::string total;
+  for (int i = 0; i < 150; ++i) {
+    total = query("sum(http_requests_total%7Bstatus%3D%22200%22%2Cendpoint%3D%22%2Fapi%22%7D)");
+    if (absl::StrContains(total, "\"result\":[{")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  CHECK_MESSAGE(absl::StrContains(total, "\"240\"]"), total);
+  // 240 observations, 40 per value; p50 rank 120 in (0.1,0.5] (120 below... )
+  const std::string p50 = query("histogram_quantile(0.5%2Csum%20by%20(le)(http_request_duration_seconds_bucket))");
+  reader::AggregatedSeries expected;
+  const std::vector<uint64_t> buckets = {40, 40, 40, 40, 40, 40};
+  const double estimate = reader::EstimateQuantile(kLatencyBounds, buckets, 0.5);
+  std::string estimate_text;
+  reader::AppendDouble(&estimate_text, estimate);
+  CHECK_MESSAGE(absl::StrContains(p50, "\"" + estimate_text + "\"]"), p50);
+  const std::string rate = query("sum(rate(http_requests_total%5B1m%5D))");
+  CHECK_MESSAGE(absl::StrContains(rate, "\"status\":\"success\""), rate);
+  CHECK(prometheus.Stop() == 0);
+}
+
+}  // namespace
+}  // namespace shmetrics
