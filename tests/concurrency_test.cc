@@ -205,7 +205,7 @@ TEST_CASE("kill -9 mid-run: every completed increment is in the segment, and it 
   // is the writer's flock, which died with it. Stand in for pid reuse with
   // the dead segment's bytes under a live pid (ours).
   const std::string reused = dir.path() + "/" +
-      shm::SegmentFileName("victim", getpid(), shm::ProcessStartTicks(getpid()));
+      shm::SegmentFileName("victim", getpid(), shm::ProcessStartTicks(getpid()), 0);
   testing::WriteFile(reused, testing::ReadFile(segment->path()));
   chmod(reused.c_str(), 0600);
   auto impostor = reader::Segment::Open(reused).value();

@@ -68,7 +68,7 @@ absl::Status ReadEverything(const std::string& path) {
   return absl::OkStatus();
 }
 
-std::string Place(const TempDir& dir, const std::string& bytes, const char* name = "shmetrics.victim.1.1") {
+std::string Place(const TempDir& dir, const std::string& bytes, const char* name = "shmetrics.victim.1.1.0") {
   const std::string path = dir.path() + "/" + name;
   testing::WriteFile(path, bytes);
   chmod(path.c_str(), 0600);
@@ -89,7 +89,7 @@ TEST_CASE("an intact segment reads") {
 TEST_CASE("forged headers get exact errors") {
   TempDir dir;
   const std::string good = MakeSegmentBytes(dir);
-  const std::string path = dir.path() + "/shmetrics.victim.1.1";
+  const std::string path = dir.path() + "/shmetrics.victim.1.1.0";
   auto expect = [&](std::string bytes, absl::StatusCode code, const std::string& message) {
     Place(dir, bytes);
     const absl::Status status = ReadEverything(path);
@@ -163,7 +163,7 @@ TEST_CASE("a header still initializing is 'not ready yet' while young, broken wh
   CHECK(old.status().message() ==
         path + ": corrupt segment: still initializing after -1 s (its creator probably died during setup)");
   // An all-zero file (created, not yet written) is "not ready yet" too.
-  const std::string zeros = Place(dir, std::string(bytes.size(), '\0'), "shmetrics.victim.2.2");
+  const std::string zeros = Place(dir, std::string(bytes.size(), '\0'), "shmetrics.victim.2.2.0");
   CHECK(reader::Segment::Open(zeros).status().code() == absl::StatusCode::kUnavailable);
 }
 
@@ -173,7 +173,7 @@ TEST_CASE("thousands of random corruptions and truncations never crash the reade
   const auto* header = reinterpret_cast<const shm::SegmentHeader*>(good.data());
   const size_t metadata_end = header->lane_owner_offset;  // where pointers and counts live
   std::mt19937_64 rng(20261126);
-  const std::string path = dir.path() + "/shmetrics.victim.1.1";
+  const std::string path = dir.path() + "/shmetrics.victim.1.1.0";
   int read_ok = 0, refused = 0;
   const std::vector<size_t> boundaries = {
       0, 1, 8, 16, 28, 56, 120, 216, 511, 512, header->family_table_offset, header->series_table_offset,
@@ -220,7 +220,7 @@ TEST_CASE("thousands of random corruptions and truncations never crash the reade
 TEST_CASE("a symlink, a directory or another user's file is refused with a clear error") {
   TempDir dir;
   const std::string real = Place(dir, MakeSegmentBytes(dir), "real");
-  const std::string link = dir.path() + "/shmetrics.victim.9.9";
+  const std::string link = dir.path() + "/shmetrics.victim.9.9.0";
   REQUIRE(symlink(real.c_str(), link.c_str()) == 0);
   auto opened = reader::Segment::Open(link);
   CHECK(opened.status().code() == absl::StatusCode::kFailedPrecondition);

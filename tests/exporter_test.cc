@@ -259,7 +259,7 @@ TEST_CASE("a writer killed with -9 and restarted: the exported counter never dec
 TEST_CASE("a corrupt segment next to good ones: the good ones are served, health says what is wrong") {
   TempDir dir;
   WriterProcess a(dir.path(), "web", WebTraffic);
-  const std::string bad = dir.path() + "/shmetrics.web.4242.1";
+  const std::string bad = dir.path() + "/shmetrics.web.4242.1.0";
   testing::WriteFile(bad, std::string(8192, 'x'));
   chmod(bad.c_str(), 0600);
   Exporter exporter(dir);

@@ -162,7 +162,7 @@ TEST_CASE("with OnFull::kError a full segment is ResourceExhausted naming the se
   CHECK(full.status().code() == absl::StatusCode::kResourceExhausted);
   CHECK(full.status().message() ==
         "series capacity exhausted in segment " + writer->path() +
-            " (1 series of 2, 1 cells of 8192, arena 39 of 262144 bytes)");
+            " (1 series of 2, 2 cells of 8192, arena 39 of 262144 bytes)");
   small.families = 1;
   TempDir dir2;
   auto writer2 = MakeWriter(dir2, small);
@@ -198,7 +198,11 @@ TEST_CASE("a symlink planted at the segment's name is refused, not followed") {
   const pid_t pid = getpid();
   const std::string target = dir.path() + "/target";
   testing::WriteFile(target, "precious");
-  const std::string link = dir.path() + "/" + shm::SegmentFileName("unit", pid, shm::ProcessStartTicks(pid));
+  // Writers of one process are numbered: plant the link at the next number.
+  const uint32_t next_instance =
+      shm::ParseSegmentFileName(std::filesystem::path(MakeWriter(dir)->path()).filename().string())->instance + 1;
+  const std::string link =
+      dir.path() + "/" + shm::SegmentFileName("unit", pid, shm::ProcessStartTicks(pid), next_instance);
   REQUIRE(symlink(target.c_str(), link.c_str()) == 0);
   WriterOptions options;
   options.service = "unit";

@@ -217,7 +217,7 @@ absl::Status Segment::RefreshUnchecked() {
     }
     const FamilyView& f = families_[d.family_index];
     const uint32_t expected_cells =
-        f.type == shm::MetricType::kHistogram ? static_cast<uint32_t>(f.bounds.size()) + 2 : 1;
+        f.type == shm::MetricType::kHistogram ? static_cast<uint32_t>(f.bounds.size()) + 2 : 2;
     if (d.cell_count != expected_cells ||
         uint64_t{d.first_cell} + d.cell_count > header_.cells_per_lane) {
       return Corrupt(file, where + " has cells outside the lane");
@@ -248,11 +248,19 @@ uint64_t Segment::LoadCell(uint32_t lane, uint32_t cell) const {
 }
 
 double Segment::ScalarValue(const SeriesView& series) const {
-  double total = 0;
-  for (uint32_t lane = 0; lane < lanes_to_sum_; ++lane) {
-    total += std::bit_cast<double>(LoadCell(lane, series.first_cell));
-  }
-  return total + std::bit_cast<double>(LoadCell(header_.lane_count - 1, series.first_cell));
+  // Integer cells are summed as integers (exact, wrapping like the
+  // writer's), then the floating-point cells are added.
+  const bool is_signed = families_[series.family].type == shm::MetricType::kGauge;
+  uint64_t integer = 0;
+  double fraction = 0;
+  auto add_lane = [&](uint32_t lane) {
+    integer += LoadCell(lane, series.first_cell);
+    fraction += std::bit_cast<double>(LoadCell(lane, series.first_cell + 1));
+  };
+  for (uint32_t lane = 0; lane < lanes_to_sum_; ++lane) add_lane(lane);
+  add_lane(header_.lane_count - 1);
+  const double whole = is_signed ? static_cast<double>(static_cast<int64_t>(integer)) : static_cast<double>(integer);
+  return whole + fraction;
 }
 
 double Segment::HistogramValue(const SeriesView& series, uint64_t* buckets) const {

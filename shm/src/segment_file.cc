@@ -65,17 +65,19 @@ absl::StatusOr<std::unique_ptr<bip::mapped_region>> MapWithBoost(const std::stri
 
 }  // namespace
 
-std::string SegmentFileName(absl::string_view service, uint32_t pid, uint64_t start_ticks) {
-  return absl::StrCat(kFilePrefix, service, ".", pid, ".", start_ticks);
+std::string SegmentFileName(absl::string_view service, uint32_t pid, uint64_t start_ticks,
+                            uint32_t instance) {
+  return absl::StrCat(kFilePrefix, service, ".", pid, ".", start_ticks, ".", instance);
 }
 
 std::optional<SegmentFileId> ParseSegmentFileName(absl::string_view file_name) {
   if (file_name.substr(0, kFilePrefix.size()) != kFilePrefix) return std::nullopt;
   std::vector<absl::string_view> parts = absl::StrSplit(file_name.substr(kFilePrefix.size()), '.');
-  if (parts.size() != 3 || !IsValidServiceName(parts[0])) return std::nullopt;
+  if (parts.size() != 4 || !IsValidServiceName(parts[0])) return std::nullopt;
   SegmentFileId id;
   id.service = std::string(parts[0]);
-  if (!absl::SimpleAtoi(parts[1], &id.pid) || !absl::SimpleAtoi(parts[2], &id.start_ticks)) {
+  if (!absl::SimpleAtoi(parts[1], &id.pid) || !absl::SimpleAtoi(parts[2], &id.start_ticks) ||
+      !absl::SimpleAtoi(parts[3], &id.instance)) {
     return std::nullopt;
   }
   return id;
@@ -202,9 +204,10 @@ absl::StatusOr<std::unique_ptr<WritableSegment>> WritableSegment::Create(const O
   auto segment = std::unique_ptr<WritableSegment>(new WritableSegment());
   segment->directory_ = options.directory.empty() ? DirectoryFromEnvironment() : options.directory;
   segment->mode_ = options.group_readable ? 0640 : 0600;
+  segment->instance_ = options.instance;
   const pid_t pid = getpid();
-  segment->path_ = absl::StrCat(segment->directory_, "/",
-                                SegmentFileName(options.service, pid, ProcessStartTicks(pid)));
+  segment->path_ = absl::StrCat(
+      segment->directory_, "/", SegmentFileName(options.service, pid, ProcessStartTicks(pid), options.instance));
   int error = 0;
   segment->fd_ = CreateLockedFile(segment->path_.c_str(), segment->mode_, plan.total_size_bytes,
                                   &error);
@@ -262,8 +265,8 @@ absl::Status WritableSegment::ReplaceInForkChild() {
   char service[kServiceNameBytes + 1] = {};
   std::memcpy(service, parent.service_name, kServiceNameBytes);
   char path[4096];
-  snprintf(path, sizeof path, "%s/%s%s.%d.%llu", directory_.c_str(), kFilePrefix.data(), service,
-           static_cast<int>(pid), static_cast<unsigned long long>(ProcessStartTicks(pid)));
+  snprintf(path, sizeof path, "%s/%s%s.%d.%llu.%u", directory_.c_str(), kFilePrefix.data(), service,
+           static_cast<int>(pid), static_cast<unsigned long long>(ProcessStartTicks(pid)), instance_);
   int error = 0;
   const int fd = CreateLockedFile(path, mode_, size_bytes_, &error);
   absl::Status status;

@@ -5,8 +5,11 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <limits>
+#include <new>
 #include <cstdio>
 #include <cstring>
+#include <algorithm>
 #include <mutex>
 
 #include "absl/container/flat_hash_map.h"
@@ -40,12 +43,27 @@ uint64_t LaneOwnerWordForThisThread() {
          static_cast<uint32_t>(syscall(SYS_gettid));
 }
 
-// Gives this thread's exclusive lanes back when the thread exits.
+// Threads that have bound a lane: their t_lanes arrays, so that destroying
+// a Writer can clear every thread's entry for its slot.
+std::vector<internal::ThreadLane*> g_bound_threads;  // guarded by g_registry_mu
+
+// Registers this thread on its first binding; on thread exit, gives its
+// exclusive lanes back and unregisters. Constructed under g_registry_mu.
 struct LaneReleaser {
-  bool armed = false;
+  LaneReleaser() { g_bound_threads.push_back(t_lanes); }
   ~LaneReleaser();
+  void Touch() {}
 };
 thread_local LaneReleaser t_lane_releaser;
+
+template <typename T>
+T LoadRelaxed(T& field) {
+  return std::atomic_ref<T>(field).load(std::memory_order_relaxed);
+}
+template <typename T>
+void StoreRelaxed(T& field, T value) {
+  std::atomic_ref<T>(field).store(value, std::memory_order_relaxed);
+}
 
 }  // namespace
 
@@ -59,7 +77,9 @@ struct Writer::Impl {
     shm::MetricType type;
     std::vector<std::string> label_names;
     std::vector<double> bounds;
-    const double* bounds_in_segment = nullptr;
+    // Bounds padded with +Inf for the hot path's vector search; the
+    // allocation never moves, and survives fork() at the same address.
+    std::shared_ptr<double[]> padded_bounds;
     std::string help;
     GaugeMerge merge;
     std::string name;
@@ -107,7 +127,7 @@ struct Writer::Impl {
   uint32_t CellsFor(const FamilyInfo& family) const {
     return family.type == shm::MetricType::kHistogram
                ? static_cast<uint32_t>(family.bounds.size()) + 2
-               : 1;
+               : 2;  // integer cell + floating-point cell
   }
 
   // Writes a series descriptor at the next index and publishes it.
@@ -133,78 +153,108 @@ struct Writer::Impl {
 
 // ------------------------------------------------------------- lane binding
 
-internal::ThreadLane& internal::BindLane(uint32_t slot_index) {
+namespace {
+// Binds this thread in writer `slot_index`: claims a free exclusive lane,
+// else the shared lane. Takes the registry mutex.
+void BindLane(uint32_t slot_index) {
   std::lock_guard<std::mutex> lock(g_registry_mu);
-  ThreadLane& lane = t_lanes[slot_index];
   Writer* writer = g_writers[slot_index];
-  WriterSlot& slot = g_writer_slots[slot_index];
+  internal::WriterSlot& slot = g_writer_slots[slot_index];
   if (writer == nullptr) {
     std::fprintf(stderr, "shmetrics: metric handle used after its Writer was destroyed\n");
     std::abort();
   }
+  t_lane_releaser.Touch();  // registers this thread, once
   Writer::Impl& impl = writer->impl();
   shm::SegmentHeader& h = impl.header();
-  t_lane_releaser.armed = true;  // constructs the releaser for this thread
   const uint32_t exclusive = h.lane_count - 1;
   shm::LaneOwnerWord* owners = impl.lane_owners();
-  uint32_t chosen = slot.shared_lane;
+  internal::ThreadLane& lane = t_lanes[slot_index];
   for (uint32_t i = 0; i < exclusive; ++i) {
     std::atomic_ref<uint64_t> owner(owners[i]);
-    if (owner.load(std::memory_order_relaxed) == 0) {
-      owner.store(LaneOwnerWordForThisThread(), std::memory_order_relaxed);
-      chosen = i;
-      break;
+    if (owner.load(std::memory_order_relaxed) != 0) continue;
+    owner.store(LaneOwnerWordForThisThread(), std::memory_order_relaxed);
+    if (i + 1 > h.lanes_high_water) {
+      // release: a reader that sees the new high water also finds this
+      // lane's owner word set.
+      std::atomic_ref<uint32_t>(h.lanes_high_water).store(i + 1, std::memory_order_release);
     }
+    StoreRelaxed(lane.exclusive_base, slot.lanes_base + uint64_t{i} * slot.lane_stride_bytes);
+    return;
   }
-  if (chosen == slot.shared_lane) {
-    std::atomic_ref<uint64_t>(h.lane_fallback_count).fetch_add(1, std::memory_order_relaxed);
-  } else if (chosen + 1 > h.lanes_high_water) {
-    // release: a reader that sees the new high water will also find this
-    // lane's owner word set.
-    std::atomic_ref<uint32_t>(h.lanes_high_water).store(chosen + 1, std::memory_order_release);
-  }
-  lane.lane_base = slot.lanes_base + uint64_t{chosen} * slot.lane_stride_bytes;
-  lane.shared = chosen == slot.shared_lane;
-  lane.generation = slot.generation.load(std::memory_order_relaxed);
-  return lane;
+  std::atomic_ref<uint64_t>(h.lane_fallback_count).fetch_add(1, std::memory_order_relaxed);
+  StoreRelaxed(lane.shared_base, slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes);
 }
 
-namespace {
-LaneReleaser::~LaneReleaser() {
-  if (!armed) return;
-  std::lock_guard<std::mutex> lock(g_registry_mu);
-  for (uint32_t s = 0; s < kMaxWritersPerProcess; ++s) {
-    internal::ThreadLane& lane = t_lanes[s];
-    internal::WriterSlot& slot = g_writer_slots[s];
-    if (g_writers[s] == nullptr || lane.shared || lane.lane_base == nullptr ||
-        lane.generation != slot.generation.load(std::memory_order_relaxed)) {
-      continue;
+template <typename T>
+void AddSlowImpl(uint32_t slot, uint32_t cell, T amount) {
+  for (;;) {
+    if (std::byte* lane = internal::ExclusiveLane(slot)) {
+      internal::AddToOwnedCell<T>(lane, cell, amount);
+      return;
     }
-    const uint64_t index = uint64_t(lane.lane_base - slot.lanes_base) / slot.lane_stride_bytes;
-    // release: the cells this thread wrote are handed to the next owner
-    // (who also takes g_registry_mu, which alone would suffice in-process).
-    std::atomic_ref<uint64_t>(g_writers[s]->impl().lane_owners()[index])
-        .store(0, std::memory_order_release);
-    lane = internal::ThreadLane{};
+    if (std::byte* lane = LoadRelaxed(t_lanes[slot].shared_base)) {
+      std::atomic_ref<T>(reinterpret_cast<T*>(lane)[cell]).fetch_add(amount, std::memory_order_relaxed);
+      return;
+    }
+    BindLane(slot);
+  }
+}
+
+// Clears every bound thread's entry for `slot`. Caller holds g_registry_mu.
+void UnbindSlotEverywhere(uint32_t slot) {
+  for (internal::ThreadLane* lanes : g_bound_threads) {
+    StoreRelaxed(lanes[slot].exclusive_base, static_cast<std::byte*>(nullptr));
+    StoreRelaxed(lanes[slot].shared_base, static_cast<std::byte*>(nullptr));
   }
 }
 }  // namespace
 
+void internal::AddSlow(uint32_t slot, uint32_t cell, uint64_t amount) { AddSlowImpl(slot, cell, amount); }
+void internal::AddSlow(uint32_t slot, uint32_t cell, double amount) { AddSlowImpl(slot, cell, amount); }
+void internal::EnsureBound(uint32_t slot) {
+  if (ExclusiveLane(slot) == nullptr && LoadRelaxed(t_lanes[slot].shared_base) == nullptr) BindLane(slot);
+}
+
+namespace {
+LaneReleaser::~LaneReleaser() {
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  for (uint32_t s = 0; s < kMaxWritersPerProcess; ++s) {
+    std::byte* base = LoadRelaxed(t_lanes[s].exclusive_base);
+    if (base == nullptr || g_writers[s] == nullptr) continue;
+    const internal::WriterSlot& slot = g_writer_slots[s];
+    const uint64_t index = uint64_t(base - slot.lanes_base) / slot.lane_stride_bytes;
+    // release: the cells this thread wrote are handed to the next owner
+    // (who also takes g_registry_mu, which alone would suffice in-process).
+    std::atomic_ref<uint64_t>(g_writers[s]->impl().lane_owners()[index]).store(0, std::memory_order_release);
+    t_lanes[s] = internal::ThreadLane{};
+  }
+  std::erase(g_bound_threads, t_lanes);
+}
+}  // namespace
+
 void Gauge::set(double value) {
-  internal::CurrentLane(slot_);  // make sure this writer's slot is bound
+  internal::EnsureBound(slot_);
   const internal::WriterSlot& slot = g_writer_slots[slot_];
   const uint32_t high_water =
-      std::atomic_ref<uint32_t>(*const_cast<uint32_t*>(slot.lanes_high_water))
-          .load(std::memory_order_acquire);
+      std::atomic_ref<uint32_t>(*const_cast<uint32_t*>(slot.lanes_high_water)).load(std::memory_order_acquire);
   const uint32_t lanes = std::min(high_water, slot.shared_lane);
-  double exclusive_sum = 0;
-  for (uint32_t i = 0; i < lanes; ++i) {
-    auto* cells = reinterpret_cast<double*>(slot.lanes_base + uint64_t{i} * slot.lane_stride_bytes);
-    exclusive_sum += std::atomic_ref<double>(cells[cell_]).load(std::memory_order_relaxed);
-  }
-  auto* shared = reinterpret_cast<double*>(slot.lanes_base +
-                                           uint64_t{slot.shared_lane} * slot.lane_stride_bytes);
-  std::atomic_ref<double>(shared[cell_]).store(value - exclusive_sum, std::memory_order_relaxed);
+  // The value a reader computes is the sum of (integer cell + double cell)
+  // over lanes; make it `value` by writing the shared lane's double cell.
+  double others = 0;
+  auto add_lane = [&](uint32_t lane, bool with_double) {
+    std::byte* base = slot.lanes_base + uint64_t{lane} * slot.lane_stride_bytes;
+    auto* integer = reinterpret_cast<uint64_t*>(base) + cell_;
+    others += static_cast<double>(static_cast<int64_t>(
+        std::atomic_ref<uint64_t>(*integer).load(std::memory_order_relaxed)));
+    if (with_double) {
+      others += std::atomic_ref<double>(reinterpret_cast<double*>(base)[cell_ + 1]).load(std::memory_order_relaxed);
+    }
+  };
+  for (uint32_t i = 0; i < lanes; ++i) add_lane(i, true);
+  add_lane(slot.shared_lane, false);
+  auto* shared = reinterpret_cast<double*>(slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes);
+  std::atomic_ref<double>(shared[cell_ + 1]).store(value - others, std::memory_order_relaxed);
 }
 
 // ------------------------------------------------------------------- fork()
@@ -215,15 +265,20 @@ struct WriterForkHandlers {
   static void Child() {
     for (uint32_t s = 0; s < kMaxWritersPerProcess; ++s) {
       Writer* writer = g_writers[s];
-      if (writer == nullptr || writer->impl_->closed) continue;
-      absl::Status status = writer->impl_->segment->ReplaceInForkChild();
+      if (writer == nullptr || writer->impl().closed) continue;
+      absl::Status status = writer->impl().segment->ReplaceInForkChild();
       if (!status.ok()) {
         std::fprintf(stderr, "shmetrics: fork child %d has no segment of its own, its metrics are "
                      "dropped: %s\n", static_cast<int>(getpid()), status.ToString().c_str());
       }
-      // The child's segment has no lane owners: every thread must rebind.
-      g_writer_slots[s].generation.fetch_add(1, std::memory_order_relaxed);
     }
+    // Only this thread survives in the child, and the child's segments have
+    // no lane owners yet: forget every binding; this thread rebinds on use.
+    const bool registered = std::find(g_bound_threads.begin(), g_bound_threads.end(), t_lanes) !=
+                            g_bound_threads.end();
+    g_bound_threads.clear();
+    if (registered) g_bound_threads.push_back(t_lanes);
+    for (internal::ThreadLane& lane : t_lanes) lane = internal::ThreadLane{};
     g_registry_mu.unlock();
   }
 };
@@ -303,6 +358,8 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& opti
   shm::WritableSegment::Options segment_options;
   segment_options.directory = options.directory;
   segment_options.service = options.service;
+  static std::atomic<uint32_t> next_instance{0};
+  segment_options.instance = next_instance.fetch_add(1, std::memory_order_relaxed);
   segment_options.capacities = options.capacities;
   segment_options.group_readable = options.group_readable;
   absl::StatusOr<std::unique_ptr<shm::WritableSegment>> segment =
@@ -335,9 +392,7 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& opti
   ws.lane_stride_bytes = w.lane_stride();
   ws.shared_lane = h.lane_count - 1;
   ws.lanes_high_water = &h.lanes_high_water;
-  // Generations are unique across slot reuse, so no stale binding survives.
-  static uint64_t next_generation = 1;
-  ws.generation.store(next_generation++, std::memory_order_relaxed);
+  UnbindSlotEverywhere(slot);  // no thread keeps a binding from the slot's last writer
   g_writers[slot] = writer.get();
   // The overflow label value is interned up front so that using an overflow
   // series never needs arena space.
@@ -350,7 +405,7 @@ Writer::~Writer() {
   Close();
   std::lock_guard<std::mutex> lock(g_registry_mu);
   g_writers[impl_->slot] = nullptr;
-  g_writer_slots[impl_->slot].generation.fetch_add(1, std::memory_order_relaxed);
+  UnbindSlotEverywhere(impl_->slot);
 }
 
 void Writer::Close() {
@@ -414,6 +469,15 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
   }
   Impl::FamilyInfo info{type, label_names, bounds, nullptr, std::string(help), merge,
                         std::string(name)};
+  if (type == shm::MetricType::kHistogram) {
+    const size_t width = internal::kBucketSearchWidth;
+    const size_t padded = (bounds.size() + width - 1) / width * width;
+    info.padded_bounds = std::shared_ptr<double[]>(
+        new (std::align_val_t{16}) double[padded], [](double* p) { operator delete[](p, std::align_val_t{16}); });
+    for (size_t i = 0; i < padded; ++i) {
+      info.padded_bounds[i] = i < bounds.size() ? bounds[i] : std::numeric_limits<double>::infinity();
+    }
+  }
   const uint32_t overflow_cells = label_names.empty() ? 0 : w.CellsFor(info);
   const uint32_t overflow_series = label_names.empty() ? 0 : 1;
   if (h.series_count + w.reserved_series + overflow_series > h.series_capacity ||
@@ -443,7 +507,6 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
     d.bounds_index = h.bounds_used;
     d.bucket_count = static_cast<uint32_t>(bounds.size());
     std::memcpy(area + h.bounds_used, bounds.data(), bounds.size() * sizeof(double));
-    info.bounds_in_segment = area + h.bounds_used;
     std::atomic_ref<uint32_t>(h.bounds_used)
         .store(h.bounds_used + d.bucket_count, std::memory_order_relaxed);
   }
@@ -482,7 +545,7 @@ absl::StatusOr<Writer::SeriesCells> Writer::AddSeries(uint32_t family,
   const uint32_t cell_count = w.CellsFor(info);
   if (auto it = w.series_by_key.find(key); it != w.series_by_key.end()) {
     const shm::SeriesDescriptor& d = w.region<shm::SeriesDescriptor>(h.series_table_offset)[it->second];
-    return SeriesCells{d.first_cell, info.bounds_in_segment, static_cast<uint32_t>(info.bounds.size())};
+    return SeriesCells{d.first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.bounds.size())};
   }
   const bool has_room = h.series_count + w.reserved_series < h.series_capacity &&
                         h.cells_used + w.reserved_cells + cell_count <= h.cells_per_lane;
@@ -522,12 +585,12 @@ absl::StatusOr<Writer::SeriesCells> Writer::AddSeries(uint32_t family,
     }
     const shm::SeriesDescriptor& d =
         w.region<shm::SeriesDescriptor>(h.series_table_offset)[info.overflow_series];
-    return SeriesCells{d.first_cell, info.bounds_in_segment, static_cast<uint32_t>(info.bounds.size())};
+    return SeriesCells{d.first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.bounds.size())};
   }
   const uint32_t first_cell = h.cells_used;
   const uint32_t index = w.PublishSeries(family, first_cell, cell_count, refs, 0);
   w.series_by_key.emplace(std::move(key), index);
-  return SeriesCells{first_cell, info.bounds_in_segment, static_cast<uint32_t>(info.bounds.size())};
+  return SeriesCells{first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.bounds.size())};
 }
 
 template <typename Handle>

@@ -29,69 +29,89 @@ namespace internal {
 
 inline constexpr uint32_t kMaxWritersPerProcess = 16;
 
-// One entry per live Writer in this process. Written under the registry
-// mutex; `generation` changes whenever the bindings below must be redone.
-struct WriterSlot {
-  std::atomic<uint64_t> generation{0};
+// One entry per live Writer in this process, written under the registry
+// mutex. 64 bytes, so that indexing is a shift.
+struct alignas(64) WriterSlot {
   std::byte* lanes_base = nullptr;
   uint64_t lane_stride_bytes = 0;
-  uint32_t shared_lane = 0;
   const uint32_t* lanes_high_water = nullptr;  // in the segment header
+  uint32_t shared_lane = 0;
 };
+static_assert(sizeof(WriterSlot) == 64);
 extern WriterSlot g_writer_slots[kMaxWritersPerProcess];
 
-// This thread's lane in each writer. Trivial type, constant-initialized, so
-// access is a plain %fs-relative load with no TLS init guard.
+// This thread's lanes, one entry per writer slot. Trivial type,
+// constant-initialized, so access is a plain %fs-relative load with no TLS
+// init guard. The registry clears a thread's entry (relaxed atomic stores
+// under its mutex) when the Writer in that slot is destroyed, and a fork()
+// child clears its own; the owning thread reads it with relaxed loads.
 struct ThreadLane {
-  uint64_t generation = 0;  // == the slot's generation when bound
-  std::byte* lane_base = nullptr;
-  bool shared = false;
+  std::byte* exclusive_base = nullptr;  // this thread's own lane, or nullptr
+  std::byte* shared_base = nullptr;     // the shared lane, when no own lane was free
 };
+static_assert(sizeof(ThreadLane) == 16);
 extern constinit thread_local ThreadLane t_lanes[kMaxWritersPerProcess];
 
-// Cold path: claims a lane for this thread (or the shared lane).
-ThreadLane& BindLane(uint32_t slot);
-
-inline ThreadLane& CurrentLane(uint32_t slot) {
-  ThreadLane& lane = t_lanes[slot];
-  // relaxed: a generation change is always followed by this thread taking
-  // the registry mutex in BindLane before it touches the segment again.
-  if (__builtin_expect(
-          lane.generation != g_writer_slots[slot].generation.load(std::memory_order_relaxed), 0)) {
-    return BindLane(slot);
-  }
-  return lane;
+// This thread's exclusive lane in writer `slot`, or nullptr when it has
+// none yet (first use, after fork()) or writes the shared lane.
+inline std::byte* ExclusiveLane(uint32_t slot) {
+  // relaxed: the entry is set and cleared under the registry mutex, which
+  // this thread also took when it obtained the handle it is using.
+  return std::atomic_ref<std::byte*>(t_lanes[slot].exclusive_base).load(std::memory_order_relaxed);
 }
 
-// Adds to a cell this thread owns (plain load + store) or to the shared
-// lane's cell (atomic read-modify-write).
+// Cold paths, out of line: bind a lane (exclusive if one is free), then add
+// with a plain store (exclusive) or an atomic read-modify-write (shared).
+void AddSlow(uint32_t slot, uint32_t cell, uint64_t amount);
+void AddSlow(uint32_t slot, uint32_t cell, double amount);
+// Makes sure this thread is bound in writer `slot` (for Gauge::set).
+void EnsureBound(uint32_t slot);
+
+// Cell layout of a series (see shm/layout.h): counters and gauges have an
+// integer cell (inc/dec) and a floating-point cell (add/set); integer
+// increments stay on the integer pipeline, which is what makes inc() cost
+// about as much as a plain store.
+
+// Adds to a cell of a lane this thread owns: a plain load + store.
 template <typename T>
-inline void AddToCell(const ThreadLane& lane, uint32_t cell, T amount) {
-  std::atomic_ref<T> ref(reinterpret_cast<T*>(lane.lane_base)[cell]);
-  if (__builtin_expect(!lane.shared, 1)) {
-    ref.store(ref.load(std::memory_order_relaxed) + amount, std::memory_order_relaxed);
+inline void AddToOwnedCell(std::byte* lane_base, uint32_t cell, T amount) {
+  std::atomic_ref<T> ref(reinterpret_cast<T*>(lane_base)[cell]);
+  ref.store(ref.load(std::memory_order_relaxed) + amount, std::memory_order_relaxed);
+}
+
+template <typename T>
+inline void Add(uint32_t slot, uint32_t cell, T amount) {
+  if (std::byte* lane = ExclusiveLane(slot)) {
+    AddToOwnedCell<T>(lane, cell, amount);
   } else {
-    ref.fetch_add(amount, std::memory_order_relaxed);
+    AddSlow(slot, cell, amount);
   }
 }
 
-// Index of the bucket that holds `value`: the first bound >= value (bounds
-// are "less or equal", like Prometheus's `le`), or bucket_count for +Inf.
-// NaN goes to +Inf. Branch-free, so random values cost no mispredictions.
-inline uint32_t BucketIndex(const double* bounds, uint32_t bucket_count, double value) {
-  uint32_t index = 0;
-  if (bucket_count <= 16) {
-    for (uint32_t i = 0; i < bucket_count; ++i) index += bounds[i] < value;
-  } else {
-    const double* base = bounds;
-    uint32_t n = bucket_count;
-    while (n > 1) {
-      const uint32_t half = n / 2;
-      base = base[half - 1] < value ? base + half : base;
-      n -= half;
-    }
-    index = static_cast<uint32_t>(base - bounds) + (*base < value);
+// Bounds as the hot path searches them: padded with +Inf to a multiple of
+// kBucketSearchWidth, so the search is a fixed number of vector compares.
+inline constexpr uint32_t kBucketSearchWidth = 16;
+
+using Double2 = double __attribute__((vector_size(16)));
+using Int2 = long long __attribute__((vector_size(16)));
+
+// Index of the bucket that holds `value`: the number of bounds strictly
+// below it (bounds are "less or equal", like Prometheus's `le`), which is
+// bucket_count for +Inf. NaN goes to +Inf. Branch-free and vectorized:
+// random values cost no mispredictions. `padded` holds `padded_count`
+// bounds (a multiple of 16), 16-byte aligned, the tail +Inf.
+inline uint32_t BucketIndex(const double* padded, uint32_t padded_count, uint32_t bucket_count,
+                            double value) {
+  const Double2 v = {value, value};
+  Int2 below = {0, 0};
+  for (uint32_t base = 0; base < padded_count; base += kBucketSearchWidth) {
+    const Double2* p = reinterpret_cast<const Double2*>(padded + base);
+    // Summed as a tree, not a chain: four independent adds, then two.
+    const Int2 a = (p[0] < v) + (p[1] < v), b = (p[2] < v) + (p[3] < v);
+    const Int2 c = (p[4] < v) + (p[5] < v), d = (p[6] < v) + (p[7] < v);
+    below += (a + b) + (c + d);  // -1 per bound below the value
   }
+  const uint32_t index = static_cast<uint32_t>(-(below[0] + below[1]));
   return value == value ? index : bucket_count;
 }
 
@@ -101,11 +121,12 @@ inline uint32_t BucketIndex(const double* bounds, uint32_t bucket_count, double 
 class Counter {
  public:
   Counter() = default;
-  void inc() { add(1.0); }
-  // Negative and NaN amounts are ignored: a counter never goes down.
+  void inc(uint64_t n = 1) { internal::Add<uint64_t>(slot_, cell_, n); }
+  // Fractional amounts (a cost in dollars, say). Negative and NaN amounts
+  // are ignored: a counter never goes down.
   void add(double amount) {
     if (!(amount >= 0)) return;
-    internal::AddToCell<double>(internal::CurrentLane(slot_), cell_, amount);
+    internal::Add<double>(slot_, cell_ + 1, amount);
   }
   bool valid() const { return valid_; }
 
@@ -117,17 +138,17 @@ class Counter {
   bool valid_ = false;
 };
 
-// A value that goes up and down. inc()/dec() are as cheap as a counter's and
-// never serialize threads. set() costs one load per lane in use (it writes
-// the difference into the shared lane); a set() racing an inc() on another
-// thread may drop that inc, as with any last-writer-wins gauge.
+// A value that goes up and down. inc()/dec()/add() are as cheap as a
+// counter's and never serialize threads. set() costs two loads per lane in
+// use (it writes the difference into the shared lane); a set() racing an
+// inc() on another thread may drop that inc, as with any last-writer-wins
+// gauge.
 class Gauge {
  public:
   Gauge() = default;
-  void inc(double amount = 1.0) {
-    internal::AddToCell<double>(internal::CurrentLane(slot_), cell_, amount);
-  }
-  void dec(double amount = 1.0) { inc(-amount); }
+  void inc(int64_t n = 1) { internal::Add<uint64_t>(slot_, cell_, static_cast<uint64_t>(n)); }
+  void dec(int64_t n = 1) { inc(-n); }
+  void add(double delta) { internal::Add<double>(slot_, cell_ + 1, delta); }
   void set(double value);
   bool valid() const { return valid_; }
 
@@ -145,21 +166,32 @@ class Histogram {
  public:
   Histogram() = default;
   void observe(double value) {
-    const internal::ThreadLane& lane = internal::CurrentLane(slot_);
-    internal::AddToCell<uint64_t>(lane, cell_ + internal::BucketIndex(bounds_, bucket_count_, value),
-                                  uint64_t{1});
-    internal::AddToCell<double>(lane, cell_ + bucket_count_ + 1, value);
+    const uint32_t bucket = internal::BucketIndex(bounds_, padded_count_, bucket_count_, value);
+    if (std::byte* lane = internal::ExclusiveLane(slot_)) {
+      internal::AddToOwnedCell<uint64_t>(lane, cell_ + bucket, uint64_t{1});
+      internal::AddToOwnedCell<double>(lane, cell_ + bucket_count_ + 1, value);
+    } else {
+      internal::AddSlow(slot_, cell_ + bucket, uint64_t{1});
+      internal::AddSlow(slot_, cell_ + bucket_count_ + 1, value);
+    }
   }
   bool valid() const { return valid_; }
 
  private:
   friend class Writer;
-  Histogram(uint32_t slot, uint32_t cell, const double* bounds, uint32_t bucket_count)
-      : slot_(slot), cell_(cell), bucket_count_(bucket_count), bounds_(bounds), valid_(true) {}
+  Histogram(uint32_t slot, uint32_t cell, const double* padded_bounds, uint32_t bucket_count)
+      : slot_(slot),
+        cell_(cell),
+        bucket_count_(bucket_count),
+        padded_count_((bucket_count + internal::kBucketSearchWidth - 1) / internal::kBucketSearchWidth *
+                      internal::kBucketSearchWidth),
+        bounds_(padded_bounds),
+        valid_(true) {}
   uint32_t slot_ = 0;
   uint32_t cell_ = 0;
   uint32_t bucket_count_ = 0;
-  const double* bounds_ = nullptr;  // in the segment; same address after fork()
+  uint32_t padded_count_ = 0;
+  const double* bounds_ = nullptr;  // the writer's padded copy; same address after fork()
   bool valid_ = false;
 };
 

@@ -19,10 +19,12 @@
 // at a time, updated with a plain load + store); the last lane is shared and
 // updated with atomic read-modify-write by threads that found no free lane.
 //
-// Cell encodings:
-//   counter   1 cell : f64 running total
-//   gauge     1 cell : f64 delta; value = sum over lanes (set() writes the
-//                      correction into the shared lane)
+// Cell encodings (value = sum over lanes):
+//   counter   2 cells: u64 integer increments, then f64 fractional amounts;
+//                      value = u64 sum + f64 sum
+//   gauge     2 cells: i64 (two's complement) integer deltas, then f64
+//                      deltas; set() writes the correction into the shared
+//                      lane's f64 cell
 //   histogram B+2 cells: u64 count per bucket (B finite bounds, then +Inf),
 //                      then f64 sum. _count is the sum of the buckets, so the
 //                      +Inf bucket always equals _count.
@@ -167,7 +169,7 @@ inline constexpr uint32_t kSeriesFlagOverflow = 1u << 0;  // catches series beyo
 struct SeriesDescriptor {
   uint32_t family_index;            //  0
   uint32_t first_cell;              //  4  cell index, identical in every lane
-  uint32_t cell_count;              //  8  1, 1 or bucket_count + 2
+  uint32_t cell_count;              //  8  2 (counter, gauge) or bucket_count + 2
   uint32_t flags;                   // 12  kSeriesFlag*
   StringRef label_values[kMaxLabels];  // 16
   uint64_t created_unix_ns;         // 80

@@ -32,14 +32,17 @@ namespace shmetrics::shm {
 inline constexpr absl::string_view kFilePrefix = "shmetrics.";
 inline constexpr absl::string_view kDefaultDirectory = "/dev/shm";
 
-// "shmetrics.<service>.<pid>.<start_ticks>": the start time keeps a reused
-// pid from colliding with a dead writer's file that is not retired yet.
-std::string SegmentFileName(absl::string_view service, uint32_t pid, uint64_t start_ticks);
+// "shmetrics.<service>.<pid>.<start_ticks>.<instance>": the start time keeps
+// a reused pid from colliding with a dead writer's file that is not retired
+// yet; the instance tells apart several writers of one process.
+std::string SegmentFileName(absl::string_view service, uint32_t pid, uint64_t start_ticks,
+                            uint32_t instance);
 
 struct SegmentFileId {
   std::string service;
   uint32_t pid = 0;
   uint64_t start_ticks = 0;
+  uint32_t instance = 0;
 };
 // Returns nullopt for any file name that is not a segment's.
 std::optional<SegmentFileId> ParseSegmentFileName(absl::string_view file_name);
@@ -61,6 +64,7 @@ class WritableSegment {
   struct Options {
     std::string directory;
     std::string service;
+    uint32_t instance = 0;        // distinct per writer within one process
     Capacities capacities;
     bool group_readable = false;  // 0640 instead of 0600
   };
@@ -104,6 +108,7 @@ class WritableSegment {
   std::byte* base_ = nullptr;
   uint64_t size_bytes_ = 0;
   mode_t mode_ = 0600;
+  uint32_t instance_ = 0;
 };
 
 // A read-only view of a segment file's bytes. Never writes; checks the file

@@ -1,0 +1,370 @@
+// shmetrics-bench: writer contention and scrape cost, each case next to its
+// baselines in the same run, reported as ns/op and as a ratio.
+//
+//   shmetrics-bench [--threads 1,2,4,8,16] [--ms 200] [--reps 3]
+//                   [--series 1000,10000,100000] [--smoke]
+//
+// Writer cases: every thread hammers one shared handle (or, for the limit
+// and the hand-written histogram, its own padded slot) for --ms; a case's
+// figure is the median over --reps of the mean per-thread ns/op.
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "shmetrics/collector.h"
+#include "shmetrics/writer.h"
+
+namespace {
+using Clock = std::chrono::steady_clock;
+constexpr size_t kCacheLine = 64;
+constexpr int kValueCount = 1024;  // power of two
+const std::vector<double> kBounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
+
+// Pre-generated observation values: the loop pays one load, not an RNG.
+std::vector<double> MakeValues() {
+  std::mt19937_64 rng(42);
+  std::uniform_real_distribution<double> dist(0, 6);
+  std::vector<double> values(kValueCount);
+  for (double& v : values) v = dist(rng) * dist(rng) / 6;
+  return values;
+}
+const std::vector<double> g_values = MakeValues();
+
+// A per-thread operation: called with (thread index, iteration).
+using Op = std::function<void(int thread)>;
+
+// Runs `body(thread, stop)` on `threads` threads for `ms`; returns the mean
+// per-thread ns per operation. `body` returns how many operations it did.
+template <typename Body>
+double RunThreads(int threads, int ms, Body body) {
+  std::atomic<bool> stop{false};
+  std::vector<uint64_t> ops(threads);
+  std::vector<double> seconds(threads);
+  std::barrier start(threads + 1);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      start.arrive_and_wait();
+      const auto begin = Clock::now();
+      ops[t] = body(t, stop);
+      seconds[t] = std::chrono::duration<double>(Clock::now() - begin).count();
+    });
+  }
+  start.arrive_and_wait();
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  stop.store(true, std::memory_order_relaxed);
+  for (auto& th : pool) th.join();
+  double total = 0;
+  for (int t = 0; t < threads; ++t) total += seconds[t] * 1e9 / double(std::max<uint64_t>(ops[t], 1));
+  return total / threads;
+}
+
+// The loop shape shared by every case: 256 operations between looks at the flag.
+template <typename F>
+uint64_t Loop(std::atomic<bool>& stop, F&& f) {
+  uint64_t n = 0;
+  while (!stop.load(std::memory_order_relaxed)) {
+    for (int i = 0; i < 256; ++i) f(n + i);
+    n += 256;
+  }
+  return n;
+}
+
+struct alignas(kCacheLine) PaddedSlot {
+  uint64_t value = 0;
+};
+
+struct alignas(kCacheLine) HandHistogram {  // per-thread buckets, plain stores
+  uint64_t buckets[16] = {};
+  double sum = 0;
+};
+
+struct Case {
+  std::string name;
+  std::string baseline;  // the case it is compared with ("" for none)
+  std::function<double(int threads, int ms)> run;
+};
+
+std::vector<Case> WriterCases(shmetrics::Writer& writer, prometheus::Registry& registry) {
+  auto counter = writer.AddCounter("bench_ops_total", "Ops.").value().WithLabels({}).value();
+  auto gauge = writer.AddGauge("bench_in_progress", "In progress.").value().WithLabels({}).value();
+  auto histogram = writer.AddHistogram("bench_latency_seconds", "Latency.", {}, kBounds).value().WithLabels({}).value();
+  auto& pc_counter = prometheus::BuildCounter().Name("pc_ops_total").Register(registry).Add({});
+  auto& pc_gauge = prometheus::BuildGauge().Name("pc_in_progress").Register(registry).Add({});
+  auto& pc_histogram = prometheus::BuildHistogram().Name("pc_latency_seconds").Register(registry).Add(
+      {}, prometheus::Histogram::BucketBoundaries(kBounds));
+  static std::atomic<uint64_t> shared_atomic{0};
+  static PaddedSlot slots[256];
+  static HandHistogram hand[256];
+  static std::mutex old_mutex;
+  static std::map<std::string, std::vector<double>> old_durations;
+  static std::deque<std::pair<std::string, double>> old_recent;
+
+  std::vector<Case> cases;
+  cases.push_back({"limit: thread-owned store", "", [](int threads, int ms) {
+    return RunThreads(threads, ms, [](int t, std::atomic<bool>& stop) {
+      std::atomic_ref<uint64_t> slot(slots[t].value);
+      return Loop(stop, [&](uint64_t) { slot.store(slot.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); });
+    });
+  }});
+  cases.push_back({"shared std::atomic fetch_add", "limit: thread-owned store", [](int threads, int ms) {
+    return RunThreads(threads, ms, [](int, std::atomic<bool>& stop) {
+      return Loop(stop, [](uint64_t) { shared_atomic.fetch_add(1, std::memory_order_relaxed); });
+    });
+  }});
+  cases.push_back({"prometheus-cpp Counter::Increment", "limit: thread-owned store", [&pc_counter](int threads, int ms) {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) { return Loop(stop, [&](uint64_t) { pc_counter.Increment(); }); });
+  }});
+  cases.push_back({"shmetrics counter.inc()", "limit: thread-owned store", [counter](int threads, int ms) mutable {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      shmetrics::Counter c = counter;
+      return Loop(stop, [&](uint64_t) { c.inc(); });
+    });
+  }});
+  cases.push_back({"prometheus-cpp Gauge::Increment+Decrement", "limit: thread-owned store", [&pc_gauge](int threads, int ms) {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      return Loop(stop, [&](uint64_t i) { if (i & 1) pc_gauge.Decrement(); else pc_gauge.Increment(); });
+    });
+  }});
+  cases.push_back({"shmetrics gauge.inc()/dec()", "limit: thread-owned store", [gauge](int threads, int ms) mutable {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      shmetrics::Gauge g = gauge;
+      return Loop(stop, [&](uint64_t i) { if (i & 1) g.dec(); else g.inc(); });
+    });
+  }});
+  cases.push_back({"hand-written histogram, plain stores", "", [](int threads, int ms) {
+    return RunThreads(threads, ms, [](int t, std::atomic<bool>& stop) {
+      HandHistogram& h = hand[t];
+      const double* values = g_values.data();
+      return Loop(stop, [&](uint64_t i) {
+        const double v = values[i & (kValueCount - 1)];
+        uint32_t index = 0;
+        for (double bound : kBounds) index += bound < v;
+        std::atomic_ref<uint64_t> bucket(h.buckets[index]);
+        bucket.store(bucket.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        std::atomic_ref<double> sum(h.sum);
+        sum.store(sum.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);
+      });
+    });
+  }});
+  cases.push_back({"prometheus-cpp Histogram::Observe", "hand-written histogram, plain stores", [&pc_histogram](int threads, int ms) {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      const double* values = g_values.data();
+      return Loop(stop, [&](uint64_t i) { pc_histogram.Observe(values[i & (kValueCount - 1)]); });
+    });
+  }});
+  cases.push_back({"shmetrics histogram.observe()", "hand-written histogram, plain stores", [histogram](int threads, int ms) mutable {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      shmetrics::Histogram h = histogram;
+      const double* values = g_values.data();
+      return Loop(stop, [&](uint64_t i) { h.observe(values[i & (kValueCount - 1)]); });
+    });
+  }});
+  cases.push_back({"old design: mutex + map of vectors + deque", "limit: thread-owned store", [](int threads, int ms) {
+    return RunThreads(threads, ms, [](int, std::atomic<bool>& stop) {
+      const double* values = g_values.data();
+      uint64_t n = 0;
+      static const std::string key = "GET /api/users 200";
+      while (!stop.load(std::memory_order_relaxed)) {
+        for (int i = 0; i < 256; ++i) {
+          std::lock_guard<std::mutex> lock(old_mutex);
+          auto& durations = old_durations[key];
+          durations.push_back(values[(n + i) & (kValueCount - 1)]);
+          if (durations.size() > 100000) durations.clear();  // the original leaked; keep the bench bounded
+          old_recent.emplace_back(key, values[(n + i) & (kValueCount - 1)]);
+          if (old_recent.size() > 100) old_recent.pop_front();
+        }
+        n += 256;
+      }
+      return n;
+    });
+  }});
+  return cases;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void WriterTable(const std::vector<int>& thread_counts, int ms, int reps, const std::string& directory) {
+  shmetrics::WriterOptions options;
+  options.service = "bench";
+  options.directory = directory;
+  options.capacities.exclusive_lanes = 64;
+  auto writer = shmetrics::Writer::Create(options).value();
+  prometheus::Registry registry;
+  std::vector<Case> cases = WriterCases(*writer, registry);
+  std::map<std::string, std::vector<double>> results;
+  for (const Case& c : cases) {
+    for (int threads : thread_counts) {
+      std::vector<double> samples;
+      for (int r = 0; r < reps; ++r) samples.push_back(c.run(threads, ms));
+      results[c.name].push_back(Median(samples));
+    }
+  }
+  std::printf("\n### Writer: per-thread ns/op (ratio to its baseline in this run)\n\n| case | baseline |");
+  for (int t : thread_counts) std::printf(" %d thr |", t);
+  std::printf("\n|---|---|");
+  for (size_t i = 0; i < thread_counts.size(); ++i) std::printf("---|");
+  std::printf("\n");
+  for (const Case& c : cases) {
+    std::printf("| %s | %s |", c.name.c_str(), c.baseline.empty() ? "–" : c.baseline.c_str());
+    for (size_t i = 0; i < thread_counts.size(); ++i) {
+      const double ns = results[c.name][i];
+      if (c.baseline.empty()) std::printf(" %.2f |", ns);
+      else std::printf(" %.2f (%.1fx) |", ns, ns / results[c.baseline][i]);
+    }
+    std::printf("\n");
+  }
+  std::printf("\nAggregate throughput, million ops/s (all threads):\n\n| case |");
+  for (int t : thread_counts) std::printf(" %d thr |", t);
+  std::printf("\n|---|");
+  for (size_t i = 0; i < thread_counts.size(); ++i) std::printf("---|");
+  std::printf("\n");
+  for (const Case& c : cases) {
+    std::printf("| %s |", c.name.c_str());
+    for (size_t i = 0; i < thread_counts.size(); ++i) std::printf(" %.1f |", thread_counts[i] * 1e3 / results[c.name][i]);
+    std::printf("\n");
+  }
+  std::fflush(stdout);
+}
+
+// Scrape: N series (10/11 counters, 1/11 histograms with 8 bounds) spread
+// over 4 segments, rendered by the collector, next to prometheus-cpp's
+// Collect + TextSerializer for the same series.
+void ScrapeTable(const std::vector<int>& sizes, int reps, const std::string& directory) {
+  std::printf("\n### Scrape: render time for the same series\n\n"
+              "| series | bytes | shmetrics ms | ns/series | prometheus-cpp ms | ns/series | speed-up |\n"
+              "|---|---|---|---|---|---|---|\n");
+  const std::vector<double> bounds = {0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10};
+  for (int n : sizes) {
+    const std::string dir = absl::StrCat(directory, "/scrape-", n);
+    std::filesystem::create_directories(dir);
+    constexpr int kSegments = 4;
+    std::vector<std::unique_ptr<shmetrics::Writer>> writers;
+    prometheus::Registry registry;
+    auto& pc_counters = prometheus::BuildCounter().Name("requests_total").Help("Requests.").Register(registry);
+    auto& pc_histograms = prometheus::BuildHistogram().Name("latency_seconds").Help("Latency.").Register(registry);
+    const int histograms = n / 11, counters = n - histograms;
+    for (int s = 0; s < kSegments; ++s) {
+      shmetrics::WriterOptions options;
+      options.service = "scrape";
+      options.directory = dir;
+      options.capacities.exclusive_lanes = 2;
+      options.capacities.series = n / kSegments + 16;
+      options.capacities.cells_per_lane = (n / kSegments) * 2 + histograms / kSegments * 10 + 64;
+      options.capacities.string_arena_bytes = (n / kSegments) * 32 + 4096;
+      writers.push_back(shmetrics::Writer::Create(options).value());
+    }
+    std::vector<shmetrics::CounterFamily> counter_families;
+    std::vector<shmetrics::HistogramFamily> histogram_families;
+    for (auto& w : writers) {
+      counter_families.push_back(w->AddCounter("requests_total", "Requests.", {"path", "code"}).value());
+      histogram_families.push_back(w->AddHistogram("latency_seconds", "Latency.", {"path"}, bounds).value());
+    }
+    for (int i = 0; i < counters; ++i) {
+      const std::string path = absl::StrCat("/api/v1/item", i / 4);
+      const std::string code = absl::StrCat(200 + i % 4);
+      counter_families[i % kSegments].WithLabels({path, code}).value().add(i);
+      pc_counters.Add({{"path", path}, {"code", code}}).Increment(i);
+    }
+    for (int i = 0; i < histograms; ++i) {
+      const std::string path = absl::StrCat("/api/v1/item", i);
+      histogram_families[i % kSegments].WithLabels({path}).value().observe(i % 7 * 0.3);
+      pc_histograms.Add({{"path", path}}, bounds).Observe(i % 7 * 0.3);
+    }
+    shmetrics::reader::CollectorOptions collector_options;
+    collector_options.directory = dir;
+    collector_options.retire_dead = false;
+    auto collector = shmetrics::reader::Collector::Create(collector_options).value();
+    (void)collector->Scan();
+    std::vector<double> ours, theirs;
+    size_t bytes = 0;
+    for (int r = 0; r < reps; ++r) {
+      std::string out;
+      out.reserve(bytes);
+      auto begin = Clock::now();
+      (void)collector->Scan();
+      collector->Render(shmetrics::reader::ExpositionFormat::kPrometheusText, &out);
+      ours.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
+      bytes = out.size();
+      begin = Clock::now();
+      const std::string text = prometheus::TextSerializer().Serialize(registry.Collect());
+      theirs.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
+    }
+    const double our_ms = Median(ours), their_ms = Median(theirs);
+    std::printf("| %d | %zu | %.2f | %.0f | %.2f | %.0f | %.1fx |\n", n, bytes, our_ms, our_ms * 1e6 / n, their_ms,
+                their_ms * 1e6 / n, their_ms / our_ms);
+    std::fflush(stdout);
+    writers.clear();
+    std::filesystem::remove_all(dir);
+  }
+}
+
+std::vector<int> ParseList(const std::string& text) {
+  std::vector<int> values;
+  size_t start = 0;
+  while (start < text.size()) {
+    const size_t comma = text.find(',', start);
+    values.push_back(std::stoi(text.substr(start, comma - start)));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return values;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"shmetrics-bench: writer contention and scrape cost against baselines"};
+  std::string threads = "1,2";
+  std::string series = "1000,10000,100000";
+  int ms = 200, reps = 3;
+  bool smoke = false;
+  std::string directory = "/dev/shm";
+  app.add_option("--threads", threads, "thread counts, comma separated");
+  app.add_option("--series", series, "scrape sizes, comma separated");
+  app.add_option("--ms", ms, "duration of one writer measurement")->check(CLI::Range(1, 60000));
+  app.add_option("--reps", reps, "repetitions (the median is reported)")->check(CLI::Range(1, 100));
+  app.add_option("--dir", directory, "where the bench's segments live (removed after)");
+  app.add_flag("--smoke", smoke, "tiny run, for CI: proves the bench still works");
+  CLI11_PARSE(app, argc, argv);
+  if (smoke) {
+    threads = "1,2";
+    series = "1000";
+    ms = 5;
+    reps = 1;
+  }
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  std::printf("## shmetrics-bench on %s, %u hardware threads\n", host, std::thread::hardware_concurrency());
+  const std::string dir = absl::StrCat(directory, "/shmetrics-bench-", getpid());
+  std::filesystem::create_directories(dir);
+  WriterTable(ParseList(threads), ms, reps, dir);
+  ScrapeTable(ParseList(series), smoke ? 1 : std::max(reps, 5), dir);
+  std::filesystem::remove_all(dir);
+  return 0;
+}
