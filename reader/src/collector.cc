@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -114,6 +115,7 @@ struct Collector::State {
     const Segment* segment;
     const SeriesView* series;
   };
+  // A series while the index is built, and for Snapshot(): cold data.
   struct OutSeries {
     std::string service;
     std::vector<std::string> label_values;
@@ -121,13 +123,31 @@ struct Collector::State {
     std::vector<Source> sources;
     const ArchivedSeries* archived = nullptr;
   };
+  // What a scrape touches for one series, packed: offsets into the family's
+  // contiguous buffers, so rendering walks memory in order.
+  struct HotSeries {
+    uint32_t text_end;    // end of this series' line starts in text_lines
+    uint32_t om_end;      // end in om_lines (counters only)
+    uint32_t source_end;  // end of this series' sources in `sources`
+    const ArchivedSeries* archived;
+  };
   struct OutFamily {
     Shape shape;
-    std::string om_name;              // OpenMetrics family name (counters lose _total)
+    std::string om_name;                // OpenMetrics family name (counters lose _total)
     std::vector<std::string> le_texts;  // `le="0.1"` ... `le="+Inf"`
-    std::vector<OutSeries> series;
+    std::vector<OutSeries> series;      // cold, same order as `hot`
+    std::vector<HotSeries> hot;
+    std::vector<Source> sources;
+    // Line starts rendered once per index build, so that a scrape only
+    // copies them and formats numbers: "name{labels} " per scalar series;
+    // per histogram series its bucket lines, "_sum" and "_count", whose
+    // ends are in line_ends (bounds + 3 per series).
+    std::string text_lines;
+    std::string om_lines;
+    std::vector<uint32_t> line_ends;
   };
   std::vector<OutFamily> index ABSL_GUARDED_BY(mu);
+  mutable std::atomic<size_t> last_render_bytes{0};
   bool index_stale ABSL_GUARDED_BY(mu) = true;
 
   void Problem(const std::string& path, const std::string& error,
@@ -148,10 +168,11 @@ struct Collector::State {
   void Fold(const OpenSegment& open, const std::string& file_name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   bool IsAlive(const Segment& segment) const;
   void RebuildIndex() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
-  void RenderSeries(const OutFamily& family, const OutSeries& series, ExpositionFormat format,
-                    std::string* out, std::vector<uint64_t>& buckets) const;
-  double ScalarOf(const OutFamily& family, const OutSeries& series) const;
-  double HistogramOf(const OutSeries& series, std::vector<uint64_t>& buckets) const;
+  void RenderFamily(const OutFamily& family, ExpositionFormat format, std::string* out) const;
+  static double ScalarOf(const OutFamily& family, const Source* begin, const Source* end,
+                         const ArchivedSeries* archived);
+  static double HistogramOf(const Source* begin, const Source* end, const ArchivedSeries* archived,
+                            uint64_t* buckets, size_t bucket_count);
 };
 
 // -------------------------------------------------------------------- archive
@@ -546,6 +567,26 @@ void Collector::State::RebuildIndex() {
         labels.push_back('"');
       }
       if (per_process) absl::StrAppend(&labels, labels.empty() ? "" : ",", "pid=\"", key.back(), "\"");
+      const std::string braced = labels.empty() ? "" : "{" + labels + "}";
+      if (family.shape.type == shm::MetricType::kHistogram) {
+        for (const std::string& le : family.le_texts) {
+          absl::StrAppend(&family.text_lines, name, "_bucket{", labels, labels.empty() ? "" : ",", le, "} ");
+          family.line_ends.push_back(static_cast<uint32_t>(family.text_lines.size()));
+        }
+        absl::StrAppend(&family.text_lines, name, "_sum", braced, " ");
+        family.line_ends.push_back(static_cast<uint32_t>(family.text_lines.size()));
+        absl::StrAppend(&family.text_lines, name, "_count", braced, " ");
+        family.line_ends.push_back(static_cast<uint32_t>(family.text_lines.size()));
+      } else {
+        absl::StrAppend(&family.text_lines, name, braced, " ");
+        if (family.shape.type == shm::MetricType::kCounter) {
+          absl::StrAppend(&family.om_lines, family.om_name, "_total", braced, " ");
+        }
+      }
+      family.sources.insert(family.sources.end(), out.sources.begin(), out.sources.end());
+      family.hot.push_back({static_cast<uint32_t>(family.text_lines.size()),
+                            static_cast<uint32_t>(family.om_lines.size()),
+                            static_cast<uint32_t>(family.sources.size()), out.archived});
       family.series.push_back(std::move(out));
     }
     counters.series += family.series.size();
@@ -555,93 +596,102 @@ void Collector::State::RebuildIndex() {
 
 // ---------------------------------------------------------------- rendering
 
-double Collector::State::ScalarOf(const OutFamily& family, const OutSeries& series) const {
+double Collector::State::ScalarOf(const OutFamily& family, const Source* begin, const Source* end,
+                                  const ArchivedSeries* archived) {
   const shm::GaugeMerge merge = family.shape.merge;
   const bool extreme = family.shape.type == shm::MetricType::kGauge &&
                        (merge == shm::GaugeMerge::kMax || merge == shm::GaugeMerge::kMin);
   if (!extreme) {
-    double total = series.archived != nullptr ? series.archived->scalar : 0;
-    for (const Source& source : series.sources) total += source.segment->ScalarValue(*source.series);
+    double total = archived != nullptr ? archived->scalar : 0;
+    for (const Source* source = begin; source != end; ++source) total += source->segment->ScalarValue(*source->series);
     return total;
   }
-  bool have = series.archived != nullptr;
-  double result = have ? series.archived->scalar : 0;
-  for (const Source& source : series.sources) {
-    const double value = source.segment->ScalarValue(*source.series);
+  bool have = archived != nullptr;
+  double result = have ? archived->scalar : 0;
+  for (const Source* source = begin; source != end; ++source) {
+    const double value = source->segment->ScalarValue(*source->series);
     result = !have ? value : merge == shm::GaugeMerge::kMax ? std::max(result, value) : std::min(result, value);
     have = true;
   }
   return result;
 }
 
-double Collector::State::HistogramOf(const OutSeries& series, std::vector<uint64_t>& buckets) const {
+double Collector::State::HistogramOf(const Source* begin, const Source* end, const ArchivedSeries* archived,
+                                     uint64_t* buckets, size_t bucket_count) {
   double sum = 0;
-  if (series.archived != nullptr) {
-    std::copy(series.archived->buckets.begin(), series.archived->buckets.end(), buckets.begin());
-    sum = series.archived->sum;
+  if (archived != nullptr) {
+    std::copy(archived->buckets.begin(), archived->buckets.end(), buckets);
+    sum = archived->sum;
   } else {
-    std::fill(buckets.begin(), buckets.end(), 0);
+    std::fill(buckets, buckets + bucket_count, 0);
   }
   uint64_t scratch[shm::kMaxBuckets + 1];
-  for (const Source& source : series.sources) {
-    sum += source.segment->HistogramValue(*source.series, scratch);
-    for (size_t b = 0; b < buckets.size(); ++b) buckets[b] += scratch[b];
+  for (const Source* source = begin; source != end; ++source) {
+    sum += source->segment->HistogramValue(*source->series, scratch);
+    for (size_t b = 0; b < bucket_count; ++b) buckets[b] += scratch[b];
   }
   return sum;
 }
 
-void Collector::State::RenderSeries(const OutFamily& family, const OutSeries& series,
-                                    ExpositionFormat format, std::string* out,
-                                    std::vector<uint64_t>& buckets) const {
-  const std::string& name = family.shape.name;
-  auto open_labels = [&](absl::string_view metric, absl::string_view suffix) {
-    out->append(metric.data(), metric.size());
-    out->append(suffix.data(), suffix.size());
-    if (!series.labels.empty()) {
-      out->push_back('{');
-      out->append(series.labels);
-      out->push_back('}');
+namespace {
+void AppendCount(std::string* out, uint64_t value) {
+  char buffer[24];
+  const auto result = std::to_chars(buffer, buffer + sizeof buffer, value);
+  out->append(buffer, result.ptr);
+}
+}  // namespace
+
+void Collector::State::RenderFamily(const OutFamily& family, ExpositionFormat format, std::string* out) const {
+  const bool om_counter = format == ExpositionFormat::kOpenMetrics && family.shape.type == shm::MetricType::kCounter;
+  const std::string& lines = om_counter ? family.om_lines : family.text_lines;
+  const Source* sources = family.sources.data();
+  uint32_t line_begin = 0, source_begin = 0;
+  if (family.shape.type != shm::MetricType::kHistogram) {
+    for (const HotSeries& series : family.hot) {
+      const uint32_t line_end = om_counter ? series.om_end : series.text_end;
+      out->append(lines.data() + line_begin, line_end - line_begin);
+      AppendDouble(out, ScalarOf(family, sources + source_begin, sources + series.source_end, series.archived));
+      out->push_back('\n');
+      line_begin = line_end;
+      source_begin = series.source_end;
     }
-    out->push_back(' ');
+    return;
+  }
+  const size_t bucket_count = family.shape.bounds.size() + 1;
+  uint64_t buckets[shm::kMaxBuckets + 1];
+  const uint32_t* line_end = family.line_ends.data();
+  auto line_start = [&]() {
+    out->append(lines.data() + line_begin, *line_end - line_begin);
+    line_begin = *line_end++;
   };
-  switch (family.shape.type) {
-    case shm::MetricType::kCounter:
-      if (format == ExpositionFormat::kOpenMetrics) open_labels(family.om_name, "_total");
-      else open_labels(name, "");
-      AppendDouble(out, ScalarOf(family, series));
+  for (const HotSeries& series : family.hot) {
+    const double sum =
+        HistogramOf(sources + source_begin, sources + series.source_end, series.archived, buckets, bucket_count);
+    source_begin = series.source_end;
+    // _count is the +Inf bucket: both come from the same bucket counts.
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b < bucket_count; ++b) {
+      cumulative += buckets[b];
+      line_start();
+      AppendCount(out, cumulative);
       out->push_back('\n');
-      return;
-    case shm::MetricType::kGauge:
-      open_labels(name, "");
-      AppendDouble(out, ScalarOf(family, series));
-      out->push_back('\n');
-      return;
-    case shm::MetricType::kHistogram: {
-      buckets.resize(family.shape.bounds.size() + 1);
-      const double sum = HistogramOf(series, buckets);
-      // _count is the +Inf bucket: both come from the same bucket counts.
-      uint64_t cumulative = 0;
-      for (size_t b = 0; b < buckets.size(); ++b) {
-        cumulative += buckets[b];
-        absl::StrAppend(out, name, "_bucket{", series.labels, series.labels.empty() ? "" : ",",
-                        family.le_texts[b], "} ", cumulative, "\n");
-      }
-      open_labels(name, "_sum");
-      AppendDouble(out, sum);
-      out->push_back('\n');
-      open_labels(name, "_count");
-      absl::StrAppend(out, cumulative, "\n");
-      return;
     }
+    line_start();
+    AppendDouble(out, sum);
+    out->push_back('\n');
+    line_start();
+    AppendCount(out, cumulative);
+    out->push_back('\n');
   }
 }
 
 void Collector::Render(ExpositionFormat format, std::string* out) const {
   const State& s = *state_;
   absl::ReaderMutexLock lock(&s.mu);
-  std::vector<uint64_t> buckets;
+  out->reserve(out->size() + s.last_render_bytes.load(std::memory_order_relaxed) + 4096);
+  const size_t start_size = out->size();
   for (const State::OutFamily& family : s.index) {
-    if (family.series.empty()) continue;
+    if (family.hot.empty()) continue;
     const std::string& name =
         format == ExpositionFormat::kOpenMetrics ? family.om_name : family.shape.name;
     const char* type = family.shape.type == shm::MetricType::kCounter ? "counter"
@@ -650,8 +700,9 @@ void Collector::Render(ExpositionFormat format, std::string* out) const {
     absl::StrAppend(out, "# HELP ", name, " ");
     AppendHelp(out, family.shape.help, format);
     absl::StrAppend(out, "\n# TYPE ", name, " ", type, "\n");
-    for (const State::OutSeries& series : family.series) s.RenderSeries(family, series, format, out, buckets);
+    s.RenderFamily(family, format, out);
   }
+  s.last_render_bytes.store(out->size() - start_size, std::memory_order_relaxed);
 }
 
 std::vector<SegmentReport> Collector::Segments() const {
@@ -689,12 +740,14 @@ std::vector<AggregatedSeries> Collector::Snapshot() const {
       for (size_t i = 0; i < family.shape.label_names.size(); ++i) {
         a.labels.emplace_back(family.shape.label_names[i], series.label_values[i]);
       }
+      const State::Source* begin = series.sources.data();
+      const State::Source* end = begin + series.sources.size();
       if (family.shape.type == shm::MetricType::kHistogram) {
         a.bounds = family.shape.bounds;
         a.buckets.resize(a.bounds.size() + 1);
-        a.sum = s.HistogramOf(series, a.buckets);
+        a.sum = State::HistogramOf(begin, end, series.archived, a.buckets.data(), a.buckets.size());
       } else {
-        a.value = s.ScalarOf(family, series);
+        a.value = State::ScalarOf(family, begin, end, series.archived);
       }
       result.push_back(std::move(a));
     }
