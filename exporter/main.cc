@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,7 +28,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
 #include "shmetrics/collector.h"
 #include "views.h"
 
@@ -48,14 +48,15 @@ struct Server {
   std::vector<std::string> credentials;  // "user:password" lines; empty = no auth
   std::chrono::milliseconds min_scan_interval{100};
 
-  absl::Mutex scan_mu;
-  std::chrono::steady_clock::time_point last_scan ABSL_GUARDED_BY(scan_mu);
-  absl::Mutex self_mu;
-  SelfStats self ABSL_GUARDED_BY(self_mu);
+  // std::mutex, not absl::Mutex: Debian's Abseil carries no TSan annotations.
+  std::mutex scan_mu;
+  std::chrono::steady_clock::time_point last_scan;  // guarded by scan_mu
+  std::mutex self_mu;
+  SelfStats self;  // guarded by self_mu
 
   // Rescans at most every min_scan_interval: concurrent scrapes share a scan.
   void MaybeScan() {
-    absl::MutexLock lock(&scan_mu);
+    std::lock_guard lock(scan_mu);
     const auto now = std::chrono::steady_clock::now();
     if (now - last_scan < min_scan_interval) return;
     last_scan = now;
@@ -151,7 +152,7 @@ int HandleRequest(mg_connection* conn, void* data) {
   if (path == "/api/health") {
     SelfStats self;
     {
-      absl::MutexLock lock(&server.self_mu);
+      std::lock_guard lock(server.self_mu);
       self = server.self;
     }
     const int status = RenderHealth(*server.collector, self, &body);
@@ -173,14 +174,14 @@ int HandleRequest(mg_connection* conn, void* data) {
   server.collector->Render(format, &body);
   SelfStats self;
   {
-    absl::MutexLock lock(&server.self_mu);
+    std::lock_guard lock(server.self_mu);
     ++server.self.scrapes_total;
     self = server.self;
   }
   RenderSelfMetrics(*server.collector, self, format, &body);
   if (format == reader::ExpositionFormat::kOpenMetrics) body += "# EOF\n";
   {
-    absl::MutexLock lock(&server.self_mu);
+    std::lock_guard lock(server.self_mu);
     server.self.last_scrape_duration_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
@@ -264,7 +265,7 @@ int Run(int argc, char** argv) {
   server.collector = *std::move(collector);
   (void)server.collector->Scan();
   {
-    absl::MutexLock lock(&server.self_mu);
+    std::lock_guard lock(server.self_mu);
     server.self.start_unix_seconds = NowSeconds();
   }
 

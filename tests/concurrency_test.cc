@@ -79,7 +79,7 @@ TEST_CASE("totals are exact across 4 forked processes x 4 threads; snapshots nev
 
   std::vector<pid_t> children;
   for (int p = 0; p < kProcesses; ++p) {
-    const pid_t child = fork();
+    const pid_t child = testing::Fork();
     REQUIRE(child >= 0);
     if (child == 0) {
       std::vector<std::thread> threads;
@@ -174,7 +174,7 @@ TEST_CASE("kill -9 mid-run: every completed increment is in the segment, and it 
       mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   REQUIRE(progress != MAP_FAILED);
   new (progress) std::atomic<uint64_t>(0);
-  const pid_t child = fork();
+  const pid_t child = testing::Fork();
   if (child == 0) {
     WriterOptions options;
     options.service = "victim";
@@ -221,10 +221,10 @@ TEST_CASE("fork: the child writes into a segment of its own through handles take
   auto writer = Writer::Create(options).value();
   auto counter = writer->AddCounter("c_total", "C.", {"k"}).value().WithLabels({"x"}).value();
   counter.add(2);
-  const pid_t child = fork();
+  const pid_t child = testing::Fork();
   if (child == 0) {
     for (int i = 0; i < 5; ++i) counter.inc();
-    const pid_t grandchild = fork();
+    const pid_t grandchild = testing::Fork();
     if (grandchild == 0) {
       counter.add(100);
       _exit(0);

@@ -35,7 +35,7 @@ class WriterProcess {
     int ready[2], stop[2];
     REQUIRE(pipe(ready) == 0);
     REQUIRE(pipe(stop) == 0);
-    pid_ = fork();
+    pid_ = testing::Fork();
     if (pid_ == 0) {
       close(ready[0]);
       close(stop[1]);

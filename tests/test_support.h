@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -54,6 +55,13 @@ inline std::string ReadFile(const std::string& path) {
 inline void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// fork() with stdio flushed first, so a child never repeats the parent's
+// buffered output (sanitizer runtimes flush at _exit).
+inline pid_t Fork() {
+  std::fflush(nullptr);
+  return fork();
 }
 
 // Exit status of a child, or -signal when it was killed.
@@ -138,7 +146,7 @@ inline std::string ShellQuote(const std::string& text) {
 class Subprocess {
  public:
   Subprocess(const std::vector<std::string>& argv, const std::string& log_path) {
-    pid_ = fork();
+    pid_ = Fork();
     if (pid_ == 0) {
       FILE* log = std::fopen(log_path.c_str(), "w");
       if (log != nullptr) {

@@ -216,7 +216,7 @@ TEST_CASE("no room for the file is a clear error at creation, not a SIGBUS later
   TempDir dir;
   // A child with a 1 MiB file size limit stands in for a full tmpfs:
   // posix_fallocate fails up front and Create reports it.
-  const pid_t child = fork();
+  const pid_t child = testing::Fork();
   if (child == 0) {
     signal(SIGXFSZ, SIG_IGN);
     rlimit limit{1 << 20, 1 << 20};

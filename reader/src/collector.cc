@@ -16,6 +16,8 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <mutex>
+#include <shared_mutex>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/escaping.h"
@@ -23,7 +25,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
 
 namespace shmetrics::reader {
 namespace {
@@ -85,7 +86,10 @@ struct Collector::State {
   CollectorOptions options;
   std::string archive_path;
   int archive_lock_fd = -1;
-  mutable absl::Mutex mu;
+  // std::shared_mutex rather than absl::Mutex: Debian's Abseil is built
+  // without ThreadSanitizer annotations, so TSan could not see its
+  // synchronization; pthread locks it intercepts. Guards everything below.
+  mutable std::shared_mutex mu;
 
   struct OpenSegment {
     std::unique_ptr<Segment> segment;
@@ -93,11 +97,11 @@ struct Collector::State {
     uint32_t pid = 0;
     bool alive = false;
   };
-  std::map<std::string, OpenSegment> segments ABSL_GUARDED_BY(mu);  // by file name
-  std::map<std::string, std::string> problems ABSL_GUARDED_BY(mu);   // path -> error, this scan
-  std::map<std::string, std::string> index_problems ABSL_GUARDED_BY(mu);  // from the last rebuild
-  std::set<std::string> logged ABSL_GUARDED_BY(mu);
-  CollectorCounters counters ABSL_GUARDED_BY(mu);
+  std::map<std::string, OpenSegment> segments;  // by file name
+  std::map<std::string, std::string> problems;   // path -> error, this scan
+  std::map<std::string, std::string> index_problems;  // from the last rebuild
+  std::set<std::string> logged;
+  CollectorCounters counters;
 
   struct ArchivedSeries {
     Shape shape;
@@ -107,9 +111,9 @@ struct Collector::State {
     double sum = 0;
     std::vector<uint64_t> buckets;
   };
-  std::map<std::string, ArchivedSeries> archive ABSL_GUARDED_BY(mu);  // by ArchiveKey
-  std::deque<std::string> folded_names ABSL_GUARDED_BY(mu);
-  absl::flat_hash_set<std::string> folded_set ABSL_GUARDED_BY(mu);
+  std::map<std::string, ArchivedSeries> archive;  // by ArchiveKey
+  std::deque<std::string> folded_names;
+  absl::flat_hash_set<std::string> folded_set;
 
   struct Source {
     const Segment* segment;
@@ -146,12 +150,12 @@ struct Collector::State {
     std::string om_lines;
     std::vector<uint32_t> line_ends;
   };
-  std::vector<OutFamily> index ABSL_GUARDED_BY(mu);
+  std::vector<OutFamily> index;
   mutable std::atomic<size_t> last_render_bytes{0};
-  bool index_stale ABSL_GUARDED_BY(mu) = true;
+  bool index_stale = true;
 
   void Problem(const std::string& path, const std::string& error,
-               bool from_index = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+               bool from_index = false) {
     (from_index ? index_problems : problems)[path] = error;
     if (logged.insert(path + "\n" + error).second) {
       std::fprintf(stderr, "shmetrics: skipping %s\n", error.c_str());
@@ -163,11 +167,11 @@ struct Collector::State {
     return absl::StrCat(service, "\x1f", family, "\x1f", absl::StrJoin(values, "\x1f"));
   }
 
-  absl::Status LoadArchive() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
-  absl::Status SaveArchive() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
-  void Fold(const OpenSegment& open, const std::string& file_name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  absl::Status LoadArchive();
+  absl::Status SaveArchive();
+  void Fold(const OpenSegment& open, const std::string& file_name);
   bool IsAlive(const Segment& segment) const;
-  void RebuildIndex() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  void RebuildIndex();
   void RenderFamily(const OutFamily& family, ExpositionFormat format, std::string* out) const;
   static double ScalarOf(const OutFamily& family, const Source* begin, const Source* end,
                          const ArchivedSeries* archived);
@@ -374,7 +378,7 @@ absl::StatusOr<std::unique_ptr<Collector>> Collector::Create(const CollectorOpti
     state->archive_lock_fd = fd;
   }
   {
-    absl::MutexLock lock(&state->mu);
+    std::unique_lock lock(state->mu);
     if (absl::Status s = state->LoadArchive(); !s.ok()) return s;
   }
   return std::unique_ptr<Collector>(new Collector(std::move(state)));
@@ -382,7 +386,7 @@ absl::StatusOr<std::unique_ptr<Collector>> Collector::Create(const CollectorOpti
 
 absl::Status Collector::Scan() {
   State& s = *state_;
-  absl::MutexLock lock(&s.mu);
+  std::unique_lock lock(s.mu);
   absl::StatusOr<std::vector<DirectoryEntry>> entries = ListSegments(s.options.directory);
   if (!entries.ok()) return entries.status();
   ++s.counters.scans;
@@ -687,7 +691,7 @@ void Collector::State::RenderFamily(const OutFamily& family, ExpositionFormat fo
 
 void Collector::Render(ExpositionFormat format, std::string* out) const {
   const State& s = *state_;
-  absl::ReaderMutexLock lock(&s.mu);
+  std::shared_lock lock(s.mu);
   out->reserve(out->size() + s.last_render_bytes.load(std::memory_order_relaxed) + 4096);
   const size_t start_size = out->size();
   for (const State::OutFamily& family : s.index) {
@@ -706,14 +710,14 @@ void Collector::Render(ExpositionFormat format, std::string* out) const {
 }
 
 std::vector<SegmentReport> Collector::Segments() const {
-  absl::ReaderMutexLock lock(&state_->mu);
+  std::shared_lock lock(state_->mu);
   std::vector<SegmentReport> reports;
   for (const auto& [name, open] : state_->segments) reports.push_back({open.segment->Info(), open.alive});
   return reports;
 }
 
 std::vector<Problem> Collector::Problems() const {
-  absl::ReaderMutexLock lock(&state_->mu);
+  std::shared_lock lock(state_->mu);
   std::vector<Problem> problems;
   for (const auto& [path, error] : state_->problems) problems.push_back({path, error});
   for (const auto& [path, error] : state_->index_problems) {
@@ -723,13 +727,13 @@ std::vector<Problem> Collector::Problems() const {
 }
 
 CollectorCounters Collector::Counters() const {
-  absl::ReaderMutexLock lock(&state_->mu);
+  std::shared_lock lock(state_->mu);
   return state_->counters;
 }
 
 std::vector<AggregatedSeries> Collector::Snapshot() const {
   const State& s = *state_;
-  absl::ReaderMutexLock lock(&s.mu);
+  std::shared_lock lock(s.mu);
   std::vector<AggregatedSeries> result;
   for (const State::OutFamily& family : s.index) {
     for (const State::OutSeries& series : family.series) {
