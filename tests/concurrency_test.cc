@@ -67,7 +67,7 @@ void CheckNoDecrease(const testing::Totals& before, const testing::Totals& after
   }
 }
 
-TEST_CASE("totals are exact across 4 forked processes x 4 threads; snapshots never go down") {
+TEST_CASE("totals are exact across 4 forked processes x 4 threads, and snapshots never go down") {
   TempDir dir;
   constexpr int kProcesses = 4;
   constexpr int kIterations = 20000;
@@ -117,7 +117,7 @@ TEST_CASE("totals are exact across 4 forked processes x 4 threads; snapshots nev
   CHECK(dir.SegmentPaths().size() == kProcesses + 1);  // each child has its own segment
 }
 
-TEST_CASE("threads beyond the lane count share a lane with atomic adds; totals stay exact") {
+TEST_CASE("threads beyond the lane count share a lane with atomic adds, and totals stay exact") {
   TempDir dir;
   WriterOptions options;
   options.service = "lanes";

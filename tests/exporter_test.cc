@@ -224,7 +224,7 @@ TEST_CASE("the exporter gives the same samples as prometheus-cpp's TextSerialize
   CHECK(mine.size() == 14);
 }
 
-TEST_CASE("a writer killed with -9 and restarted: the exported counter never decreases; its segment is retired") {
+TEST_CASE("a writer killed with -9 and restarted: the exported counter never decreases and its segment is retired") {
   TempDir dir;
   Exporter exporter(dir);
   auto value_of = [&](const std::string& sample_prefix) {
@@ -334,7 +334,7 @@ TEST_CASE("bad flags and an unusable directory get their exit codes") {
                                 first.port(), " 2>&1")).exit_code == 4);
 }
 
-TEST_CASE("a real Prometheus server scrapes the exporter; PromQL returns what the writers produced") {
+TEST_CASE("a real Prometheus server scrapes the exporter and PromQL returns what the writers produced") {
   if (RunCommand("command -v prometheus").exit_code != 0) {
     FAIL("Debian's prometheus is not installed (the README's test command installs it)");
   }

@@ -68,7 +68,7 @@ TEST_CASE("counter, gauge and histogram values read back exactly") {
   CHECK(totals.sums["latency_seconds{}"] == doctest::Approx(103.55));
 }
 
-TEST_CASE("the same labels give the same series; a second thread adds to it") {
+TEST_CASE("the same labels give the same series, and a second thread adds to it") {
   TempDir dir;
   auto writer = MakeWriter(dir);
   auto family = writer->AddCounter("c_total", "C.", {"k"}).value();

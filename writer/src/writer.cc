@@ -233,7 +233,7 @@ LaneReleaser::~LaneReleaser() {
 }
 }  // namespace
 
-void Gauge::set(double value) {
+void Gauge::set(double value) const {
   internal::EnsureBound(slot_);
   const internal::WriterSlot& slot = g_writer_slots[slot_];
   const uint32_t high_water =

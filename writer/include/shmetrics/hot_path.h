@@ -121,10 +121,10 @@ inline uint32_t BucketIndex(const double* padded, uint32_t padded_count, uint32_
 class Counter {
  public:
   Counter() = default;
-  void inc(uint64_t n = 1) { internal::Add<uint64_t>(slot_, cell_, n); }
+  void inc(uint64_t n = 1) const { internal::Add<uint64_t>(slot_, cell_, n); }
   // Fractional amounts (a cost in dollars, say). Negative and NaN amounts
   // are ignored: a counter never goes down.
-  void add(double amount) {
+  void add(double amount) const {
     if (!(amount >= 0)) return;
     internal::Add<double>(slot_, cell_ + 1, amount);
   }
@@ -146,10 +146,10 @@ class Counter {
 class Gauge {
  public:
   Gauge() = default;
-  void inc(int64_t n = 1) { internal::Add<uint64_t>(slot_, cell_, static_cast<uint64_t>(n)); }
-  void dec(int64_t n = 1) { inc(-n); }
-  void add(double delta) { internal::Add<double>(slot_, cell_ + 1, delta); }
-  void set(double value);
+  void inc(int64_t n = 1) const { internal::Add<uint64_t>(slot_, cell_, static_cast<uint64_t>(n)); }
+  void dec(int64_t n = 1) const { inc(-n); }
+  void add(double delta) const { internal::Add<double>(slot_, cell_ + 1, delta); }
+  void set(double value) const;
   bool valid() const { return valid_; }
 
  private:
@@ -165,7 +165,7 @@ class Gauge {
 class Histogram {
  public:
   Histogram() = default;
-  void observe(double value) {
+  void observe(double value) const {
     const uint32_t bucket = internal::BucketIndex(bounds_, padded_count_, bucket_count_, value);
     if (std::byte* lane = internal::ExclusiveLane(slot_)) {
       internal::AddToOwnedCell<uint64_t>(lane, cell_ + bucket, uint64_t{1});
