@@ -170,7 +170,6 @@ struct Collector::State {
   absl::Status LoadArchive();
   absl::Status SaveArchive();
   void Fold(const OpenSegment& open, const std::string& file_name);
-  bool IsAlive(const Segment& segment) const;
   void RebuildIndex();
   void RenderFamily(const OutFamily& family, ExpositionFormat format, std::string* out) const;
   static double ScalarOf(const OutFamily& family, const Source* begin, const Source* end,
@@ -337,7 +336,7 @@ void Collector::State::Fold(const OpenSegment& open, const std::string& file_nam
 
 // ---------------------------------------------------------------- scanning
 
-bool Collector::State::IsAlive(const Segment& segment) const {
+bool WriterRunning(const Segment& segment) {
   if (segment.WriterAlive()) return true;
   const SegmentInfo info = segment.Info();
   if (info.state != shm::SegmentState::kReady) return false;
@@ -399,6 +398,7 @@ absl::Status Collector::Scan() {
   if (auto it = old_problems.find(s.archive_path); it != old_problems.end()) s.problems.insert(*it);
   for (const DirectoryEntry& entry : *entries) {
     if (!s.options.service_filter.empty() && entry.id.service != s.options.service_filter) continue;
+    if (!s.options.file_filter.empty() && entry.file_name != s.options.file_filter) continue;
     present.insert(entry.file_name);
     if (s.folded_set.contains(entry.file_name)) {
       // Folded before a crash or failed unlink: its values are archived already.
@@ -445,7 +445,7 @@ absl::Status Collector::Scan() {
   s.counters.segments_alive = s.counters.segments_dead = 0;
   for (auto& [name, open] : s.segments) {
     const bool was_alive = open.alive;
-    open.alive = s.IsAlive(*open.segment);
+    open.alive = WriterRunning(*open.segment);
     changed |= open.alive != was_alive;
     if (open.alive) {
       ++s.counters.segments_alive;

@@ -46,6 +46,7 @@ const char* ContentType(ExpositionFormat format);
 struct CollectorOptions {
   std::string directory;        // default: $SHMETRICS_DIR, else /dev/shm
   std::string service_filter;   // only this service; empty = all
+  std::string file_filter;      // only this segment file name; empty = all
   bool retire_dead = true;      // fold dead segments into the archive and remove them
   Segment::Options segment;
 };
@@ -113,6 +114,12 @@ class Collector {
   explicit Collector(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;
 };
+
+// Whether a segment's writer still runs: its flock is held, or (the lock
+// free) the same process, pid and start time, is still there. A closed
+// segment is never alive. Retirement takes exactly the segments for which
+// this is false.
+bool WriterRunning(const Segment& segment);
 
 // Quantile estimate from histogram buckets, the way PromQL's
 // histogram_quantile() does it: linear interpolation inside the bucket

@@ -1,0 +1,463 @@
+// shmetrics: inspect live segments.
+//
+//   shmetrics ls [--json]                 one line per segment
+//   shmetrics dump [SEGMENT] [--service S] [--openmetrics]
+//   shmetrics top [--service S] [--interval SEC] [--iterations N]
+//   shmetrics check [SEGMENT...] [--json]
+//   shmetrics gc [--yes] [--dry-run]
+//
+// Every subcommand takes --dir (default $SHMETRICS_DIR, else /dev/shm).
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "shmetrics/collector.h"
+
+namespace shmetrics::cli {
+namespace {
+
+enum ExitCode {
+  kOk = 0,
+  kProblemsFound = 1,   // check found a problem; gc declined
+  kUsage = 2,           // bad flag or argument
+  kNotFound = 3,        // no such segment or directory
+  kPermissionDenied = 4,
+  kCorrupt = 5,         // a segment is corrupt (dump, check)
+  kBusy = 6,            // gc: an exporter retires segments in this directory
+};
+
+constexpr const char* kExitCodes =
+    "Exit codes: 0 ok, 1 problems found or declined, 2 bad flag or argument, 3 no such segment\n"
+    "or directory, 4 permission denied, 5 corrupt segment, 6 an exporter already retires\n"
+    "segments in this directory.";
+
+int ExitCodeFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kNotFound: return kNotFound;
+    case absl::StatusCode::kPermissionDenied: return kPermissionDenied;
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kUnavailable: return kCorrupt;
+    default: return kProblemsFound;
+  }
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "shmetrics: %s\n", std::string(status.message()).c_str());
+  return ExitCodeFor(status);
+}
+
+double NowUnixSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string StateName(const reader::SegmentInfo& info, bool alive) {
+  if (alive) return "alive";
+  return info.state == shm::SegmentState::kClosed ? "closed" : "dead";
+}
+
+// A segment path from an argument: a path as given, or a file name in dir.
+std::string ResolveSegment(const std::string& dir, const std::string& argument) {
+  return argument.find('/') == std::string::npos ? dir + "/" + argument : argument;
+}
+
+// ------------------------------------------------------------------- ls
+
+int Ls(const std::string& dir, bool json) {
+  auto entries = reader::ListSegments(dir);
+  if (!entries.ok()) return Fail(entries.status());
+  std::string out = json ? "[" : "";
+  if (!json) {
+    out = absl::StrFormat("%-20s %8s %-8s %8s %9s %11s %13s %7s %8s\n", "SERVICE", "PID", "STATE", "AGE", "SIZE",
+                          "FAMILIES", "SERIES", "LANES", "OVERFLOW");
+  }
+  bool first = true;
+  for (const reader::DirectoryEntry& entry : *entries) {
+    auto segment = reader::Segment::Open(entry.path);
+    if (json) {
+      absl::StrAppend(&out, first ? "" : ",", "\n  {\"file\":");
+      reader::AppendJsonString(&out, entry.file_name);
+    }
+    first = false;
+    if (!segment.ok()) {
+      const std::string state = segment.status().code() == absl::StatusCode::kUnavailable ? "not-ready" : "corrupt";
+      if (json) {
+        absl::StrAppend(&out, ",\"service\":");
+        reader::AppendJsonString(&out, entry.id.service);
+        absl::StrAppend(&out, ",\"pid\":", entry.id.pid, ",\"state\":\"", state, "\",\"error\":");
+        reader::AppendJsonString(&out, segment.status().message());
+        out += "}";
+      } else {
+        absl::StrAppend(&out, absl::StrFormat("%-20s %8u %-8s %s\n", entry.id.service, entry.id.pid, state,
+                                              std::string(segment.status().message())));
+      }
+      continue;
+    }
+    const reader::SegmentInfo info = (*segment)->Info();
+    const bool alive = reader::WriterRunning(**segment);
+    const double age = std::max(0.0, NowUnixSeconds() - info.created_unix_ns * 1e-9);
+    if (json) {
+      absl::StrAppend(&out, ",\"service\":");
+      reader::AppendJsonString(&out, info.service);
+      absl::StrAppend(&out, ",\"pid\":", info.pid, ",\"state\":\"", StateName(info, alive),
+                      "\",\"age_seconds\":", static_cast<int64_t>(age), ",\"size_bytes\":", info.size_bytes,
+                      ",\"families\":", info.family_count, ",\"family_capacity\":", info.family_capacity,
+                      ",\"series\":", info.series_count, ",\"series_capacity\":", info.series_capacity,
+                      ",\"lanes_in_use\":", info.lanes_in_use, ",\"exclusive_lanes\":", info.exclusive_lanes,
+                      ",\"series_overflow\":", info.series_overflow_count, "}");
+    } else {
+      absl::StrAppend(&out, absl::StrFormat("%-20s %8u %-8s %7ds %8.1fK %5u/%-5u %6u/%-6u %3u/%-3u %8u\n",
+                                            info.service, info.pid, StateName(info, alive), static_cast<int>(age),
+                                            info.size_bytes / 1024.0, info.family_count, info.family_capacity,
+                                            info.series_count, info.series_capacity, info.lanes_in_use,
+                                            info.exclusive_lanes, info.series_overflow_count));
+    }
+  }
+  if (json) out += first ? "]\n" : "\n]\n";
+  std::fputs(out.c_str(), stdout);
+  return kOk;
+}
+
+// ----------------------------------------------------------------- dump
+
+int Dump(const std::string& dir, const std::string& segment, const std::string& service, bool openmetrics) {
+  reader::CollectorOptions options;
+  options.directory = dir;
+  options.service_filter = service;
+  options.retire_dead = false;  // read-only: dump never changes anything
+  if (!segment.empty()) {
+    const std::string path = ResolveSegment(dir, segment);
+    auto opened = reader::Segment::Open(path);  // exact errors for one segment
+    if (!opened.ok()) return Fail(opened.status());
+    options.directory = path.substr(0, path.rfind('/'));
+    options.file_filter = path.substr(path.rfind('/') + 1);
+  }
+  auto collector = reader::Collector::Create(options);
+  if (!collector.ok()) return Fail(collector.status());
+  if (absl::Status s = (*collector)->Scan(); !s.ok()) return Fail(s);
+  const auto format = openmetrics ? reader::ExpositionFormat::kOpenMetrics : reader::ExpositionFormat::kPrometheusText;
+  std::string out;
+  (*collector)->Render(format, &out);
+  if (openmetrics) out += "# EOF\n";
+  std::fputs(out.c_str(), stdout);
+  for (const reader::Problem& p : (*collector)->Problems()) std::fprintf(stderr, "shmetrics: %s\n", p.error.c_str());
+  return (*collector)->Problems().empty() ? kOk : kCorrupt;
+}
+
+// ---------------------------------------------------------------- check
+
+// Full validation: open, refresh, read every value, and check invariants.
+absl::Status CheckOne(const std::string& path) {
+  auto segment = reader::Segment::Open(path);
+  if (!segment.ok()) return segment.status();
+  reader::Segment& s = **segment;
+  if (absl::Status status = s.Refresh(); !status.ok()) return status;
+  for (const reader::SeriesView& series : s.series()) {
+    const reader::FamilyView& family = s.families()[series.family];
+    if (family.type == shm::MetricType::kHistogram) {
+      std::vector<uint64_t> buckets(family.bounds.size() + 1);
+      const double sum = s.HistogramValue(series, buckets.data());
+      if (std::isnan(sum)) return absl::DataLossError(absl::StrCat(path, ": histogram ", family.name, " has a NaN sum"));
+    } else if (family.type == shm::MetricType::kCounter) {
+      const double value = s.ScalarValue(series);
+      if (!(value >= 0)) {
+        return absl::DataLossError(absl::StrCat(path, ": counter ", family.name, " is negative or NaN"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+int Check(const std::string& dir, std::vector<std::string> segments, bool json) {
+  if (segments.empty()) {
+    auto entries = reader::ListSegments(dir);
+    if (!entries.ok()) return Fail(entries.status());
+    for (const auto& e : *entries) segments.push_back(e.path);
+  }
+  int worst = kOk;
+  std::string out = json ? "[" : "";
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const std::string path = ResolveSegment(dir, segments[i]);
+    const absl::Status status = CheckOne(path);
+    if (!status.ok()) worst = std::max(worst, ExitCodeFor(status));
+    if (json) {
+      absl::StrAppend(&out, i ? "," : "", "\n  {\"path\":");
+      reader::AppendJsonString(&out, path);
+      absl::StrAppend(&out, ",\"ok\":", status.ok() ? "true" : "false");
+      if (!status.ok()) {
+        absl::StrAppend(&out, ",\"error\":");
+        reader::AppendJsonString(&out, status.message());
+      }
+      out += "}";
+    } else {
+      absl::StrAppend(&out, status.ok() ? "ok       " : "PROBLEM  ", status.ok() ? path : std::string(status.message()),
+                      "\n");
+    }
+  }
+  if (json) out += segments.empty() ? "]\n" : "\n]\n";
+  std::fputs(out.c_str(), stdout);
+  return worst;
+}
+
+// ------------------------------------------------------------------- gc
+
+int Gc(const std::string& dir, bool yes, bool dry_run) {
+  auto entries = reader::ListSegments(dir);
+  if (!entries.ok()) return Fail(entries.status());
+  std::vector<std::string> dead;
+  for (const auto& e : *entries) {
+    auto segment = reader::Segment::Open(e.path);
+    if (segment.ok() && !reader::WriterRunning(**segment)) dead.push_back(e.file_name);
+  }
+  if (dead.empty()) {
+    std::printf("no segments of dead writers in %s\n", dir.c_str());
+    return kOk;
+  }
+  std::printf("segments of dead writers in %s (their final values go to the archive):\n", dir.c_str());
+  for (const auto& name : dead) std::printf("  %s\n", name.c_str());
+  if (dry_run) return kOk;
+  if (!yes) {
+    if (!isatty(STDIN_FILENO)) {
+      std::fprintf(stderr, "shmetrics: not removing without --yes (standard input is not a terminal)\n");
+      return kProblemsFound;
+    }
+    std::printf("remove %zu segment(s)? [y/N] ", dead.size());
+    std::fflush(stdout);
+    std::string answer;
+    std::getline(std::cin, answer);
+    if (answer != "y" && answer != "Y" && answer != "yes") return kProblemsFound;
+  }
+  reader::CollectorOptions options;
+  options.directory = dir;
+  options.retire_dead = true;
+  auto collector = reader::Collector::Create(options);
+  if (!collector.ok()) {
+    if (collector.status().code() == absl::StatusCode::kFailedPrecondition) {
+      std::fprintf(stderr, "shmetrics: %s\nshmetrics: that exporter retires dead segments itself\n",
+                   std::string(collector.status().message()).c_str());
+      return kBusy;
+    }
+    return Fail(collector.status());
+  }
+  // Scan re-checks liveness and retires exactly the dead: never a live writer's.
+  if (absl::Status s = (*collector)->Scan(); !s.ok()) return Fail(s);
+  std::printf("retired %llu segment(s)\n",
+              static_cast<unsigned long long>((*collector)->Counters().segments_retired_total));
+  return kOk;
+}
+
+// ------------------------------------------------------------------ top
+
+std::atomic<bool> g_quit{false};
+void OnSignal(int) { g_quit.store(true); }
+
+struct TopRow {
+  std::string name;
+  double rate = 0;      // per second over the last interval
+  double total = 0;
+  std::string extra;    // percentiles for histograms
+};
+
+std::string SeriesName(const reader::AggregatedSeries& s) {
+  std::string name = s.family + "{";
+  for (size_t i = 0; i < s.labels.size(); ++i) absl::StrAppend(&name, i ? "," : "", s.labels[i].first, "=", s.labels[i].second);
+  return absl::StrCat(name, s.labels.empty() ? "" : ",", "service=", s.service, "}");
+}
+
+std::vector<TopRow> TopRows(const std::vector<reader::AggregatedSeries>& now,
+                            const std::map<std::string, reader::AggregatedSeries>& before, double seconds) {
+  std::vector<TopRow> rows;
+  for (const auto& s : now) {
+    TopRow row;
+    row.name = SeriesName(s);
+    auto it = before.find(row.name);
+    if (s.type == shm::MetricType::kHistogram) {
+      uint64_t count = 0;
+      for (uint64_t b : s.buckets) count += b;
+      row.total = static_cast<double>(count);
+      std::vector<uint64_t> delta = s.buckets;
+      uint64_t delta_count = count;
+      if (it != before.end() && it->second.buckets.size() == delta.size()) {
+        delta_count = 0;
+        for (size_t b = 0; b < delta.size(); ++b) {
+          delta[b] -= std::min(delta[b], it->second.buckets[b]);
+          delta_count += delta[b];
+        }
+      }
+      row.rate = it == before.end() ? 0 : delta_count / seconds;
+      if (delta_count > 0) {
+        row.extra = absl::StrFormat("p50=%.4g p95=%.4g p99=%.4g", reader::EstimateQuantile(s.bounds, delta, 0.5),
+                                    reader::EstimateQuantile(s.bounds, delta, 0.95),
+                                    reader::EstimateQuantile(s.bounds, delta, 0.99));
+      }
+    } else {
+      row.total = s.value;
+      row.rate = it == before.end() || s.type != shm::MetricType::kCounter
+                     ? 0
+                     : std::max(0.0, s.value - it->second.value) / seconds;
+    }
+    rows.push_back(std::move(row));
+  }
+  std::stable_sort(rows.begin(), rows.end(), [](const TopRow& a, const TopRow& b) { return a.rate > b.rate; });
+  return rows;
+}
+
+// Puts the terminal in non-canonical, no-echo mode while alive.
+class RawTerminal {
+ public:
+  RawTerminal() {
+    if (tcgetattr(STDIN_FILENO, &saved_) != 0) return;
+    termios raw = saved_;
+    raw.c_lflag &= ~static_cast<tcflag_t>(ICANON | ECHO);
+    raw.c_cc[VMIN] = 0;
+    raw.c_cc[VTIME] = 0;
+    active_ = tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0;
+  }
+  ~RawTerminal() {
+    if (active_) tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+  }
+
+ private:
+  termios saved_{};
+  bool active_ = false;
+};
+
+int Top(const std::string& dir, const std::string& service, double interval, int iterations, int rows_shown) {
+  reader::CollectorOptions options;
+  options.directory = dir;
+  options.service_filter = service;
+  options.retire_dead = false;
+  auto collector = reader::Collector::Create(options);
+  if (!collector.ok()) return Fail(collector.status());
+  const bool tty = isatty(STDOUT_FILENO) && isatty(STDIN_FILENO);
+  std::unique_ptr<RawTerminal> raw;
+  if (tty) {
+    raw = std::make_unique<RawTerminal>();
+    std::fputs("\x1b[?1049h", stdout);  // alternate screen, restored on exit
+  }
+  signal(SIGINT, &OnSignal);
+  signal(SIGTERM, &OnSignal);
+  std::map<std::string, reader::AggregatedSeries> before;
+  auto last = std::chrono::steady_clock::now();
+  for (int round = 0; !g_quit.load() && (iterations <= 0 || round < iterations); ++round) {
+    if (absl::Status s = (*collector)->Scan(); !s.ok()) {
+      if (tty) std::fputs("\x1b[?1049l", stdout);
+      return Fail(s);
+    }
+    const auto now = std::chrono::steady_clock::now();
+    const double seconds = std::max(1e-3, std::chrono::duration<double>(now - last).count());
+    last = now;
+    const std::vector<reader::AggregatedSeries> snapshot = (*collector)->Snapshot();
+    const std::vector<TopRow> rows = TopRows(snapshot, before, seconds);
+    before.clear();
+    for (const auto& s : snapshot) before[SeriesName(s)] = s;
+    const reader::CollectorCounters counters = (*collector)->Counters();
+    std::string screen = tty ? "\x1b[H\x1b[2J" : "";
+    absl::StrAppend(&screen, absl::StrFormat("shmetrics top: %s, %llu live segment(s), %zu series, every %.1fs%s\n\n",
+                                             dir, static_cast<unsigned long long>(counters.segments_alive),
+                                             rows.size(), interval, tty ? "  (q quits)" : ""));
+    absl::StrAppend(&screen, absl::StrFormat("%12s %14s  %s\n", "RATE/s", "TOTAL", "SERIES"));
+    for (size_t i = 0; i < rows.size() && static_cast<int>(i) < rows_shown; ++i) {
+      absl::StrAppend(&screen, absl::StrFormat("%12.1f %14.6g  %s  %s\n", rows[i].rate, rows[i].total, rows[i].name,
+                                               rows[i].extra));
+    }
+    if (!tty) screen += "\n";
+    std::fputs(screen.c_str(), stdout);
+    std::fflush(stdout);
+    if (iterations > 0 && round + 1 == iterations) break;
+    // Sleep for the interval, waking on 'q' when interactive.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(interval);
+    while (!g_quit.load() && std::chrono::steady_clock::now() < deadline) {
+      if (tty) {
+        pollfd in{STDIN_FILENO, POLLIN, 0};
+        if (poll(&in, 1, 50) > 0) {
+          char key = 0;
+          if (read(STDIN_FILENO, &key, 1) == 1 && (key == 'q' || key == 'Q')) g_quit.store(true);
+        }
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    }
+  }
+  if (tty) std::fputs("\x1b[?1049l", stdout);
+  std::fflush(stdout);
+  return kOk;
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app{"shmetrics: inspect shmetrics segments"};
+  app.footer(kExitCodes);
+  app.require_subcommand(1);
+  std::string dir = shm::DirectoryFromEnvironment();
+  app.add_option("--dir", dir, "segment directory (default $SHMETRICS_DIR or /dev/shm)");
+
+  bool json = false;
+  auto* ls = app.add_subcommand("ls", "one line per segment: service, pid, state, age, size, use of capacity");
+  ls->add_flag("--json", json, "JSON output");
+  ls->add_option("--dir", dir, "segment directory");
+
+  std::string segment, service;
+  bool openmetrics = false;
+  auto* dump = app.add_subcommand("dump", "the exposition of one segment, or of every segment aggregated");
+  dump->add_option("segment", segment, "a segment file name or path (default: all)");
+  dump->add_option("--service", service, "only this service");
+  dump->add_flag("--openmetrics", openmetrics, "OpenMetrics instead of Prometheus text");
+  dump->add_option("--dir", dir, "segment directory");
+
+  double interval = 2;
+  int iterations = 0, rows = 40;
+  auto* top = app.add_subcommand("top", "live view of series by rate, with percentiles of histograms");
+  top->add_option("--service", service, "only this service");
+  top->add_option("--interval", interval, "seconds between refreshes")->check(CLI::Range(0.05, 3600.0));
+  top->add_option("--iterations", iterations, "stop after N refreshes (0: until q or Ctrl-C)")->check(CLI::NonNegativeNumber);
+  top->add_option("--rows", rows, "series shown")->check(CLI::PositiveNumber);
+  top->add_option("--dir", dir, "segment directory");
+
+  std::vector<std::string> check_segments;
+  auto* check = app.add_subcommand("check", "validate segments fully; exit non-zero on any problem");
+  check->add_option("segments", check_segments, "segment file names or paths (default: all)");
+  check->add_flag("--json", json, "JSON output");
+  check->add_option("--dir", dir, "segment directory");
+
+  bool yes = false, dry_run = false;
+  auto* gc = app.add_subcommand("gc", "fold dead writers' segments into the archive and remove them");
+  gc->add_flag("--yes,-y", yes, "do not ask");
+  gc->add_flag("--dry-run", dry_run, "only list what would be removed");
+  gc->add_option("--dir", dir, "segment directory");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return kUsage;
+  }
+  if (ls->parsed()) return Ls(dir, json);
+  if (dump->parsed()) return Dump(dir, segment, service, openmetrics);
+  if (top->parsed()) return Top(dir, service, interval, iterations, rows);
+  if (check->parsed()) return Check(dir, check_segments, json);
+  if (gc->parsed()) return Gc(dir, yes, dry_run);
+  return kUsage;
+}
+
+}  // namespace
+}  // namespace shmetrics::cli
+
+int main(int argc, char** argv) { return shmetrics::cli::Run(argc, argv); }
