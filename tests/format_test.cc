@@ -54,7 +54,16 @@ TEST_CASE("every documented field sits at the offset and size the code uses") {
         FIELD(SegmentHeader, string_arena_used), FIELD(SegmentHeader, bounds_used),
         FIELD(SegmentHeader, cells_used), FIELD(SegmentHeader, lanes_high_water),
         FIELD(SegmentHeader, series_overflow_count), FIELD(SegmentHeader, closed_unix_ns),
-        FIELD(SegmentHeader, lane_fallback_count), FIELD(SegmentHeader, reserved)}},
+        FIELD(SegmentHeader, lane_fallback_count), FIELD(SegmentHeader, error_ring_slots_per_lane),
+        FIELD(SegmentHeader, reserved0), FIELD(SegmentHeader, records_dropped), FIELD(SegmentHeader, reserved)}},
+      {"RingHeader",
+       {FIELD(RingHeader, request_write_index), FIELD(RingHeader, error_write_index), FIELD(RingHeader, reserved)}},
+      {"RequestRecord",
+       {FIELD(RequestRecord, sequence), FIELD(RequestRecord, timestamp_unix_ns), FIELD(RequestRecord, duration_ns),
+        FIELD(RequestRecord, response_bytes), FIELD(RequestRecord, status), FIELD(RequestRecord, flags),
+        FIELD(RequestRecord, method_length), FIELD(RequestRecord, endpoint_length),
+        FIELD(RequestRecord, error_length), FIELD(RequestRecord, reserved), FIELD(RequestRecord, method),
+        FIELD(RequestRecord, endpoint), FIELD(RequestRecord, error)}},
       {"StringRef", {FIELD(StringRef, offset), FIELD(StringRef, length)}},
       {"FamilyDescriptor",
        {FIELD(FamilyDescriptor, name), FIELD(FamilyDescriptor, help), FIELD(FamilyDescriptor, type),
@@ -85,7 +94,8 @@ TEST_CASE("region offsets follow the documented formulas") {
   CHECK(plan.lane_owner_offset == align(plan.bounds_offset + 2048 * 8));
   CHECK(plan.lanes_offset == align(plan.lane_owner_offset + 33 * 8));
   CHECK(plan.rings_offset == align(plan.lanes_offset + 33 * 8192 * 8));
-  CHECK(plan.total_size_bytes == 2'871'296);
+  CHECK(plan.rings_size_bytes == 32 * (64 + (64 + 16) * 128));
+  CHECK(plan.total_size_bytes == 3'198'976);
 }
 
 }  // namespace

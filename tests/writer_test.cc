@@ -224,7 +224,7 @@ TEST_CASE("no room for the file is a clear error at creation, not a SIGBUS later
     WriterOptions options;
     options.service = "big";
     options.directory = dir.path();
-    auto writer = Writer::Create(options);  // 2.7 MiB by default
+    auto writer = Writer::Create(options);  // 3.1 MiB by default
     const bool ok = !writer.ok() && writer.status().code() == absl::StatusCode::kInternal &&
                     absl::StrContains(writer.status().message(), "File too large");
     _exit(ok && dir.SegmentPaths().empty() ? 0 : 1);

@@ -96,6 +96,7 @@ absl::Status Segment::ValidateHeader(const Options& options) {
   capacities.bounds = header_.bounds_capacity;
   capacities.ring_slots_per_lane = header_.ring_slots_per_lane;
   capacities.ring_slot_bytes = header_.ring_slot_bytes;
+  capacities.error_ring_slots_per_lane = header_.error_ring_slots_per_lane;
   if (absl::Status s = shm::ValidateCapacities(capacities); !s.ok()) {
     return Corrupt(file, s.message());
   }
@@ -276,6 +277,71 @@ double Segment::HistogramValue(const SeriesView& series, uint64_t* buckets) cons
   return sum;
 }
 
+uint32_t Segment::ring_count() const {
+  return header_.rings_size_bytes == 0 ? 0 : header_.lane_count - 1;
+}
+
+RingRead Segment::ReadRing(uint32_t lane, RingKind kind, uint64_t from) const {
+  RingRead result;
+  if (lane >= ring_count()) return result;
+  const uint64_t stride = header_.rings_size_bytes / (header_.lane_count - 1);
+  const std::byte* ring = mapping_->data() + header_.rings_offset + lane * stride;
+  const bool errors = kind == RingKind::kErrors;
+  const uint64_t slot_count = errors ? header_.error_ring_slots_per_lane : header_.ring_slots_per_lane;
+  if (slot_count == 0) return result;
+  const std::byte* slots = ring + sizeof(shm::RingHeader) +
+                           (errors ? uint64_t{header_.ring_slots_per_lane} * sizeof(shm::RequestRecord) : 0);
+  // acquire: pairs with the writer's release store of the write index; the
+  // records below it were complete when it was stored.
+  const uint64_t written = LoadAcquire<uint64_t>(
+      ring + (errors ? offsetof(shm::RingHeader, error_write_index) : offsetof(shm::RingHeader, request_write_index)));
+  result.next = written;
+  if (from > written) from = written;  // a reader ahead of a restarted writer
+  const uint64_t oldest = written > slot_count ? written - slot_count : 0;
+  if (from < oldest) {
+    result.overwritten = oldest - from;
+    from = oldest;
+  }
+  for (uint64_t k = from; k < written; ++k) {
+    const std::byte* slot = slots + (k % slot_count) * sizeof(shm::RequestRecord);
+    // Seqlock read: sequence (acquire), payload (relaxed), fence, sequence.
+    const uint64_t before = LoadAcquire<uint64_t>(slot);
+    shm::RequestRecord copy{};
+    auto* words = reinterpret_cast<uint64_t*>(&copy);
+    for (size_t w = 1; w < sizeof copy / 8; ++w) words[w] = LoadRelaxed<uint64_t>(slot + w * 8);
+    std::atomic_thread_fence(std::memory_order_acquire);  // pairs with the writer's release fence
+    const uint64_t after = LoadRelaxed<uint64_t>(slot);
+    if (before != after || before != 2 * k + 2) {
+      // Overwritten by a newer record while we got here, or being written.
+      if (before > 2 * k + 2) ++result.overwritten;
+      else ++result.torn;
+      continue;
+    }
+    if (copy.method_length > sizeof copy.method || copy.endpoint_length > sizeof copy.endpoint ||
+        copy.error_length > sizeof copy.error) {
+      ++result.torn;
+      continue;
+    }
+    RequestRecordView view;
+    view.timestamp_unix_ns = copy.timestamp_unix_ns;
+    view.duration_ns = copy.duration_ns;
+    view.response_bytes = copy.response_bytes;
+    view.status = copy.status;
+    view.error = (copy.flags & shm::kRecordFlagError) != 0;
+    view.method.assign(copy.method, copy.method_length);
+    view.endpoint.assign(copy.endpoint, copy.endpoint_length);
+    view.error_message.assign(copy.error, copy.error_length);
+    if (!shm::IsValidUtf8(view.method) || !shm::IsValidUtf8(view.endpoint) || !shm::IsValidUtf8(view.error_message)) {
+      ++result.torn;
+      continue;
+    }
+    view.lane = lane;
+    view.index = k;
+    result.records.push_back(std::move(view));
+  }
+  return result;
+}
+
 bool Segment::WriterAlive() const {
   const uint32_t state = LoadAcquire<uint32_t>(mapping_->data() + offsetof(shm::SegmentHeader, state));
   return state == static_cast<uint32_t>(shm::SegmentState::kReady) && mapping_->WriterHoldsLock();
@@ -311,6 +377,15 @@ SegmentInfo Segment::Info() const {
       LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, series_overflow_count));
   info.lane_fallback_count =
       LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, lane_fallback_count));
+  info.records_dropped = LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, records_dropped));
+  if (ring_count() > 0) {
+    const uint64_t stride = header_.rings_size_bytes / (header_.lane_count - 1);
+    for (uint32_t lane = 0; lane < ring_count(); ++lane) {
+      const uint64_t written = LoadRelaxed<uint64_t>(data + header_.rings_offset + lane * stride);
+      info.records_written += written;
+      if (written > header_.ring_slots_per_lane) info.records_overwritten += written - header_.ring_slots_per_lane;
+    }
+  }
   return info;
 }
 

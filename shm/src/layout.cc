@@ -2,6 +2,11 @@
 
 namespace shmetrics::shm {
 
+uint64_t RingStrideBytes(const Capacities& c) {
+  const uint64_t slots = uint64_t{c.ring_slots_per_lane} + c.error_ring_slots_per_lane;
+  return slots == 0 ? 0 : sizeof(RingHeader) + slots * c.ring_slot_bytes;
+}
+
 RegionPlan PlanRegions(const Capacities& c) {
   RegionPlan plan{};
   plan.lane_count = c.exclusive_lanes + 1;
@@ -18,7 +23,7 @@ RegionPlan PlanRegions(const Capacities& c) {
   plan.lane_owner_offset = take(uint64_t{plan.lane_count} * sizeof(LaneOwnerWord));
   const uint64_t lane_stride = AlignUp(uint64_t{c.cells_per_lane} * 8, kCacheLine);
   plan.lanes_offset = take(uint64_t{plan.lane_count} * lane_stride);
-  plan.rings_size_bytes = uint64_t{c.exclusive_lanes} * c.ring_slots_per_lane * c.ring_slot_bytes;
+  plan.rings_size_bytes = RingStrideBytes(c) * c.exclusive_lanes;
   plan.rings_offset = take(plan.rings_size_bytes);
   plan.total_size_bytes = AlignUp(offset, 4096);
   return plan;

@@ -131,7 +131,13 @@ absl::Status ValidateCapacities(const Capacities& c) {
   if (c.cells_per_lane < 1 || c.cells_per_lane > (1u << 26)) return bad("cells_per_lane (1 .. 2^26)");
   if (c.string_arena_bytes < 64 || c.string_arena_bytes > (1u << 30)) return bad("string_arena_bytes");
   if (c.bounds > (1u << 24)) return bad("bounds");
-  if (c.ring_slots_per_lane > (1u << 20) || c.ring_slot_bytes > 4096) return bad("rings");
+  if (c.ring_slots_per_lane > (1u << 20) || c.error_ring_slots_per_lane > (1u << 20)) return bad("ring slots");
+  auto power_of_two_or_zero = [](uint32_t n) { return (n & (n - 1)) == 0; };
+  if (!power_of_two_or_zero(c.ring_slots_per_lane) || !power_of_two_or_zero(c.error_ring_slots_per_lane)) {
+    return bad("ring slots must be 0 or a power of two");
+  }
+  const bool rings = c.ring_slots_per_lane + c.error_ring_slots_per_lane > 0;
+  if (rings && c.ring_slot_bytes != sizeof(RequestRecord)) return bad("ring_slot_bytes (128 with rings)");
   const RegionPlan plan = PlanRegions(c);
   if (plan.total_size_bytes > (uint64_t{1} << 36)) return bad("total size above 64 GiB");
   return absl::OkStatus();
@@ -160,6 +166,7 @@ void FillHeader(SegmentHeader& h, const Capacities& c, const RegionPlan& plan,
   h.bounds_capacity = c.bounds;
   h.ring_slots_per_lane = c.ring_slots_per_lane;
   h.ring_slot_bytes = c.ring_slot_bytes;
+  h.error_ring_slots_per_lane = c.error_ring_slots_per_lane;
   h.family_table_offset = plan.family_table_offset;
   h.series_table_offset = plan.series_table_offset;
   h.string_arena_offset = plan.string_arena_offset;

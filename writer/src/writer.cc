@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <algorithm>
+#include <chrono>
 #include <mutex>
 
 #include "absl/container/flat_hash_map.h"
@@ -180,6 +181,9 @@ void BindLane(uint32_t slot_index) {
       std::atomic_ref<uint32_t>(h.lanes_high_water).store(i + 1, std::memory_order_release);
     }
     StoreRelaxed(lane.exclusive_base, slot.lanes_base + uint64_t{i} * slot.lane_stride_bytes);
+    if (slot.ring_stride_bytes > 0) {
+      StoreRelaxed(lane.ring_base, slot.rings_base + uint64_t{i} * slot.ring_stride_bytes);
+    }
     return;
   }
   std::atomic_ref<uint64_t>(h.lane_fallback_count).fetch_add(1, std::memory_order_relaxed);
@@ -206,9 +210,75 @@ void UnbindSlotEverywhere(uint32_t slot) {
   for (internal::ThreadLane* lanes : g_bound_threads) {
     StoreRelaxed(lanes[slot].exclusive_base, static_cast<std::byte*>(nullptr));
     StoreRelaxed(lanes[slot].shared_base, static_cast<std::byte*>(nullptr));
+    StoreRelaxed(lanes[slot].ring_base, static_cast<std::byte*>(nullptr));
   }
 }
+
+// Copies `text` into a fixed field, cut at a UTF-8 character boundary.
+uint8_t CopyTruncated(char* field, size_t capacity, absl::string_view text) {
+  size_t n = std::min(capacity, text.size());
+  if (n < text.size()) {
+    while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;  // don't split a character
+  }
+  std::memcpy(field, text.data(), n);
+  return static_cast<uint8_t>(n);
+}
+
+// Appends one record to a ring: the seqlock write. Single producer.
+void WriteRecord(std::byte* slots, uint32_t slot_count, uint64_t* write_index, const shm::RequestRecord& record) {
+  const uint64_t k = LoadRelaxed(*write_index);  // only this thread writes it
+  auto* words = reinterpret_cast<uint64_t*>(slots + (k & (slot_count - 1)) * sizeof(shm::RequestRecord));
+  std::atomic_ref<uint64_t>(words[0]).store(2 * k + 1, std::memory_order_relaxed);
+  // release fence: orders the odd sequence before the payload stores below,
+  // so a reader that sees any new payload word then sees the sequence
+  // changed (pairs with the acquire fence in Segment::ReadRing).
+  std::atomic_thread_fence(std::memory_order_release);
+  const auto* source = reinterpret_cast<const uint64_t*>(&record);
+  for (size_t w = 1; w < sizeof(shm::RequestRecord) / 8; ++w) {
+    std::atomic_ref<uint64_t>(words[w]).store(source[w], std::memory_order_relaxed);
+  }
+  // release: the payload is complete before the even sequence is seen.
+  std::atomic_ref<uint64_t>(words[0]).store(2 * k + 2, std::memory_order_release);
+  std::atomic_ref<uint64_t>(*write_index).store(k + 1, std::memory_order_release);
+}
 }  // namespace
+
+void RequestLog::record(const RequestRecordInput& request) const {
+  std::byte* ring = LoadRelaxed(t_lanes[slot_].ring_base);
+  if (ring == nullptr) {
+    internal::EnsureBound(slot_);
+    ring = LoadRelaxed(t_lanes[slot_].ring_base);
+  }
+  const internal::WriterSlot& slot = g_writer_slots[slot_];
+  if (ring == nullptr) {  // the shared lane has no ring, or rings are off
+    std::atomic_ref<uint64_t>(*slot.records_dropped).fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  shm::RequestRecord record{};
+  record.timestamp_unix_ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  record.duration_ns = request.duration_ns;
+  record.response_bytes = request.response_bytes;
+  record.status = request.status;
+  record.flags = request.error ? shm::kRecordFlagError : 0;
+  record.method_length = CopyTruncated(record.method, sizeof record.method, request.method);
+  record.endpoint_length = CopyTruncated(record.endpoint, sizeof record.endpoint, request.endpoint);
+  record.error_length = CopyTruncated(record.error, sizeof record.error, request.error_message);
+  auto* header = reinterpret_cast<shm::RingHeader*>(ring);
+  std::byte* request_slots = ring + sizeof(shm::RingHeader);
+  if (slot.request_slots > 0) WriteRecord(request_slots, slot.request_slots, &header->request_write_index, record);
+  if (request.error && slot.error_slots > 0) {
+    WriteRecord(request_slots + uint64_t{slot.request_slots} * sizeof(shm::RequestRecord), slot.error_slots,
+                &header->error_write_index, record);
+  }
+}
+
+RequestLog Writer::requests() const {
+  RequestLog log;
+  log.slot_ = impl_->slot;
+  return log;
+}
 
 void internal::AddSlow(uint32_t slot, uint32_t cell, uint64_t amount) { AddSlowImpl(slot, cell, amount); }
 void internal::AddSlow(uint32_t slot, uint32_t cell, double amount) { AddSlowImpl(slot, cell, amount); }
@@ -392,6 +462,11 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& opti
   ws.lane_stride_bytes = w.lane_stride();
   ws.shared_lane = h.lane_count - 1;
   ws.lanes_high_water = &h.lanes_high_water;
+  ws.request_slots = h.ring_slots_per_lane;
+  ws.error_slots = h.error_ring_slots_per_lane;
+  ws.rings_base = w.segment->base() + h.rings_offset;
+  ws.ring_stride_bytes = h.rings_size_bytes / (h.lane_count - 1);
+  ws.records_dropped = &h.records_dropped;
   UnbindSlotEverywhere(slot);  // no thread keeps a binding from the slot's last writer
   g_writers[slot] = writer.get();
   // The overflow label value is interned up front so that using an overflow

@@ -54,6 +54,30 @@ struct SeriesView {
   uint64_t created_unix_ns = 0;
 };
 
+// One request record, copied out of a ring and checked.
+struct RequestRecordView {
+  uint64_t timestamp_unix_ns = 0;
+  uint64_t duration_ns = 0;
+  uint64_t response_bytes = 0;
+  uint16_t status = 0;
+  bool error = false;
+  std::string method;
+  std::string endpoint;
+  std::string error_message;
+  uint32_t lane = 0;
+  uint64_t index = 0;  // position in its ring's history (0, 1, ...)
+};
+
+enum class RingKind { kRequests, kErrors };
+
+// The result of reading one ring from a position.
+struct RingRead {
+  std::vector<RequestRecordView> records;  // oldest first, each intact
+  uint64_t overwritten = 0;  // records at or after `from` lost to newer ones before being read
+  uint64_t torn = 0;         // slots being (or left half-) written, or invalid: skipped
+  uint64_t next = 0;         // where to continue: the ring's write index
+};
+
 // What the header says about the writer and how full the segment is.
 struct SegmentInfo {
   std::string path;
@@ -71,6 +95,9 @@ struct SegmentInfo {
   uint32_t lanes_in_use = 0, exclusive_lanes = 0;
   uint64_t series_overflow_count = 0;
   uint64_t lane_fallback_count = 0;
+  uint64_t records_written = 0;      // request records, all rings
+  uint64_t records_overwritten = 0;  // request records no longer in their ring
+  uint64_t records_dropped = 0;      // from threads without a ring
 };
 
 class Segment {
@@ -103,6 +130,13 @@ class Segment {
   // Histogram: fills `buckets` (bounds.size() + 1 non-cumulative counts, the
   // last is +Inf) and returns the sum. _count is the sum of `buckets`.
   double HistogramValue(const SeriesView& series, uint64_t* buckets) const;
+
+  // Number of rings (one per exclusive lane; 0 without rings).
+  uint32_t ring_count() const;
+  // Reads one ring from record index `from` (use 0 for everything still
+  // there). Never returns a torn record: each slot is copied under its
+  // seqlock and kept only if its sequence says it is record k, complete.
+  RingRead ReadRing(uint32_t lane, RingKind kind, uint64_t from) const;
 
   const std::string& path() const { return mapping_->path(); }
   const shm::ReadOnlyMapping& mapping() const { return *mapping_; }

@@ -30,14 +30,19 @@ namespace internal {
 inline constexpr uint32_t kMaxWritersPerProcess = 16;
 
 // One entry per live Writer in this process, written under the registry
-// mutex. 64 bytes, so that indexing is a shift.
+// mutex. A multiple of 64 bytes, so that indexing is a shift.
 struct alignas(64) WriterSlot {
   std::byte* lanes_base = nullptr;
   uint64_t lane_stride_bytes = 0;
   const uint32_t* lanes_high_water = nullptr;  // in the segment header
   uint32_t shared_lane = 0;
+  uint32_t request_slots = 0;                  // per lane ring; powers of two
+  uint32_t error_slots = 0;
+  std::byte* rings_base = nullptr;
+  uint64_t ring_stride_bytes = 0;
+  uint64_t* records_dropped = nullptr;         // in the segment header
 };
-static_assert(sizeof(WriterSlot) == 64);
+static_assert(sizeof(WriterSlot) % 64 == 0);
 extern WriterSlot g_writer_slots[kMaxWritersPerProcess];
 
 // This thread's lanes, one entry per writer slot. Trivial type,
@@ -48,8 +53,10 @@ extern WriterSlot g_writer_slots[kMaxWritersPerProcess];
 struct ThreadLane {
   std::byte* exclusive_base = nullptr;  // this thread's own lane, or nullptr
   std::byte* shared_base = nullptr;     // the shared lane, when no own lane was free
+  std::byte* ring_base = nullptr;       // this thread's ring region (with its own lane)
+  std::byte* unused = nullptr;          // pads to 32 bytes: indexing is a shift
 };
-static_assert(sizeof(ThreadLane) == 16);
+static_assert(sizeof(ThreadLane) == 32);
 extern constinit thread_local ThreadLane t_lanes[kMaxWritersPerProcess];
 
 // This thread's exclusive lane in writer `slot`, or nullptr when it has

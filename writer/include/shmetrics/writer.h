@@ -87,6 +87,34 @@ class HistogramFamily {
   uint32_t family_ = 0;
 };
 
+// What a service knows when a request ends. Strings are truncated to the
+// record's fields (method 8, endpoint 48, error 32 bytes), at a UTF-8
+// character boundary.
+struct RequestRecordInput {
+  absl::string_view method;
+  absl::string_view endpoint;
+  uint16_t status = 0;
+  uint64_t duration_ns = 0;
+  uint64_t response_bytes = 0;
+  bool error = false;               // also goes to the error ring
+  absl::string_view error_message;
+};
+
+// The recent-requests log: each thread writes its own ring in the segment
+// (the last 64 requests and, separately, the last 16 errors per thread by
+// default). record() is wait-free: no lock, no allocation, no syscall (the
+// timestamp comes from the vDSO clock). A thread that has no lane of its own
+// (more threads than lanes) has no ring: its records are counted as dropped.
+// Thread-safe; cheap to copy.
+class RequestLog {
+ public:
+  void record(const RequestRecordInput& request) const;
+
+ private:
+  friend class Writer;
+  uint32_t slot_ = 0;
+};
+
 // Default histogram bounds, in seconds: 5 ms .. 10 s (Prometheus' defaults).
 std::vector<double> DefaultBuckets();
 // `count` bounds start, start*factor, ...
@@ -113,6 +141,9 @@ class Writer {
   absl::StatusOr<HistogramFamily> AddHistogram(absl::string_view name, absl::string_view help,
                                                std::vector<std::string> label_names,
                                                std::vector<double> bounds);
+
+  // The recent-requests log of this writer's segment.
+  RequestLog requests() const;
 
   // Marks the segment closed (values final); the exporter then retires it.
   void Close();

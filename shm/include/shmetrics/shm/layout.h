@@ -11,7 +11,7 @@
 //   [SegmentHeader 512 B][FamilyDescriptor x family_capacity]
 //   [SeriesDescriptor x series_capacity][string arena][bucket bounds (f64)]
 //   [lane owner words (u64) x lane_count][lanes: lane_count x cells_per_lane x 8 B]
-//   [rings (reserved, size given in the header)]
+//   [rings: exclusive lanes x (RingHeader + request slots + error slots)]
 //
 // A "cell" is one 8-byte value slot. Every series owns `cell_count` cells at
 // the same index `first_cell` in every lane; the value of the series is the
@@ -100,8 +100,8 @@ struct SegmentHeader {
   uint32_t cells_per_lane;          // 132
   uint32_t string_arena_bytes;      // 136
   uint32_t bounds_capacity;         // 140  f64 slots
-  uint32_t ring_slots_per_lane;     // 144  0 in segments without rings
-  uint32_t ring_slot_bytes;         // 148
+  uint32_t ring_slots_per_lane;     // 144  request slots per exclusive lane (0: no rings)
+  uint32_t ring_slot_bytes;         // 148  sizeof(RequestRecord) = 128 when rings exist
 
   // Region offsets from the start of the segment, each 64-byte aligned.
   uint64_t family_table_offset;     // 152
@@ -124,7 +124,10 @@ struct SegmentHeader {
   uint64_t series_overflow_count;   // 240  series requests that went to an overflow series
   uint64_t closed_unix_ns;          // 248  set with state = kClosed
   uint64_t lane_fallback_count;     // 256  threads that found no free lane and used the shared one
-  uint8_t reserved[248];            // 264 .. 512
+  uint32_t error_ring_slots_per_lane;  // 264  error ring slots after the request slots
+  uint32_t reserved0;               // 268
+  uint64_t records_dropped;         // 272  records from threads without a ring (shared lane)
+  uint8_t reserved[232];            // 280 .. 512
 };
 static_assert(sizeof(SegmentHeader) == 512);
 static_assert(alignof(SegmentHeader) == 8);
@@ -143,6 +146,8 @@ static_assert(offsetof(SegmentHeader, family_count) == 216);
 static_assert(offsetof(SegmentHeader, lanes_high_water) == 236);
 static_assert(offsetof(SegmentHeader, series_overflow_count) == 240);
 static_assert(offsetof(SegmentHeader, lane_fallback_count) == 256);
+static_assert(offsetof(SegmentHeader, error_ring_slots_per_lane) == 264);
+static_assert(offsetof(SegmentHeader, records_dropped) == 272);
 
 struct FamilyDescriptor {
   StringRef name;                   //   0
@@ -180,10 +185,51 @@ static_assert(offsetof(SeriesDescriptor, first_cell) == 4);
 static_assert(offsetof(SeriesDescriptor, label_values) == 16);
 static_assert(offsetof(SeriesDescriptor, created_unix_ns) == 80);
 
+// Rings: every exclusive lane owns one ring region: a RingHeader, then
+// ring_slots_per_lane request slots, then error_ring_slots_per_lane error
+// slots, each a RequestRecord. Single producer (the lane's owner), passive
+// readers. Record k of a ring lives in slot k % slots; its `sequence` is
+// 2k+1 while being written and 2k+2 once complete (a seqlock: a reader
+// copies the slot and keeps it only if the sequence read before and after
+// is the same even number, 2k+2).
+struct RingHeader {
+  uint64_t request_write_index;     //  0  records ever written; atomic, release after each record
+  uint64_t error_write_index;       //  8
+  uint8_t reserved[48];             // 16 .. 64
+};
+static_assert(sizeof(RingHeader) == 64);
+static_assert(offsetof(RingHeader, error_write_index) == 8);
+
+inline constexpr size_t kRecordMethodBytes = 8;
+inline constexpr size_t kRecordEndpointBytes = 48;
+inline constexpr size_t kRecordErrorBytes = 32;
+inline constexpr uint8_t kRecordFlagError = 1u << 0;
+
+struct RequestRecord {
+  uint64_t sequence;                // 0   seqlock word, see above
+  uint64_t timestamp_unix_ns;       // 8   when the request ended
+  uint64_t duration_ns;             // 16
+  uint64_t response_bytes;          // 24
+  uint16_t status;                  // 32  HTTP status (or any code)
+  uint8_t flags;                    // 34  kRecordFlag*
+  uint8_t method_length;            // 35  <= 8
+  uint8_t endpoint_length;          // 36  <= 48
+  uint8_t error_length;             // 37  <= 32
+  uint8_t reserved[2];              // 38
+  char method[kRecordMethodBytes];      // 40   truncated, not NUL-terminated
+  char endpoint[kRecordEndpointBytes];  // 48
+  char error[kRecordErrorBytes];        // 96 .. 128
+};
+static_assert(sizeof(RequestRecord) == 128);
+static_assert(offsetof(RequestRecord, status) == 32);
+static_assert(offsetof(RequestRecord, method) == 40);
+static_assert(offsetof(RequestRecord, endpoint) == 48);
+static_assert(offsetof(RequestRecord, error) == 96);
+
 // Lane owner word: 0 = free, otherwise (pid << 32 | kernel thread id low 32 bits).
 using LaneOwnerWord = uint64_t;
 
-// Capacities chosen at creation. Defaults fit a typical web service in 2.7 MiB (2,871,296 bytes).
+// Capacities chosen at creation. Defaults fit a typical web service in 3.1 MiB (3,198,976 bytes).
 struct Capacities {
   uint32_t families = 256;
   uint32_t series = 4096;
@@ -191,8 +237,9 @@ struct Capacities {
   uint32_t cells_per_lane = 8192;  // 8 B each
   uint32_t string_arena_bytes = 256 * 1024;
   uint32_t bounds = 2048;
-  uint32_t ring_slots_per_lane = 0;
-  uint32_t ring_slot_bytes = 0;
+  uint32_t ring_slots_per_lane = 64;        // recent requests per thread
+  uint32_t error_ring_slots_per_lane = 16;  // recent errors per thread
+  uint32_t ring_slot_bytes = sizeof(RequestRecord);
 };
 
 // Region offsets and total size computed from capacities. Pure function of
@@ -204,6 +251,8 @@ struct RegionPlan {
   uint32_t lane_count;
 };
 RegionPlan PlanRegions(const Capacities& capacities);
+// Bytes of one exclusive lane's ring region (0 without rings).
+uint64_t RingStrideBytes(const Capacities& capacities);
 
 constexpr uint64_t AlignUp(uint64_t value, uint64_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
