@@ -28,6 +28,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -180,6 +181,36 @@ std::vector<Case> WriterCases(shmetrics::Writer& writer, prometheus::Registry& r
       shmetrics::Histogram h = histogram;
       const double* values = g_values.data();
       return Loop(stop, [&](uint64_t i) { h.observe(values[i & (kValueCount - 1)]); });
+    });
+  }});
+  const shmetrics::RequestLog log = writer.requests();
+  static std::mutex recent_mutex;
+  static std::deque<std::tuple<uint64_t, std::string, std::string, int, double>> recent;
+  cases.push_back({"old design: deque of 100 requests under a mutex", "", [](int threads, int ms) {
+    return RunThreads(threads, ms, [](int, std::atomic<bool>& stop) {
+      const double* values = g_values.data();
+      return Loop(stop, [&](uint64_t i) {
+        std::lock_guard<std::mutex> lock(recent_mutex);
+        recent.emplace_back(i, "GET", "/api/users", 200, values[i & (kValueCount - 1)]);
+        if (recent.size() > 100) recent.pop_front();
+      });
+    });
+  }});
+  cases.push_back({"shmetrics requests().record(), clock read inside", "old design: deque of 100 requests under a mutex", [log](int threads, int ms) {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      const double* values = g_values.data();
+      return Loop(stop, [&](uint64_t i) {
+        log.record({"GET", "/api/users", 200, static_cast<uint64_t>(values[i & (kValueCount - 1)] * 1e9), 512, false, ""});
+      });
+    });
+  }});
+  cases.push_back({"shmetrics requests().record(), timestamp given", "old design: deque of 100 requests under a mutex", [log](int threads, int ms) {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      const double* values = g_values.data();
+      return Loop(stop, [&](uint64_t i) {
+        log.record({"GET", "/api/users", 200, static_cast<uint64_t>(values[i & (kValueCount - 1)] * 1e9), 512, false, "",
+                    1764201600000000000ull + i});
+      });
     });
   }});
   cases.push_back({"old design: mutex + map of vectors + deque", "limit: thread-owned store", [](int threads, int ms) {

@@ -3,6 +3,7 @@
 //   shmetrics ls [--json]                 one line per segment
 //   shmetrics dump [SEGMENT] [--service S] [--openmetrics]
 //   shmetrics top [--service S] [--interval SEC] [--iterations N]
+//   shmetrics tail [--errors] [-f] [-n N] [--service S]
 //   shmetrics check [SEGMENT...] [--json]
 //   shmetrics gc [--yes] [--dry-run]
 //
@@ -22,6 +23,8 @@
 #include <map>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <ctime>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -262,10 +265,83 @@ int Gc(const std::string& dir, bool yes, bool dry_run) {
   return kOk;
 }
 
-// ------------------------------------------------------------------ top
-
 std::atomic<bool> g_quit{false};
 void OnSignal(int) { g_quit.store(true); }
+
+// ----------------------------------------------------------------- tail
+
+std::string FormatRecord(const std::string& service, uint32_t pid, const reader::RequestRecordView& r) {
+  const time_t seconds = static_cast<time_t>(r.timestamp_unix_ns / 1000000000);
+  tm utc{};
+  gmtime_r(&seconds, &utc);
+  char when[32];
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &utc);
+  std::string line = absl::StrFormat("%s.%06uZ %s %u %s %s %u %.3fms %uB", when,
+                                     static_cast<unsigned>(r.timestamp_unix_ns % 1000000000 / 1000), service, pid,
+                                     r.method, r.endpoint, r.status, r.duration_ns / 1e6, r.response_bytes);
+  if (r.error) absl::StrAppend(&line, " error", r.error_message.empty() ? "" : ": ", r.error_message);
+  return line + "\n";
+}
+
+struct TailSource {
+  std::unique_ptr<reader::Segment> segment;
+  std::string service;
+  uint32_t pid = 0;
+  std::vector<uint64_t> cursors;  // per lane
+};
+
+int Tail(const std::string& dir, const std::string& service, bool errors, bool follow, int limit, double interval) {
+  const reader::RingKind kind = errors ? reader::RingKind::kErrors : reader::RingKind::kRequests;
+  std::map<std::string, TailSource> sources;
+  signal(SIGINT, &OnSignal);
+  signal(SIGTERM, &OnSignal);
+  signal(SIGPIPE, SIG_IGN);
+  bool first = true;
+  while (!g_quit.load()) {
+    auto entries = reader::ListSegments(dir);
+    if (!entries.ok()) return Fail(entries.status());
+    std::vector<std::tuple<uint64_t, std::string, uint32_t, uint32_t, uint64_t, std::string>> batch;
+    uint64_t lost = 0;
+    for (const auto& entry : *entries) {
+      if (!service.empty() && entry.id.service != service) continue;
+      auto it = sources.find(entry.file_name);
+      if (it == sources.end()) {
+        auto segment = reader::Segment::Open(entry.path);
+        if (!segment.ok()) continue;
+        TailSource source;
+        source.service = (*segment)->Info().service;
+        source.pid = (*segment)->Info().pid;
+        source.cursors.assign((*segment)->ring_count(), 0);
+        source.segment = *std::move(segment);
+        it = sources.emplace(entry.file_name, std::move(source)).first;
+      }
+      TailSource& source = it->second;
+      for (uint32_t lane = 0; lane < source.segment->ring_count(); ++lane) {
+        reader::RingRead read = source.segment->ReadRing(lane, kind, source.cursors[lane]);
+        source.cursors[lane] = read.next;
+        if (!first) lost += read.overwritten;
+        for (const auto& r : read.records) {
+          batch.emplace_back(r.timestamp_unix_ns, source.service, source.pid, lane, r.index,
+                             FormatRecord(source.service, source.pid, r));
+        }
+      }
+    }
+    std::sort(batch.begin(), batch.end());
+    const size_t skip = first && batch.size() > static_cast<size_t>(limit) ? batch.size() - limit : 0;
+    std::string out;
+    for (size_t i = skip; i < batch.size(); ++i) out += std::get<5>(batch[i]);
+    std::fputs(out.c_str(), stdout);
+    std::fflush(stdout);
+    if (lost > 0) std::fprintf(stderr, "shmetrics: %llu record(s) overwritten before they could be shown\n",
+                               static_cast<unsigned long long>(lost));
+    first = false;
+    if (!follow) break;
+    std::this_thread::sleep_for(std::chrono::duration<double>(interval));
+  }
+  return kOk;
+}
+
+// ------------------------------------------------------------------ top
 
 struct TopRow {
   std::string name;
@@ -429,6 +505,17 @@ int Run(int argc, char** argv) {
   top->add_option("--rows", rows, "series shown")->check(CLI::PositiveNumber);
   top->add_option("--dir", dir, "segment directory");
 
+  bool errors = false, follow = false;
+  int limit = 100;
+  double poll_interval = 0.2;
+  auto* tail = app.add_subcommand("tail", "recent requests (or errors) from every segment's rings, oldest first");
+  tail->add_flag("--errors", errors, "the error rings instead of the request rings");
+  tail->add_flag("-f,--follow", follow, "keep printing new records (Ctrl-C stops)");
+  tail->add_option("-n,--limit", limit, "records shown at first")->check(CLI::Range(1, 100000));
+  tail->add_option("--service", service, "only this service");
+  tail->add_option("--poll", poll_interval, "seconds between polls with -f")->check(CLI::Range(0.01, 60.0));
+  tail->add_option("--dir", dir, "segment directory");
+
   std::vector<std::string> check_segments;
   auto* check = app.add_subcommand("check", "validate segments fully; exit non-zero on any problem");
   check->add_option("segments", check_segments, "segment file names or paths (default: all)");
@@ -453,6 +540,7 @@ int Run(int argc, char** argv) {
   if (dump->parsed()) return Dump(dir, segment, service, openmetrics);
   if (top->parsed()) return Top(dir, service, interval, iterations, rows);
   if (check->parsed()) return Check(dir, check_segments, json);
+  if (tail->parsed()) return Tail(dir, service, errors, follow, limit, poll_interval);
   if (gc->parsed()) return Gc(dir, yes, dry_run);
   return kUsage;
 }

@@ -87,7 +87,7 @@ struct EndpointHandles {
   shmetrics::Histogram db_query;
 };
 
-void Serve(Metrics& m, unsigned seed, double requests_per_second) {
+void Serve(Metrics& m, const shmetrics::RequestLog& log, unsigned seed, double requests_per_second) {
   std::vector<EndpointHandles> handles;
   for (const Endpoint& e : kEndpoints) {
     handles.push_back({m.requests.WithLabels({e.method, e.path, "200"}).value(),
@@ -143,8 +143,12 @@ void Serve(Metrics& m, unsigned seed, double requests_per_second) {
       model.cost.add(tokens / 1000.0 * model.dollars_per_1k_tokens);
       (failed ? model.failed : model.ok).inc();
     }
-    (failed ? h.failed : uniform(rng) < 0.03 ? h.not_found : h.ok).inc();
+    const bool not_found = !failed && uniform(rng) < 0.03;
+    (failed ? h.failed : not_found ? h.not_found : h.ok).inc();
     h.duration.observe(seconds);
+    log.record({e.method, e.path, static_cast<uint16_t>(failed ? 500 : not_found ? 404 : 200),
+                static_cast<uint64_t>(seconds * 1e9), 200 + static_cast<uint64_t>(uniform(rng) * 4000), failed,
+                failed ? (e.uses_llm ? "LLM API: upstream timeout" : "database: deadlock detected") : ""});
     h.in_progress.dec();
     std::this_thread::sleep_for(pause);
   }
@@ -182,7 +186,10 @@ int main(int argc, char** argv) {
     const pid_t child = fork();
     if (child == 0) {
       std::vector<std::thread> pool;
-      for (int t = 0; t < threads; ++t) pool.emplace_back(Serve, std::ref(metrics), unsigned(w * 100 + t), rate);
+      const shmetrics::RequestLog log = (*writer)->requests();
+      for (int t = 0; t < threads; ++t) {
+        pool.emplace_back(Serve, std::ref(metrics), std::cref(log), unsigned(w * 100 + t), rate);
+      }
       for (auto& thread : pool) thread.join();
       _exit(0);
     }

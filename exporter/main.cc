@@ -4,7 +4,8 @@
 //                     Accept header asks for it; gzip when accepted.
 //   GET /api/health   JSON; 503 when a segment is corrupt or unreadable.
 //   GET /api/stats    JSON statistics (totals, error rates, percentiles).
-//   GET /api/recent, /api/errors   reserved for the request rings (501).
+//   GET /api/recent, /api/errors   the newest request (error) records,
+//                     ?limit=N&service=S&endpoint=E&status=C
 //
 // HTTP is civetweb's (the server prometheus-cpp's pull side is built on).
 // Exit codes: 0 clean stop, 2 bad flags, 3 directory unusable, 4 cannot
@@ -143,12 +144,15 @@ int HandleRequest(mg_connection* conn, void* data) {
          "shmetrics exporter\n/metrics\n/api/health\n/api/stats\n/api/recent\n/api/errors\n", head);
     return 200;
   }
-  if (path == "/api/recent" || path == "/api/errors") {
-    SendJsonError(conn, 501, "recent requests and errors need the request rings (not in this version)", head);
-    return 501;
-  }
   server.MaybeScan();
   std::string body;
+  if (path == "/api/recent" || path == "/api/errors") {
+    const int status = RenderRecent(*server.collector,
+                                    path == "/api/errors" ? reader::RingKind::kErrors : reader::RingKind::kRequests,
+                                    request->query_string != nullptr ? request->query_string : "", &body);
+    Send(conn, status, "application/json", body, head);
+    return status;
+  }
   if (path == "/api/health") {
     SelfStats self;
     {

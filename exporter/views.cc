@@ -4,7 +4,9 @@
 #include <map>
 #include <time.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace shmetrics::exporter {
 namespace {
@@ -219,6 +221,90 @@ void RenderStats(const reader::Collector& collector, std::string* out) {
   absl::StrAppend(out, ",\"calls\":");
   AppendJsonNumber(out, llm["calls"]);
   out->append("}}\n");
+}
+
+namespace {
+// Decodes %XX and '+' in a query-string value; false on a bad escape.
+bool UrlDecode(absl::string_view text, std::string* out) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '+') {
+      out->push_back(' ');
+    } else if (text[i] == '%') {
+      int value = 0;
+      if (i + 2 >= text.size() ||
+          !absl::SimpleHexAtoi(text.substr(i + 1, 2), &value)) {
+        return false;
+      }
+      out->push_back(static_cast<char>(value));
+      i += 2;
+    } else {
+      out->push_back(text[i]);
+    }
+  }
+  return true;
+}
+}  // namespace
+
+int RenderRecent(const reader::Collector& collector, reader::RingKind kind, const std::string& query_string,
+                 std::string* out) {
+  reader::RecentQuery query;
+  query.kind = kind;
+  query.limit = kind == reader::RingKind::kErrors ? 50 : 100;
+  auto bad = [&](const std::string& message) {
+    out->append("{\"error\":");
+    AppendJsonString(out, message);
+    out->append("}\n");
+    return 400;
+  };
+  for (absl::string_view pair : absl::StrSplit(query_string, '&', absl::SkipEmpty())) {
+    const size_t eq = pair.find('=');
+    const absl::string_view key = pair.substr(0, eq);
+    std::string value;
+    if (eq == absl::string_view::npos || !UrlDecode(pair.substr(eq + 1), &value)) {
+      return bad(absl::StrCat("bad query parameter '", key, "'"));
+    }
+    if (key == "limit") {
+      int limit = 0;
+      if (!absl::SimpleAtoi(value, &limit) || limit < 1 || limit > 10000) {
+        return bad("limit must be an integer from 1 to 10000");
+      }
+      query.limit = static_cast<size_t>(limit);
+    } else if (key == "service") {
+      query.service = value;
+    } else if (key == "endpoint") {
+      query.endpoint = value;
+    } else if (key == "status") {
+      int status = 0;
+      if (!absl::SimpleAtoi(value, &status) || status < 0 || status > 65535) {
+        return bad("status must be an integer from 0 to 65535");
+      }
+      query.status = status;
+    } else {
+      return bad(absl::StrCat("unknown query parameter '", key, "'; use limit, service, endpoint or status"));
+    }
+  }
+  const std::vector<reader::RecentRecord> records = collector.Recent(query);
+  out->append("{\"records\":[");
+  for (size_t i = 0; i < records.size(); ++i) {
+    const reader::RecentRecord& r = records[i];
+    absl::StrAppend(out, i ? "," : "", "{\"timestamp_unix_ns\":", r.record.timestamp_unix_ns, ",\"service\":");
+    AppendJsonString(out, r.service);
+    absl::StrAppend(out, ",\"pid\":", r.pid, ",\"method\":");
+    AppendJsonString(out, r.record.method);
+    absl::StrAppend(out, ",\"endpoint\":");
+    AppendJsonString(out, r.record.endpoint);
+    absl::StrAppend(out, ",\"status\":", r.record.status, ",\"duration_seconds\":");
+    AppendJsonNumber(out, r.record.duration_ns * 1e-9);
+    absl::StrAppend(out, ",\"response_bytes\":", r.record.response_bytes, ",\"error\":",
+                    r.record.error ? "true" : "false");
+    if (!r.record.error_message.empty()) {
+      absl::StrAppend(out, ",\"error_message\":");
+      AppendJsonString(out, r.record.error_message);
+    }
+    out->push_back('}');
+  }
+  out->append("]}\n");
+  return 200;
 }
 
 }  // namespace shmetrics::exporter

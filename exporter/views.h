@@ -28,6 +28,12 @@ int RenderHealth(const reader::Collector& collector, const SelfStats& self, std:
 // counts, error rates and latency percentiles, cache hit rate, LLM usage.
 void RenderStats(const reader::Collector& collector, std::string* out);
 
+// GET /api/recent and /api/errors: the query string parsed into `query`
+// (limit, service, endpoint, status). Returns 200, or 400 with `out`
+// holding the JSON error.
+int RenderRecent(const reader::Collector& collector, reader::RingKind kind, const std::string& query_string,
+                 std::string* out);
+
 inline constexpr const char* kVersion = "0.1.0";
 
 }  // namespace shmetrics::exporter

@@ -286,7 +286,12 @@ TEST_CASE("HTTP: unknown paths 404, wrong methods 405, HEAD, reserved routes, st
   CHECK(post.status == 405);
   CHECK(post.body == "{\"error\":\"method POST not allowed; use GET\"}\n");
   CHECK(HttpGet(exporter.url("/metrics"), "--method HEAD").status == 200);
-  CHECK(HttpGet(exporter.url("/api/recent")).status == 501);
+  CHECK(HttpGet(exporter.url("/api/recent")).body == "{\"records\":[]}\n");
+  const auto bad_limit = HttpGet(exporter.url("/api/recent?limit=0"));
+  CHECK(bad_limit.status == 400);
+  CHECK(bad_limit.body == "{\"error\":\"limit must be an integer from 1 to 10000\"}\n");
+  CHECK(HttpGet(exporter.url("/api/errors?colour=red")).body ==
+        "{\"error\":\"unknown query parameter 'colour'; use limit, service, endpoint or status\"}\n");
   const auto health = HttpGet(exporter.url("/api/health"));
   CHECK(health.status == 200);
   CHECK(absl::StrContains(health.body, "\"status\":\"ok\",\"version\":\"0.1.0\""));

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <tuple>
 #include <mutex>
 #include <shared_mutex>
 
@@ -707,6 +708,33 @@ void Collector::Render(ExpositionFormat format, std::string* out) const {
     s.RenderFamily(family, format, out);
   }
   s.last_render_bytes.store(out->size() - start_size, std::memory_order_relaxed);
+}
+
+std::vector<RecentRecord> Collector::Recent(const RecentQuery& query) const {
+  std::shared_lock lock(state_->mu);
+  std::vector<RecentRecord> all;
+  for (const auto& [name, open] : state_->segments) {
+    if (!query.service.empty() && open.service != query.service) continue;
+    for (uint32_t lane = 0; lane < open.segment->ring_count(); ++lane) {
+      RingRead read = open.segment->ReadRing(lane, query.kind, 0);
+      for (RequestRecordView& record : read.records) {
+        if (!query.endpoint.empty() && record.endpoint != query.endpoint) continue;
+        if (query.status >= 0 && record.status != query.status) continue;
+        all.push_back({open.service, open.pid, std::move(record)});
+      }
+    }
+  }
+  auto newer = [](const RecentRecord& a, const RecentRecord& b) {
+    if (a.record.timestamp_unix_ns != b.record.timestamp_unix_ns) {
+      return a.record.timestamp_unix_ns > b.record.timestamp_unix_ns;
+    }
+    return std::tie(a.service, a.pid, a.record.lane, a.record.index) >
+           std::tie(b.service, b.pid, b.record.lane, b.record.index);
+  };
+  const size_t keep = std::min(query.limit, all.size());
+  std::partial_sort(all.begin(), all.begin() + keep, all.end(), newer);
+  all.resize(keep);
+  return all;
 }
 
 std::vector<SegmentReport> Collector::Segments() const {

@@ -312,8 +312,9 @@ RingRead Segment::ReadRing(uint32_t lane, RingKind kind, uint64_t from) const {
     std::atomic_thread_fence(std::memory_order_acquire);  // pairs with the writer's release fence
     const uint64_t after = LoadRelaxed<uint64_t>(slot);
     if (before != after || before != 2 * k + 2) {
-      // Overwritten by a newer record while we got here, or being written.
-      if (before > 2 * k + 2) ++result.overwritten;
+      // A newer record took the slot before or while we copied it: lost to
+      // an overwrite. Anything else is a slot that was never completed.
+      if (std::max(before, after) > 2 * k + 2) ++result.overwritten;
       else ++result.torn;
       continue;
     }

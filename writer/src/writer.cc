@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <ctime>
 #include <limits>
 #include <new>
 #include <cstdio>
@@ -214,13 +215,16 @@ void UnbindSlotEverywhere(uint32_t slot) {
   }
 }
 
-// Copies `text` into a fixed field, cut at a UTF-8 character boundary.
+// Copies `text` into a fixed field, cut at a UTF-8 character boundary, and
+// zeroes the rest (a variable-size memset: a fixed 88-byte one becomes
+// `rep stos`, which cost ~20 ns here).
 uint8_t CopyTruncated(char* field, size_t capacity, absl::string_view text) {
   size_t n = std::min(capacity, text.size());
   if (n < text.size()) {
     while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;  // don't split a character
   }
   std::memcpy(field, text.data(), n);
+  std::memset(field + n, 0, capacity - n);
   return static_cast<uint8_t>(n);
 }
 
@@ -254,14 +258,20 @@ void RequestLog::record(const RequestRecordInput& request) const {
     std::atomic_ref<uint64_t>(*slot.records_dropped).fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  shm::RequestRecord record{};
-  record.timestamp_unix_ns = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
+  shm::RequestRecord record;  // every byte is set below: no memset of 128 bytes
+  uint64_t timestamp = request.timestamp_unix_ns;
+  if (timestamp == 0) {
+    timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);  // vDSO: no system call
+    timestamp = uint64_t(now.tv_sec) * 1000000000u + uint64_t(now.tv_nsec);
+  }
+  record.sequence = 0;
+  record.timestamp_unix_ns = timestamp;
   record.duration_ns = request.duration_ns;
   record.response_bytes = request.response_bytes;
   record.status = request.status;
   record.flags = request.error ? shm::kRecordFlagError : 0;
+  record.reserved[0] = record.reserved[1] = 0;
   record.method_length = CopyTruncated(record.method, sizeof record.method, request.method);
   record.endpoint_length = CopyTruncated(record.endpoint, sizeof record.endpoint, request.endpoint);
   record.error_length = CopyTruncated(record.error, sizeof record.error, request.error_message);

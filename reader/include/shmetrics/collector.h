@@ -85,6 +85,21 @@ struct AggregatedSeries {
   double sum = 0;                     // histogram
 };
 
+// A request record with the process it came from.
+struct RecentRecord {
+  std::string service;
+  uint32_t pid = 0;
+  RequestRecordView record;
+};
+
+struct RecentQuery {
+  RingKind kind = RingKind::kRequests;
+  size_t limit = 100;
+  std::string service;   // filters; empty = any
+  std::string endpoint;
+  int status = -1;       // -1 = any
+};
+
 class Collector {
  public:
   // Errors: NotFound (directory), FailedPrecondition (another collector
@@ -107,6 +122,11 @@ class Collector {
   CollectorCounters Counters() const;
   // Every aggregated series, in exposition order.
   std::vector<AggregatedSeries> Snapshot() const;
+
+  // The newest records across every ring of every segment seen by the last
+  // Scan(), newest first (ties broken by service, pid, lane, index), each
+  // exactly once, filtered. Cost: at most the rings' capacity.
+  std::vector<RecentRecord> Recent(const RecentQuery& query) const;
 
   struct State;  // opaque
 

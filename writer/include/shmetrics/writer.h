@@ -98,6 +98,7 @@ struct RequestRecordInput {
   uint64_t response_bytes = 0;
   bool error = false;               // also goes to the error ring
   absl::string_view error_message;
+  uint64_t timestamp_unix_ns = 0;   // when it ended; 0: read CLOCK_REALTIME (about 20-30 ns)
 };
 
 // The recent-requests log: each thread writes its own ring in the segment

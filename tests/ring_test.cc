@@ -1,0 +1,209 @@
+// Request and error rings: intact records under a concurrent reader, exact
+// conservation, torn slots skipped, and the merged views.
+#include <doctest/doctest.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <latch>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "shmetrics/collector.h"
+#include "shmetrics/writer.h"
+#include "test_support.h"
+
+namespace shmetrics {
+namespace {
+using testing::TempDir;
+
+std::unique_ptr<Writer> MakeWriter(const TempDir& dir, const std::string& service = "ring") {
+  WriterOptions options;
+  options.service = service;
+  options.directory = dir.path();
+  return Writer::Create(options).value();
+}
+
+// Record k carries k in every field, so a reader can check it is intact.
+void RecordNumbered(const RequestLog& log, uint64_t k) {
+  const std::string endpoint = absl::StrCat("/e/", k % 1000);
+  log.record({"GET", endpoint, static_cast<uint16_t>(k % 600), k, k * 7 + 3, k % 10 == 0, k % 10 == 0 ? "boom" : ""});
+}
+
+bool Intact(const reader::RequestRecordView& r) {
+  const uint64_t k = r.duration_ns;
+  return r.index == k && r.response_bytes == k * 7 + 3 && r.status == k % 600 && r.method == "GET" &&
+         r.endpoint == absl::StrCat("/e/", k % 1000) && r.error == (k % 10 == 0) &&
+         r.error_message == (k % 10 == 0 ? "boom" : "");
+}
+
+TEST_CASE("one producer, a concurrent reader, two million records: every record read is intact and in order, "
+          "and read + overwritten == written") {
+  TempDir dir;
+  auto writer = MakeWriter(dir);
+  const RequestLog log = writer->requests();
+  constexpr uint64_t kRecords = 2'000'000;
+  auto segment = reader::Segment::Open(writer->path()).value();
+  std::atomic<bool> done{false};
+  std::thread producer([&] {
+    for (uint64_t k = 0; k < kRecords; ++k) RecordNumbered(log, k);
+    done.store(true, std::memory_order_release);
+  });
+  uint64_t read = 0, overwritten = 0, torn = 0, cursor = 0, last_index = 0;
+  bool any = false, all_intact = true, in_order = true;
+  auto drain = [&] {
+    reader::RingRead batch = segment->ReadRing(0, reader::RingKind::kRequests, cursor);
+    cursor = batch.next;
+    overwritten += batch.overwritten;
+    torn += batch.torn;
+    for (const auto& r : batch.records) {
+      all_intact &= Intact(r);
+      in_order &= !any || r.index > last_index;
+      last_index = r.index;
+      any = true;
+      ++read;
+    }
+  };
+  while (!done.load(std::memory_order_acquire)) drain();
+  producer.join();
+  drain();
+  MESSAGE("records read while written: " << read << ", lost to overwrites: " << overwritten);
+  CHECK(all_intact);
+  CHECK(in_order);
+  CHECK(torn == 0);
+  CHECK(read + overwritten == kRecords);
+  CHECK(cursor == kRecords);
+  CHECK(read >= 64);  // at least the final ring's worth
+}
+
+TEST_CASE("the error ring keeps the last errors while successes flood the request ring") {
+  TempDir dir;
+  auto writer = MakeWriter(dir);
+  const RequestLog log = writer->requests();
+  for (int i = 0; i < 5; ++i) log.record({"POST", "/pay", 502, 1000, 0, true, absl::StrCat("upstream ", i)});
+  for (int i = 0; i < 1000; ++i) log.record({"GET", "/ok", 200, 10, 2, false, ""});
+  auto segment = reader::Segment::Open(writer->path()).value();
+  const auto errors = segment->ReadRing(0, reader::RingKind::kErrors, 0);
+  REQUIRE(errors.records.size() == 5);
+  CHECK(errors.records[4].error_message == "upstream 4");
+  CHECK(errors.records[0].status == 502);
+  const auto requests = segment->ReadRing(0, reader::RingKind::kRequests, 0);
+  CHECK(requests.records.size() == 64);
+  CHECK(requests.overwritten == 1005 - 64);
+  CHECK(requests.records.back().endpoint == "/ok");
+  const reader::SegmentInfo info = segment->Info();
+  CHECK(info.records_written == 1005);
+  CHECK(info.records_overwritten == 1005 - 64);
+}
+
+TEST_CASE("long fields are cut at a character boundary, and a thread without a ring counts as dropped") {
+  TempDir dir;
+  WriterOptions options;
+  options.service = "ring";
+  options.directory = dir.path();
+  options.capacities.exclusive_lanes = 1;
+  auto writer = Writer::Create(options).value();
+  const RequestLog log = writer->requests();
+  const std::string endpoint = std::string(47, 'a') + "\xc3\xa9";  // 49 bytes: 'é' would be split at 48
+  log.record({"OPTIONSXYZ", endpoint, 200, 1, 1, false, ""});
+  std::thread([&] { log.record({"GET", "/", 200, 1, 1, false, ""}); }).join();  // the lane is taken
+  auto segment = reader::Segment::Open(writer->path()).value();
+  const auto read = segment->ReadRing(0, reader::RingKind::kRequests, 0);
+  REQUIRE(read.records.size() == 1);
+  CHECK(read.records[0].method == "OPTIONSX");
+  CHECK(read.records[0].endpoint == std::string(47, 'a'));
+  CHECK(segment->Info().records_dropped == 1);
+}
+
+TEST_CASE("a slot left half-written (a producer killed mid-write) is skipped and counted, never returned") {
+  TempDir dir;
+  auto writer = MakeWriter(dir);
+  const RequestLog log = writer->requests();
+  for (uint64_t k = 0; k < 10; ++k) RecordNumbered(log, k);
+  std::string bytes = testing::ReadFile(writer->path());
+  const auto* header = reinterpret_cast<const shm::SegmentHeader*>(bytes.data());
+  // Slot of record 9 in lane 0: sequence odd (2*9+1), payload half new.
+  const size_t slot = header->rings_offset + sizeof(shm::RingHeader) + 9 * sizeof(shm::RequestRecord);
+  const uint64_t odd = 2 * 9 + 1;
+  std::memcpy(bytes.data() + slot, &odd, 8);
+  bytes[slot + 48] = 'X';
+  const std::string copy = dir.path() + "/shmetrics.ring.1.1.0";
+  testing::WriteFile(copy, bytes);
+  chmod(copy.c_str(), 0600);
+  auto segment = reader::Segment::Open(copy).value();
+  const auto read = segment->ReadRing(0, reader::RingKind::kRequests, 0);
+  CHECK(read.records.size() == 9);
+  CHECK(read.torn == 1);
+  for (const auto& r : read.records) CHECK(Intact(r));
+}
+
+TEST_CASE("recent records across 2 processes x 2 threads come newest first, each exactly once") {
+  TempDir dir;
+  std::vector<pid_t> children;
+  for (int p = 0; p < 2; ++p) {
+    const pid_t child = testing::Fork();
+    if (child == 0) {
+      auto writer = MakeWriter(dir, "web");
+      const RequestLog log = writer->requests();
+      std::latch both_bound(2);  // each thread keeps a lane (and ring) of its own
+      auto work = [&](int t) {
+        for (int i = 0; i < 20; ++i) {
+          if (i == 1) both_bound.arrive_and_wait();
+          log.record({"GET", absl::StrCat("/p", p, "/t", t, "/", i), static_cast<uint16_t>(i % 2 ? 500 : 200), 5,
+                      1, i % 2 == 1, i % 2 ? "odd" : ""});
+        }
+      };
+      std::thread a(work, 0), b(work, 1);
+      a.join();
+      b.join();
+      _exit(0);
+    }
+    children.push_back(child);
+  }
+  for (pid_t child : children) REQUIRE(testing::WaitChild(child) == 0);
+  reader::CollectorOptions options;
+  options.directory = dir.path();
+  options.retire_dead = false;
+  auto collector = reader::Collector::Create(options).value();
+  REQUIRE(collector->Scan().ok());
+  reader::RecentQuery query;
+  query.limit = 1000;
+  const auto all = collector->Recent(query);
+  REQUIRE(all.size() == 80);
+  std::set<std::string> endpoints;
+  for (size_t i = 0; i < all.size(); ++i) {
+    endpoints.insert(all[i].record.endpoint);
+    if (i > 0) CHECK(all[i - 1].record.timestamp_unix_ns >= all[i].record.timestamp_unix_ns);
+  }
+  CHECK(endpoints.size() == 80);
+  query.limit = 5;
+  const auto newest = collector->Recent(query);
+  REQUIRE(newest.size() == 5);
+  for (size_t i = 0; i < 5; ++i) CHECK(newest[i].record.endpoint == all[i].record.endpoint);
+  query.kind = reader::RingKind::kErrors;
+  query.limit = 1000;
+  query.status = 500;
+  CHECK(collector->Recent(query).size() == 40);
+  query.endpoint = "/p1/t0/3";
+  const auto one = collector->Recent(query);
+  REQUIRE(one.size() == 1);
+  CHECK(one[0].record.error_message == "odd");
+  CHECK(one[0].service == "web");
+
+  // The CLI's tail prints the newest N, oldest first.
+  const auto tail = testing::RunCommand(absl::StrCat(SHMETRICS_CLI_BIN, " --dir ", dir.path(), " tail -n 3"));
+  CHECK(tail.exit_code == 0);
+  const std::regex line("[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}\\.[0-9]{6}Z web [0-9]+ GET /p[01]/t[01]/[0-9]+ (200|500) "
+                        "0\\.000ms 1B( error: odd)?\n");
+  std::vector<std::string> lines;
+  for (absl::string_view l : absl::StrSplit(tail.output, '\n', absl::SkipEmpty())) lines.push_back(std::string(l) + "\n");
+  REQUIRE(lines.size() == 3);
+  for (const auto& l : lines) CHECK(std::regex_match(l, line));
+  CHECK(absl::StrContains(lines[2], all[0].record.endpoint + " "));
+}
+
+}  // namespace
+}  // namespace shmetrics
