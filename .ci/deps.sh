@@ -6,7 +6,7 @@ packages=(
   g++ cmake ninja-build pkg-config
   libboost-dev libabsl-dev libcli11-dev prometheus-cpp-dev libcivetweb-dev
   doctest-dev libbenchmark-dev zlib1g-dev
-  python3 python3-prometheus-client prometheus curl
+  python3 python3-prometheus-client python3-yaml prometheus curl bsdutils
 )
 missing=()
 for package in "${packages[@]}"; do
