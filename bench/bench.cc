@@ -13,7 +13,11 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <array>
+#include <cstring>
 
 #include <algorithm>
 #include <atomic>
@@ -240,6 +244,8 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+std::FILE* g_csv = nullptr;  // --csv: case,threads,ns_per_op
+
 void WriterTable(const std::vector<int>& thread_counts, int ms, int reps, const std::string& directory) {
   shmetrics::WriterOptions options;
   options.service = "bench";
@@ -254,6 +260,7 @@ void WriterTable(const std::vector<int>& thread_counts, int ms, int reps, const 
       std::vector<double> samples;
       for (int r = 0; r < reps; ++r) samples.push_back(c.run(threads, ms));
       results[c.name].push_back(Median(samples));
+      if (g_csv != nullptr) std::fprintf(g_csv, "%s,%d,%.3f\n", c.name.c_str(), threads, results[c.name].back());
     }
   }
   std::printf("\n### Writer: per-thread ns/op (ratio to its baseline in this run)\n\n| case | baseline |");
@@ -357,6 +364,101 @@ void ScrapeTable(const std::vector<int>& sizes, int reps, const std::string& dir
   }
 }
 
+// Multi-process: P forked writer processes of one service, one thread each,
+// every process incrementing the same series (in its own segment), next to
+// the thread-owned-store limit measured in the same processes.
+void MultiProcessTable(const std::vector<int>& process_counts, int ms, const std::string& directory) {
+  std::printf("\n### Multi-process: per-process ns/op, one thread per process, one service\n\n"
+              "| processes | limit | counter.inc() | ratio | histogram.observe() |\n|---|---|---|---|---|\n");
+  for (int processes : process_counts) {
+    const std::string dir = absl::StrCat(directory, "/procs-", processes);
+    std::filesystem::create_directories(dir);
+    shmetrics::WriterOptions options;
+    options.service = "procs";
+    options.directory = dir;
+    auto writer = shmetrics::Writer::Create(options).value();
+    auto counter = writer->AddCounter("ops_total", "Ops.").value().WithLabels({}).value();
+    auto histogram = writer->AddHistogram("latency_seconds", "Latency.", {}, kBounds).value().WithLabels({}).value();
+    std::vector<std::array<int, 2>> pipes(processes);
+    std::vector<pid_t> children;
+    for (int p = 0; p < processes; ++p) {
+      if (pipe(pipes[p].data()) != 0) return;
+      const pid_t child = fork();
+      if (child == 0) {
+        const double limit = RunThreads(1, ms, [](int, std::atomic<bool>& stop) {
+          PaddedSlot slot;
+          std::atomic_ref<uint64_t> ref(slot.value);
+          return Loop(stop, [&](uint64_t) { ref.store(ref.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); });
+        });
+        const double inc = RunThreads(1, ms, [&](int, std::atomic<bool>& stop) {
+          return Loop(stop, [&](uint64_t) { counter.inc(); });
+        });
+        const double observe = RunThreads(1, ms, [&](int, std::atomic<bool>& stop) {
+          const double* values = g_values.data();
+          return Loop(stop, [&](uint64_t i) { histogram.observe(values[i & (kValueCount - 1)]); });
+        });
+        const double result[3] = {limit, inc, observe};
+        if (write(pipes[p][1], result, sizeof result) != sizeof result) _exit(1);
+        _exit(0);
+      }
+      close(pipes[p][1]);
+      children.push_back(child);
+    }
+    double limit = 0, inc = 0, observe = 0;
+    for (int p = 0; p < processes; ++p) {
+      double result[3] = {};
+      if (read(pipes[p][0], result, sizeof result) == sizeof result) {
+        limit += result[0] / processes;
+        inc += result[1] / processes;
+        observe += result[2] / processes;
+      }
+      close(pipes[p][0]);
+    }
+    for (pid_t child : children) waitpid(child, nullptr, 0);
+    std::printf("| %d | %.2f | %.2f | %.1fx | %.2f |\n", processes, limit, inc, inc / limit, observe);
+    std::fflush(stdout);
+    writer.reset();
+    std::filesystem::remove_all(dir);
+  }
+}
+
+uint64_t RssBytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  unsigned long pages = 0, resident = 0;
+  if (f != nullptr) {
+    if (std::fscanf(f, "%lu %lu", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return uint64_t{resident} * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+// Writer memory is the segment: RSS and segment size after 10^4 and after
+// 10^8 operations are the same.
+void MemoryTable(const std::string& directory, uint64_t big) {
+  shmetrics::WriterOptions options;
+  options.service = "memory";
+  options.directory = directory;
+  auto writer = shmetrics::Writer::Create(options).value();
+  auto counter = writer->AddCounter("ops_total", "Ops.", {"k"}).value().WithLabels({"a"}).value();
+  auto histogram = writer->AddHistogram("latency_seconds", "Latency.", {}, kBounds).value().WithLabels({}).value();
+  const shmetrics::RequestLog log = writer->requests();
+  auto run = [&](uint64_t n) {
+    for (uint64_t i = 0; i < n; ++i) {
+      counter.inc();
+      histogram.observe(g_values[i & (kValueCount - 1)]);
+      if ((i & 1023) == 0) log.record({"GET", "/x", 200, i, 1, false, "", 1});
+    }
+  };
+  run(10'000);
+  const uint64_t rss_small = RssBytes(), size_small = std::filesystem::file_size(writer->path());
+  run(big);
+  const uint64_t rss_big = RssBytes(), size_big = std::filesystem::file_size(writer->path());
+  std::printf("\n### Memory\n\n| after | writer RSS | segment size |\n|---|---|---|\n"
+              "| 10^4 operations | %.2f MiB | %llu bytes |\n| %.0e operations | %.2f MiB | %llu bytes |\n",
+              rss_small / 1048576.0, static_cast<unsigned long long>(size_small), double(big), rss_big / 1048576.0,
+              static_cast<unsigned long long>(size_big));
+}
+
 std::vector<int> ParseList(const std::string& text) {
   std::vector<int> values;
   size_t start = 0;
@@ -378,25 +480,57 @@ int main(int argc, char** argv) {
   int ms = 200, reps = 3;
   bool smoke = false;
   std::string directory = "/dev/shm";
+  std::string processes = "1,2";
+  std::string csv;
+  double big_ops = 1e8;
   app.add_option("--threads", threads, "thread counts, comma separated");
   app.add_option("--series", series, "scrape sizes, comma separated");
   app.add_option("--ms", ms, "duration of one writer measurement")->check(CLI::Range(1, 60000));
   app.add_option("--reps", reps, "repetitions (the median is reported)")->check(CLI::Range(1, 100));
   app.add_option("--dir", directory, "where the bench's segments live (removed after)");
   app.add_flag("--smoke", smoke, "tiny run, for CI: proves the bench still works");
+  app.add_option("--processes", processes, "writer process counts, comma separated");
+  app.add_option("--csv", csv, "also write the writer results as CSV (case,threads,ns_per_op)");
+  app.add_option("--memory-ops", big_ops, "operations for the memory table")->check(CLI::Range(1e4, 1e10));
   CLI11_PARSE(app, argc, argv);
   if (smoke) {
     threads = "1,2";
     series = "1000";
     ms = 5;
     reps = 1;
+    processes = "1,2";
+    big_ops = 1e5;
+  }
+  if (!csv.empty()) {
+    g_csv = std::fopen(csv.c_str(), "w");
+    if (g_csv == nullptr) {
+      std::fprintf(stderr, "shmetrics-bench: cannot write %s\n", csv.c_str());
+      return 2;
+    }
+    std::fprintf(g_csv, "case,threads,ns_per_op\n");
   }
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  std::printf("## shmetrics-bench on %s, %u hardware threads\n", host, std::thread::hardware_concurrency());
+  std::string cpu = "unknown CPU";
+  if (std::FILE* f = std::fopen("/proc/cpuinfo", "r")) {
+    char line[512];
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+      if (std::strncmp(line, "model name", 10) == 0) {
+        cpu = std::string(std::strchr(line, ':') + 2);
+        cpu.pop_back();
+        break;
+      }
+    }
+    std::fclose(f);
+  }
+  std::printf("## shmetrics-bench on %s: %s, %u hardware threads\n", host, cpu.c_str(),
+              std::thread::hardware_concurrency());
   const std::string dir = absl::StrCat(directory, "/shmetrics-bench-", getpid());
   std::filesystem::create_directories(dir);
   WriterTable(ParseList(threads), ms, reps, dir);
+  if (g_csv != nullptr) std::fclose(g_csv);
+  MultiProcessTable(ParseList(processes), ms, dir);
+  MemoryTable(dir, static_cast<uint64_t>(big_ops));
   ScrapeTable(ParseList(series), smoke ? 1 : std::max(reps, 5), dir);
   std::filesystem::remove_all(dir);
   return 0;

@@ -304,13 +304,14 @@ RingRead Segment::ReadRing(uint32_t lane, RingKind kind, uint64_t from) const {
   }
   for (uint64_t k = from; k < written; ++k) {
     const std::byte* slot = slots + (k % slot_count) * sizeof(shm::RequestRecord);
-    // Seqlock read: sequence (acquire), payload (relaxed), fence, sequence.
+    // Seqlock read: sequence, payload, sequence again, all acquire loads
+    // (plain loads on x86): the second sequence load cannot move before
+    // the payload loads, and pairs with the writer's release stores.
     const uint64_t before = LoadAcquire<uint64_t>(slot);
     shm::RequestRecord copy{};
     auto* words = reinterpret_cast<uint64_t*>(&copy);
-    for (size_t w = 1; w < sizeof copy / 8; ++w) words[w] = LoadRelaxed<uint64_t>(slot + w * 8);
-    std::atomic_thread_fence(std::memory_order_acquire);  // pairs with the writer's release fence
-    const uint64_t after = LoadRelaxed<uint64_t>(slot);
+    for (size_t w = 1; w < sizeof copy / 8; ++w) words[w] = LoadAcquire<uint64_t>(slot + w * 8);
+    const uint64_t after = LoadAcquire<uint64_t>(slot);
     if (before != after || before != 2 * k + 2) {
       // A newer record took the slot before or while we copied it: lost to
       // an overwrite. Anything else is a slot that was never completed.

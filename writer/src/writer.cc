@@ -233,13 +233,14 @@ void WriteRecord(std::byte* slots, uint32_t slot_count, uint64_t* write_index, c
   const uint64_t k = LoadRelaxed(*write_index);  // only this thread writes it
   auto* words = reinterpret_cast<uint64_t*>(slots + (k & (slot_count - 1)) * sizeof(shm::RequestRecord));
   std::atomic_ref<uint64_t>(words[0]).store(2 * k + 1, std::memory_order_relaxed);
-  // release fence: orders the odd sequence before the payload stores below,
-  // so a reader that sees any new payload word then sees the sequence
-  // changed (pairs with the acquire fence in Segment::ReadRing).
-  std::atomic_thread_fence(std::memory_order_release);
+  // release on each payload word (a plain store on x86): a reader whose
+  // acquire load sees any new word also sees the odd sequence stored
+  // before it, so it can tell the slot changed under it. Pairs with the
+  // acquire loads in Segment::ReadRing. (Not a release fence: TSan cannot
+  // model fences.)
   const auto* source = reinterpret_cast<const uint64_t*>(&record);
   for (size_t w = 1; w < sizeof(shm::RequestRecord) / 8; ++w) {
-    std::atomic_ref<uint64_t>(words[w]).store(source[w], std::memory_order_relaxed);
+    std::atomic_ref<uint64_t>(words[w]).store(source[w], std::memory_order_release);
   }
   // release: the payload is complete before the even sequence is seen.
   std::atomic_ref<uint64_t>(words[0]).store(2 * k + 2, std::memory_order_release);
