@@ -260,7 +260,7 @@ void WriterTable(const std::vector<int>& thread_counts, int ms, int reps, const 
       std::vector<double> samples;
       for (int r = 0; r < reps; ++r) samples.push_back(c.run(threads, ms));
       results[c.name].push_back(Median(samples));
-      if (g_csv != nullptr) std::fprintf(g_csv, "%s,%d,%.3f\n", c.name.c_str(), threads, results[c.name].back());
+      if (g_csv != nullptr) std::fprintf(g_csv, "\"%s\",%d,%.3f\n", c.name.c_str(), threads, results[c.name].back());
     }
   }
   std::printf("\n### Writer: per-thread ns/op (ratio to its baseline in this run)\n\n| case | baseline |");
