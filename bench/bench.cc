@@ -7,12 +7,14 @@
 // Writer cases: every thread hammers one shared handle (or, for the limit
 // and the hand-written histogram, its own padded slot) for --ms; a case's
 // figure is the median over --reps of the mean per-thread ns/op.
+#include <civetweb.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 #include <sys/resource.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -290,6 +292,69 @@ void WriterTable(const std::vector<int>& thread_counts, int ms, int reps, const 
   std::fflush(stdout);
 }
 
+// A real HTTP scrape through the exporter program: one client, then 16 at
+// once; civetweb's client does the HTTP. Returns milliseconds per scrape.
+std::string g_exporter;  // --exporter PATH
+
+double HttpScrapeMs(int port, size_t* bytes) {
+  char error[256] = {};
+  const auto begin = Clock::now();
+  mg_connection* conn = mg_connect_client("127.0.0.1", port, 0, error, sizeof error);
+  if (conn == nullptr) return -1;
+  mg_printf(conn, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  if (mg_get_response(conn, error, sizeof error, 30000) < 0) {
+    mg_close_connection(conn);
+    return -1;
+  }
+  char buffer[1 << 16];
+  size_t total = 0;
+  for (int n; (n = mg_read(conn, buffer, sizeof buffer)) > 0;) total += static_cast<size_t>(n);
+  mg_close_connection(conn);
+  if (bytes != nullptr) *bytes = total;
+  return std::chrono::duration<double, std::milli>(Clock::now() - begin).count();
+}
+
+uint64_t ProcessRssBytes(pid_t pid) {
+  std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/statm").c_str(), "r");
+  unsigned long pages = 0, resident = 0;
+  if (f != nullptr) {
+    if (std::fscanf(f, "%lu %lu", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return uint64_t{resident} * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+std::string HttpRow(const std::string& dir, int series, int reps) {
+  if (g_exporter.empty()) return "";
+  static const int port = 20000 + getpid() % 20000;
+  const std::string listen = absl::StrCat("127.0.0.1:", port);
+  const pid_t exporter = fork();
+  if (exporter == 0) {
+    execl(g_exporter.c_str(), g_exporter.c_str(), "--dir", dir.c_str(), "--listen", listen.c_str(), "--no-retire",
+          "--threads", "16", "--min-scan-interval-ms", "1000", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  size_t bytes = 0;
+  for (int i = 0; i < 200 && HttpScrapeMs(port, &bytes) < 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  std::vector<double> single;
+  for (int r = 0; r < reps; ++r) single.push_back(HttpScrapeMs(port, nullptr));
+  std::vector<double> concurrent(16 * 3);
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 16; ++c) {
+    clients.emplace_back([&, c] {
+      for (int r = 0; r < 3; ++r) concurrent[c * 3 + r] = HttpScrapeMs(port, nullptr);
+    });
+  }
+  for (auto& t : clients) t.join();
+  const uint64_t rss = ProcessRssBytes(exporter);
+  kill(exporter, SIGTERM);
+  waitpid(exporter, nullptr, 0);
+  const int failures = static_cast<int>(std::count_if(concurrent.begin(), concurrent.end(), [](double ms) { return ms < 0; }));
+  return absl::StrFormat("| %d | %zu | %.2f | %.2f | %.2f | %d | %.1f MiB |\n", series, bytes, Median(single),
+                         Median(concurrent), *std::max_element(concurrent.begin(), concurrent.end()), failures,
+                         rss / 1048576.0);
+}
+
 // Scrape: N series (10/11 counters, 1/11 histograms with 8 bounds) spread
 // over 4 segments, rendered by the collector, next to prometheus-cpp's
 // Collect + TextSerializer for the same series.
@@ -298,6 +363,7 @@ void ScrapeTable(const std::vector<int>& sizes, int reps, const std::string& dir
               "| series | bytes | rescan ms | shmetrics render ms | ns/series | prometheus-cpp ms | ns/series | speed-up |\n"
               "|---|---|---|---|---|---|---|---|\n");
   const std::vector<double> bounds = {0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10};
+  std::string http_rows;
   for (int n : sizes) {
     const std::string dir = absl::StrCat(directory, "/scrape-", n);
     std::filesystem::create_directories(dir);
@@ -359,8 +425,15 @@ void ScrapeTable(const std::vector<int>& sizes, int reps, const std::string& dir
     std::printf("| %d | %zu | %.3f | %.2f | %.0f | %.2f | %.0f | %.1fx |\n", n, bytes, Median(scans), our_ms,
                 our_ms * 1e6 / n, their_ms, their_ms * 1e6 / n, their_ms / our_ms);
     std::fflush(stdout);
+    http_rows += HttpRow(dir, n, reps);
     writers.clear();
     std::filesystem::remove_all(dir);
+  }
+  if (!http_rows.empty()) {
+    std::printf("\n### HTTP scrape through shmetrics-exporter (gzip off, loopback)\n\n"
+                "| series | bytes | 1 client ms (median) | 16 clients ms (median) | 16 clients ms (max) | errors | "
+                "exporter RSS |\n|---|---|---|---|---|---|---|\n%s",
+                http_rows.c_str());
   }
 }
 
@@ -490,6 +563,7 @@ int main(int argc, char** argv) {
   app.add_option("--dir", directory, "where the bench's segments live (removed after)");
   app.add_flag("--smoke", smoke, "tiny run, for CI: proves the bench still works");
   app.add_option("--processes", processes, "writer process counts, comma separated");
+  app.add_option("--exporter", g_exporter, "path of shmetrics-exporter: also time real HTTP scrapes");
   app.add_option("--csv", csv, "also write the writer results as CSV (case,threads,ns_per_op)");
   app.add_option("--memory-ops", big_ops, "operations for the memory table")->check(CLI::Range(1e4, 1e10));
   CLI11_PARSE(app, argc, argv);
@@ -527,6 +601,8 @@ int main(int argc, char** argv) {
               std::thread::hardware_concurrency());
   const std::string dir = absl::StrCat(directory, "/shmetrics-bench-", getpid());
   std::filesystem::create_directories(dir);
+  mg_init_library(0);
+  signal(SIGPIPE, SIG_IGN);
   WriterTable(ParseList(threads), ms, reps, dir);
   if (g_csv != nullptr) std::fclose(g_csv);
   MultiProcessTable(ParseList(processes), ms, dir);

@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 label=${1:-$(hostname)}
 shift || true
 cmake --preset release >/dev/null
-cmake --build --preset release --target shmetrics-bench >/dev/null
+cmake --build --preset release --target shmetrics-bench shmetrics-exporter >/dev/null
 out=docs/benchmarks-$label
-build/release/bench/shmetrics-bench --csv "$out.csv" "$@" | tee "$out.md"
+build/release/bench/shmetrics-bench --exporter build/release/exporter/shmetrics-exporter --csv "$out.csv" "$@" |
+  tee "$out.md"
 /usr/bin/python3 bench/plot.py "$out.csv" "$out.svg" "shmetrics-bench on $label: per-thread ns/op"
 echo "wrote $out.md, $out.csv, $out.svg"

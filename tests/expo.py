@@ -52,6 +52,23 @@ def escape(value):
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def burst(url, clients):
+    """GETs url from `clients` threads at once; prints how many got 200 and a parsable body."""
+    import threading
+    from prometheus_client.parser import text_string_to_metric_families
+    ok = []
+    def one():
+        body = urllib.request.urlopen(url, timeout=60).read().decode("utf-8")
+        list(text_string_to_metric_families(body))
+        ok.append(1)
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(len(ok))
+
+
 def fmt(value):
     if math.isnan(value):
         return "NaN"
@@ -96,6 +113,8 @@ def samples(path, kind):
 if __name__ == "__main__":
     if sys.argv[1] == "get":
         get(sys.argv[2:])
+    elif sys.argv[1] == "burst":
+        burst(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1] == "samples":
         samples(sys.argv[2], sys.argv[3])
     else:

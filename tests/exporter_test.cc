@@ -7,8 +7,10 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <functional>
 #include <set>
 #include <sstream>
@@ -310,6 +312,27 @@ TEST_CASE("HTTP: unknown paths 404, wrong methods 405, HEAD, reserved routes, st
                                            exporter.port(), "' ; echo done"));
   CHECK(raw.output == "done\n");
   CHECK(HttpGet(exporter.url("/metrics")).status == 200);
+}
+
+TEST_CASE("16 concurrent scrapes while writers write: every one succeeds and parses") {
+  TempDir dir;
+  std::atomic<bool>* stop = static_cast<std::atomic<bool>*>(
+      mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  new (stop) std::atomic<bool>(false);
+  WriterProcess busy(dir.path(), "web", [stop](Writer& w) {
+    WebTraffic(w);
+    auto counter = w.AddCounter("busy_total", "Busy.").value().WithLabels({}).value();
+    if (testing::Fork() == 0) {  // keeps writing after the parent reports ready
+      while (!stop->load()) counter.inc();
+      _exit(0);
+    }
+  });
+  Exporter exporter(dir);
+  const auto r = RunCommand("/usr/bin/python3 " SHMETRICS_TESTS_DIR "/expo.py burst " + exporter.url("/metrics") + " 16");
+  stop->store(true);
+  CHECK(r.exit_code == 0);
+  CHECK(r.output == "16\n");
+  munmap(stop, 4096);
 }
 
 TEST_CASE("basic auth: no or wrong credentials get 401, right ones 200") {
