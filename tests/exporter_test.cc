@@ -352,6 +352,7 @@ TEST_CASE("bad flags and an unusable directory get their exit codes") {
   };
   CHECK(run("--no-such-flag") == 2);
   CHECK(run("--threads 0") == 2);
+  CHECK(run("--tls-cert /dev/null --dir " + dir.path()) == 2);  // refused, not a crash on the first request
   CHECK(run("--dir " + dir.path() + "/missing --listen 127.0.0.1:1") == 3);
   Exporter first(dir);
   const auto second = RunCommand(absl::StrCat(SHMETRICS_EXPORTER_BIN, " --dir ", dir.path(),
