@@ -495,6 +495,78 @@ void MultiProcessTable(const std::vector<int>& process_counts, int ms, const std
   }
 }
 
+// Churn: K writer processes of one service come and go (20 series each,
+// like the Python comparison), beside 4 live ones. With retirement the dead
+// are folded into the archive and the scrape costs what the live series
+// cost; without it (--no-retire, or Python's multiprocess mode) every dead
+// writer's file is read on every scrape.
+void ChurnTable(const std::vector<int>& dead_counts, int reps, const std::string& directory) {
+  std::printf("\n### Writer churn: scrape (rescan + render) after K writers came and went\n\n"
+              "| dead writers K | segments left, retiring | scrape ms, retiring | segments, not retiring | "
+              "scrape ms, not retiring |\n|---|---|---|---|---|\n");
+  auto write_series = [](shmetrics::Writer& writer, int value) {
+    auto family = writer.AddCounter("requests_total", "Requests.", {"path"}).value();
+    auto latency = writer.AddHistogram("latency_seconds", "Latency.", {"path"}, {0.01, 0.1, 1}).value();
+    for (int i = 0; i < 10; ++i) {
+      family.WithLabels({absl::StrCat("/p", i)}).value().inc(value);
+      latency.WithLabels({absl::StrCat("/p", i)}).value().observe(0.05);
+    }
+  };
+  for (int dead : dead_counts) {
+    double scrape_ms[2] = {};
+    size_t segments[2] = {};
+    for (int retire = 1; retire >= 0; --retire) {
+      const std::string dir = absl::StrCat(directory, "/churn-", dead, "-", retire);
+      std::filesystem::create_directories(dir);
+      shmetrics::WriterOptions options;
+      options.service = "churn";
+      options.directory = dir;
+      options.capacities.exclusive_lanes = 2;
+      options.capacities.series = 64;
+      options.capacities.cells_per_lane = 256;
+      options.capacities.string_arena_bytes = 4096;
+      options.capacities.ring_slots_per_lane = 0;
+      options.capacities.error_ring_slots_per_lane = 0;
+      for (int d = 0; d < dead; ++d) {
+        const pid_t child = fork();
+        if (child == 0) {
+          auto writer = shmetrics::Writer::Create(options).value();
+          write_series(*writer, 1);
+          _exit(0);  // dies without closing: a crash, as far as anyone can tell
+        }
+        waitpid(child, nullptr, 0);
+      }
+      // The live writers come after the forks, so no child copies them.
+      std::vector<std::unique_ptr<shmetrics::Writer>> live;
+      for (int l = 0; l < 4; ++l) {
+        live.push_back(shmetrics::Writer::Create(options).value());
+        write_series(*live.back(), 1);
+      }
+      shmetrics::reader::CollectorOptions collector_options;
+      collector_options.directory = dir;
+      collector_options.retire_dead = retire == 1;
+      auto collector = shmetrics::reader::Collector::Create(collector_options).value();
+      (void)collector->Scan();  // the first scan retires (or opens) the dead
+      std::vector<double> times;
+      std::string out;
+      for (int r = 0; r < reps; ++r) {
+        const auto begin = Clock::now();
+        out.clear();
+        (void)collector->Scan();
+        collector->Render(shmetrics::reader::ExpositionFormat::kPrometheusText, &out);
+        times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
+      }
+      scrape_ms[retire] = Median(times);
+      segments[retire] = collector->Segments().size();
+      live.clear();
+      collector.reset();
+      std::filesystem::remove_all(dir);
+    }
+    std::printf("| %d | %zu | %.3f | %zu | %.3f |\n", dead, segments[1], scrape_ms[1], segments[0], scrape_ms[0]);
+    std::fflush(stdout);
+  }
+}
+
 uint64_t RssBytes() {
   std::FILE* f = std::fopen("/proc/self/statm", "r");
   unsigned long pages = 0, resident = 0;
@@ -554,6 +626,7 @@ int main(int argc, char** argv) {
   bool smoke = false;
   std::string directory = "/dev/shm";
   std::string processes = "1,2";
+  std::string churn = "0,100,400";
   std::string csv;
   double big_ops = 1e8;
   app.add_option("--threads", threads, "thread counts, comma separated");
@@ -563,6 +636,7 @@ int main(int argc, char** argv) {
   app.add_option("--dir", directory, "where the bench's segments live (removed after)");
   app.add_flag("--smoke", smoke, "tiny run, for CI: proves the bench still works");
   app.add_option("--processes", processes, "writer process counts, comma separated");
+  app.add_option("--churn", churn, "dead writer counts for the churn table, comma separated");
   app.add_option("--exporter", g_exporter, "path of shmetrics-exporter: also time real HTTP scrapes");
   app.add_option("--csv", csv, "also write the writer results as CSV (case,threads,ns_per_op)");
   app.add_option("--memory-ops", big_ops, "operations for the memory table")->check(CLI::Range(1e4, 1e10));
@@ -574,6 +648,7 @@ int main(int argc, char** argv) {
     reps = 1;
     processes = "1,2";
     big_ops = 1e5;
+    churn = "0,4";
   }
   if (!csv.empty()) {
     g_csv = std::fopen(csv.c_str(), "w");
@@ -608,6 +683,7 @@ int main(int argc, char** argv) {
   MultiProcessTable(ParseList(processes), ms, dir);
   MemoryTable(dir, static_cast<uint64_t>(big_ops));
   ScrapeTable(ParseList(series), smoke ? 1 : std::max(reps, 5), dir);
+  ChurnTable(ParseList(churn), smoke ? 1 : std::max(reps, 5), dir);
   std::filesystem::remove_all(dir);
   return 0;
 }
