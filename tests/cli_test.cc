@@ -27,9 +27,7 @@ pid_t StartWriter(const TempDir& dir, const std::string& service, bool busy) {
   const pid_t child = testing::Fork();
   if (child == 0) {
     close(ready[0]);
-    WriterOptions options;
-    options.service = service;
-    options.directory = dir.path();
+    WriterOptions options = testing::WriterIn(dir, service);
     auto writer = Writer::Create(options).value();
     auto requests = writer->AddCounter("requests_total", "Requests.", {"code"}).value();
     requests.WithLabels({"200"}).value().inc(41);

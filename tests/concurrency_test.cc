@@ -71,9 +71,7 @@ TEST_CASE("totals are exact across 4 forked processes x 4 threads, and snapshots
   TempDir dir;
   constexpr int kProcesses = 4;
   constexpr int kIterations = 20000;
-  WriterOptions options;
-  options.service = "multi";
-  options.directory = dir.path();
+  WriterOptions options = testing::WriterIn(dir, "multi");
   auto writer = Writer::Create(options).value();
   Handles handles = Register(*writer);  // pre-fork: children inherit the handles
 
@@ -119,9 +117,7 @@ TEST_CASE("totals are exact across 4 forked processes x 4 threads, and snapshots
 
 TEST_CASE("threads beyond the lane count share a lane with atomic adds, and totals stay exact") {
   TempDir dir;
-  WriterOptions options;
-  options.service = "lanes";
-  options.directory = dir.path();
+  WriterOptions options = testing::WriterIn(dir, "lanes");
   options.capacities.exclusive_lanes = 2;
   auto writer = Writer::Create(options).value();
   Handles handles = Register(*writer);
@@ -148,9 +144,7 @@ TEST_CASE("threads beyond the lane count share a lane with atomic adds, and tota
 
 TEST_CASE("a lane is reclaimed when its thread exits: waves of threads never fall back") {
   TempDir dir;
-  WriterOptions options;
-  options.service = "waves";
-  options.directory = dir.path();
+  WriterOptions options = testing::WriterIn(dir, "waves");
   options.capacities.exclusive_lanes = 2;
   auto writer = Writer::Create(options).value();
   Handles handles = Register(*writer);
@@ -176,9 +170,7 @@ TEST_CASE("kill -9 mid-run: every completed increment is in the segment, and it 
   new (progress) std::atomic<uint64_t>(0);
   const pid_t child = testing::Fork();
   if (child == 0) {
-    WriterOptions options;
-    options.service = "victim";
-    options.directory = dir.path();
+    WriterOptions options = testing::WriterIn(dir, "victim");
     auto writer = Writer::Create(options).value();
     auto counter = writer->AddCounter("done_total", "Done.").value().WithLabels({}).value();
     for (uint64_t i = 1;; ++i) {
@@ -215,9 +207,7 @@ TEST_CASE("kill -9 mid-run: every completed increment is in the segment, and it 
 
 TEST_CASE("fork: the child writes into a segment of its own through handles taken before") {
   TempDir dir;
-  WriterOptions options;
-  options.service = "forky";
-  options.directory = dir.path();
+  WriterOptions options = testing::WriterIn(dir, "forky");
   auto writer = Writer::Create(options).value();
   auto counter = writer->AddCounter("c_total", "C.", {"k"}).value().WithLabels({"x"}).value();
   counter.add(2);

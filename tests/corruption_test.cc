@@ -27,9 +27,7 @@ shm::Capacities SmallCapacities() {
 
 // A real segment with every metric type, some values, and a closed state.
 std::string MakeSegmentBytes(const TempDir& dir) {
-  WriterOptions options;
-  options.service = "victim";
-  options.directory = dir.path();
+  WriterOptions options = testing::WriterIn(dir, "victim");
   options.capacities = SmallCapacities();
   auto writer = Writer::Create(options).value();
   auto requests = writer->AddCounter("http_requests_total", "Requests \"served\"\n.", {"method", "code"}).value();

@@ -31,9 +31,7 @@ TEST_CASE("deploy: promtool checks the rules and their unit tests pass") {
 // Names a scrape of the kit's segment (plus the exporter's own) contains.
 std::set<std::string> KitMetricNames(std::set<std::string>* families) {
   TempDir dir;
-  WriterOptions options;
-  options.service = "names";
-  options.directory = dir.path();
+  WriterOptions options = testing::WriterIn(dir, "names");
   auto writer = Writer::Create(options).value();
   auto kit = ServiceKit::Create(*writer, {}).value();
   auto segment = reader::Segment::Open(writer->path()).value();

@@ -12,9 +12,7 @@ using testing::TempDir;
 
 TEST_CASE("kit: scripted traffic gives exact counts, durations, in-progress, cache, db, LLM and ring records") {
   TempDir dir;
-  WriterOptions writer_options;
-  writer_options.service = "shop";
-  writer_options.directory = dir.path();
+  WriterOptions writer_options = testing::WriterIn(dir, "shop");
   auto writer = Writer::Create(writer_options).value();
   ServiceKitOptions options;
   options.app_name = "shop";
@@ -93,9 +91,7 @@ TEST_CASE("kit: scripted traffic gives exact counts, durations, in-progress, cac
 
 TEST_CASE("kit: a custom LLM prefix names the families") {
   TempDir dir;
-  WriterOptions writer_options;
-  writer_options.service = "shop";
-  writer_options.directory = dir.path();
+  WriterOptions writer_options = testing::WriterIn(dir, "shop");
   auto writer = Writer::Create(writer_options).value();
   ServiceKitOptions options;
   options.llm_prefix = "openai";

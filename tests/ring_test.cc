@@ -21,9 +21,7 @@ namespace {
 using testing::TempDir;
 
 std::unique_ptr<Writer> MakeWriter(const TempDir& dir, const std::string& service = "ring") {
-  WriterOptions options;
-  options.service = service;
-  options.directory = dir.path();
+  WriterOptions options = testing::WriterIn(dir, service);
   return Writer::Create(options).value();
 }
 
@@ -101,9 +99,7 @@ TEST_CASE("the error ring keeps the last errors while successes flood the reques
 
 TEST_CASE("long fields are cut at a character boundary, and a thread without a ring counts as dropped") {
   TempDir dir;
-  WriterOptions options;
-  options.service = "ring";
-  options.directory = dir.path();
+  WriterOptions options = testing::WriterIn(dir, "ring");
   options.capacities.exclusive_lanes = 1;
   auto writer = Writer::Create(options).value();
   const RequestLog log = writer->requests();

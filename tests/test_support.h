@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "shmetrics/reader.h"
+#include "shmetrics/writer.h"
 
 namespace shmetrics::testing {
 
@@ -55,6 +56,14 @@ inline std::string ReadFile(const std::string& path) {
 inline void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// Writer options for a test's own directory.
+inline WriterOptions WriterIn(const TempDir& dir, const std::string& service) {
+  WriterOptions options;
+  options.service = service;
+  options.directory = dir.path();
+  return options;
 }
 
 // fork() with stdio flushed first, so a child never repeats the parent's

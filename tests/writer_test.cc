@@ -18,9 +18,7 @@ using testing::TempDir;
 
 std::unique_ptr<Writer> MakeWriter(const TempDir& dir, shm::Capacities capacities = {},
                                    WriterOptions::OnFull on_full = WriterOptions::OnFull::kOverflowSeries) {
-  WriterOptions options;
-  options.service = "unit";
-  options.directory = dir.path();
+  WriterOptions options = testing::WriterIn(dir, "unit");
   options.capacities = capacities;
   options.on_full = on_full;
   auto writer = Writer::Create(options);
@@ -183,9 +181,7 @@ TEST_CASE("segment files are 0600, exclusive, and named service.pid.start_ticks"
   CHECK(id->pid == static_cast<uint32_t>(getpid()));
   CHECK(id->start_ticks == shm::ProcessStartTicks(getpid()));
 
-  WriterOptions options;
-  options.service = "bad name";
-  options.directory = dir.path();
+  WriterOptions options = testing::WriterIn(dir, "bad name");
   CHECK(Writer::Create(options).status().message() ==
         "invalid service name 'bad name': use 1-48 of [A-Za-z0-9_-]");
   options.service = "unit";
@@ -204,9 +200,7 @@ TEST_CASE("a symlink planted at the segment's name is refused, not followed") {
   const std::string link =
       dir.path() + "/" + shm::SegmentFileName("unit", pid, shm::ProcessStartTicks(pid), next_instance);
   REQUIRE(symlink(target.c_str(), link.c_str()) == 0);
-  WriterOptions options;
-  options.service = "unit";
-  options.directory = dir.path();
+  WriterOptions options = testing::WriterIn(dir, "unit");
   auto writer = Writer::Create(options);
   CHECK(writer.status().code() == absl::StatusCode::kAlreadyExists);
   CHECK(testing::ReadFile(target) == "precious");
@@ -221,9 +215,7 @@ TEST_CASE("no room for the file is a clear error at creation, not a SIGBUS later
     signal(SIGXFSZ, SIG_IGN);
     rlimit limit{1 << 20, 1 << 20};
     setrlimit(RLIMIT_FSIZE, &limit);
-    WriterOptions options;
-    options.service = "big";
-    options.directory = dir.path();
+    WriterOptions options = testing::WriterIn(dir, "big");
     auto writer = Writer::Create(options);  // 3.1 MiB by default
     const bool ok = !writer.ok() && writer.status().code() == absl::StatusCode::kInternal &&
                     absl::StrContains(writer.status().message(), "File too large");
