@@ -567,15 +567,7 @@ void ChurnTable(const std::vector<int>& dead_counts, int reps, const std::string
   }
 }
 
-uint64_t RssBytes() {
-  std::FILE* f = std::fopen("/proc/self/statm", "r");
-  unsigned long pages = 0, resident = 0;
-  if (f != nullptr) {
-    if (std::fscanf(f, "%lu %lu", &pages, &resident) != 2) resident = 0;
-    std::fclose(f);
-  }
-  return uint64_t{resident} * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-}
+uint64_t RssBytes() { return ProcessRssBytes(getpid()); }
 
 // Writer memory is the segment: RSS and segment size after 10^4 and after
 // 10^8 operations are the same.

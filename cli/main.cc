@@ -66,10 +66,6 @@ int Fail(const absl::Status& status) {
   return ExitCodeFor(status);
 }
 
-double NowUnixSeconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 std::string StateName(const reader::SegmentInfo& info, bool alive) {
   if (alive) return "alive";
   return info.state == shm::SegmentState::kClosed ? "closed" : "dead";
@@ -114,7 +110,7 @@ int Ls(const std::string& dir, bool json) {
     }
     const reader::SegmentInfo info = (*segment)->Info();
     const bool alive = reader::WriterRunning(**segment);
-    const double age = std::max(0.0, NowUnixSeconds() - info.created_unix_ns * 1e-9);
+    const double age = std::max(0.0, (shm::NowUnixNs() - info.created_unix_ns) * 1e-9);
     if (json) {
       absl::StrAppend(&out, ",\"service\":");
       reader::AppendJsonString(&out, info.service);

@@ -40,10 +40,6 @@ enum ExitCode { kOk = 0, kBadFlags = 2, kBadDirectory = 3, kCannotListen = 4, kA
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop.store(true); }
 
-double NowSeconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 struct Server {
   std::unique_ptr<reader::Collector> collector;
   std::vector<std::string> credentials;  // "user:password" lines; empty = no auth
@@ -280,7 +276,7 @@ int Run(int argc, char** argv) {
   (void)server.collector->Scan();
   {
     std::lock_guard lock(server.self_mu);
-    server.self.start_unix_seconds = NowSeconds();
+    server.self.start_unix_seconds = shm::NowUnixNs() * 1e-9;
   }
 
   mg_init_library(0);

@@ -13,12 +13,6 @@ namespace {
 using reader::AppendJsonNumber;
 using reader::AppendJsonString;
 
-double NowSeconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
-}
-
 const char* TypeName(shm::MetricType type) {
   return type == shm::MetricType::kCounter ? "counter"
          : type == shm::MetricType::kGauge ? "gauge"
@@ -115,7 +109,7 @@ int RenderHealth(const reader::Collector& collector, const SelfStats& self, std:
   absl::StrAppend(out, "{\"status\":", ok ? "\"ok\"" : "\"degraded\"", ",\"version\":");
   AppendJsonString(out, kVersion);
   absl::StrAppend(out, ",\"uptime_seconds\":");
-  AppendJsonNumber(out, std::floor((NowSeconds() - self.start_unix_seconds) * 1000) / 1000);
+  AppendJsonNumber(out, std::floor((shm::NowUnixNs() * 1e-9 - self.start_unix_seconds) * 1000) / 1000);
   absl::StrAppend(out, ",\"segments_alive\":", c.segments_alive, ",\"segments_dead\":", c.segments_dead,
                   ",\"segments_retired_total\":", c.segments_retired_total, ",\"series\":", c.series,
                   ",\"segments\":[");

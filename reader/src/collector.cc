@@ -124,7 +124,6 @@ struct Collector::State {
   struct OutSeries {
     std::string service;
     std::vector<std::string> label_values;
-    std::string labels;  // escaped `k="v",...` without braces
     std::vector<Source> sources;
     const ArchivedSeries* archived = nullptr;
   };
@@ -560,7 +559,7 @@ void Collector::State::RebuildIndex() {
     const bool per_process = family.shape.type == shm::MetricType::kGauge &&
                              family.shape.merge == shm::GaugeMerge::kPerProcess;
     for (auto& [key, out] : builder.series) {
-      std::string& labels = out.labels;
+      std::string labels;  // escaped `k="v",...` without braces
       for (size_t i = 0; i < label_names.size(); ++i) {
         absl::StrAppend(&labels, i ? "," : "", label_names[i], "=\"");
         AppendLabelValue(&labels, out.label_values[i]);

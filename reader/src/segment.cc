@@ -114,6 +114,7 @@ absl::Status Segment::ValidateHeader(const Options& options) {
     return Corrupt(file, "region offsets do not match the capacities");
   }
   lane_stride_bytes_ = shm::AlignUp(uint64_t{header_.cells_per_lane} * 8, shm::kCacheLine);
+  ring_stride_bytes_ = shm::RingStrideBytes(capacities);
   return absl::OkStatus();
 }
 
@@ -284,8 +285,7 @@ uint32_t Segment::ring_count() const {
 RingRead Segment::ReadRing(uint32_t lane, RingKind kind, uint64_t from) const {
   RingRead result;
   if (lane >= ring_count()) return result;
-  const uint64_t stride = header_.rings_size_bytes / (header_.lane_count - 1);
-  const std::byte* ring = mapping_->data() + header_.rings_offset + lane * stride;
+  const std::byte* ring = mapping_->data() + header_.rings_offset + lane * ring_stride_bytes_;
   const bool errors = kind == RingKind::kErrors;
   const uint64_t slot_count = errors ? header_.error_ring_slots_per_lane : header_.ring_slots_per_lane;
   if (slot_count == 0) return result;
@@ -381,9 +381,8 @@ SegmentInfo Segment::Info() const {
       LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, lane_fallback_count));
   info.records_dropped = LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, records_dropped));
   if (ring_count() > 0) {
-    const uint64_t stride = header_.rings_size_bytes / (header_.lane_count - 1);
     for (uint32_t lane = 0; lane < ring_count(); ++lane) {
-      const uint64_t written = LoadRelaxed<uint64_t>(data + header_.rings_offset + lane * stride);
+      const uint64_t written = LoadRelaxed<uint64_t>(data + header_.rings_offset + lane * ring_stride_bytes_);
       info.records_written += written;
       if (written > header_.ring_slots_per_lane) info.records_overwritten += written - header_.ring_slots_per_lane;
     }
@@ -393,13 +392,7 @@ SegmentInfo Segment::Info() const {
 
 absl::StatusOr<std::vector<DirectoryEntry>> ListSegments(const std::string& directory) {
   DIR* dir = opendir(directory.c_str());
-  if (dir == nullptr) {
-    const int err = errno;
-    const std::string message = absl::StrCat("cannot list ", directory, ": ", std::strerror(err));
-    if (err == ENOENT || err == ENOTDIR) return absl::NotFoundError(message);
-    if (err == EACCES) return absl::PermissionDeniedError(message);
-    return absl::InternalError(message);
-  }
+  if (dir == nullptr) return shm::ErrnoStatus(errno, "cannot list " + directory);
   std::vector<DirectoryEntry> entries;
   while (const dirent* entry = readdir(dir)) {
     std::optional<shm::SegmentFileId> id = shm::ParseSegmentFileName(entry->d_name);

@@ -12,8 +12,6 @@
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -24,12 +22,11 @@
 namespace shmetrics::shm {
 namespace bip = boost::interprocess;
 
-namespace {
-
 absl::Status ErrnoStatus(int err, absl::string_view what) {
   const std::string message = absl::StrCat(what, ": ", std::strerror(err));
   switch (err) {
-    case ENOENT: return absl::NotFoundError(message);
+    case ENOENT:
+    case ENOTDIR: return absl::NotFoundError(message);
     case EACCES:
     case EPERM: return absl::PermissionDeniedError(message);
     case EEXIST: return absl::AlreadyExistsError(message);
@@ -40,6 +37,8 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
     default: return absl::InternalError(message);
   }
 }
+
+namespace {
 
 // Maps `size` bytes of the file open as `fd` through Boost.Interprocess,
 // after checking that the path still names the same inode as `fd` (the

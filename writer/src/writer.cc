@@ -476,7 +476,7 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& opti
   ws.request_slots = h.ring_slots_per_lane;
   ws.error_slots = h.error_ring_slots_per_lane;
   ws.rings_base = w.segment->base() + h.rings_offset;
-  ws.ring_stride_bytes = h.rings_size_bytes / (h.lane_count - 1);
+  ws.ring_stride_bytes = shm::RingStrideBytes(options.capacities);
   ws.records_dropped = &h.records_dropped;
   UnbindSlotEverywhere(slot);  // no thread keeps a binding from the slot's last writer
   g_writers[slot] = writer.get();
@@ -690,40 +690,34 @@ absl::StatusOr<Handle> Writer::MakeHandle(uint32_t family, std::vector<absl::str
   }
 }
 
-absl::StatusOr<CounterFamily> Writer::AddCounter(absl::string_view name, absl::string_view help,
-                                                 std::vector<std::string> label_names) {
-  absl::StatusOr<uint32_t> index =
-      AddFamily(name, help, shm::MetricType::kCounter, std::move(label_names), GaugeMerge::kSum, {});
+template <typename Family>
+absl::StatusOr<Family> Writer::MakeFamily(absl::StatusOr<uint32_t> index) {
   if (!index.ok()) return index.status();
-  CounterFamily family;
+  Family family;
   family.writer_ = this;
   family.family_ = *index;
   return family;
+}
+
+absl::StatusOr<CounterFamily> Writer::AddCounter(absl::string_view name, absl::string_view help,
+                                                 std::vector<std::string> label_names) {
+  return MakeFamily<CounterFamily>(
+      AddFamily(name, help, shm::MetricType::kCounter, std::move(label_names), GaugeMerge::kSum, {}));
 }
 
 absl::StatusOr<GaugeFamily> Writer::AddGauge(absl::string_view name, absl::string_view help,
                                              std::vector<std::string> label_names,
                                              GaugeMerge merge) {
-  absl::StatusOr<uint32_t> index =
-      AddFamily(name, help, shm::MetricType::kGauge, std::move(label_names), merge, {});
-  if (!index.ok()) return index.status();
-  GaugeFamily family;
-  family.writer_ = this;
-  family.family_ = *index;
-  return family;
+  return MakeFamily<GaugeFamily>(
+      AddFamily(name, help, shm::MetricType::kGauge, std::move(label_names), merge, {}));
 }
 
 absl::StatusOr<HistogramFamily> Writer::AddHistogram(absl::string_view name, absl::string_view help,
                                                      std::vector<std::string> label_names,
                                                      std::vector<double> bounds) {
-  absl::StatusOr<uint32_t> index = AddFamily(name, help, shm::MetricType::kHistogram,
+  return MakeFamily<HistogramFamily>(AddFamily(name, help, shm::MetricType::kHistogram,
                                              std::move(label_names), GaugeMerge::kSum,
-                                             std::move(bounds));
-  if (!index.ok()) return index.status();
-  HistogramFamily family;
-  family.writer_ = this;
-  family.family_ = *index;
-  return family;
+                                             std::move(bounds)));
 }
 
 #define SHMETRICS_WITH_LABELS(Family, Handle)                                               \

@@ -152,6 +152,7 @@ class Segment {
   std::unique_ptr<shm::ReadOnlyMapping> mapping_;
   shm::SegmentHeader header_{};  // copy of the immutable part, validated
   uint64_t lane_stride_bytes_ = 0;
+  uint64_t ring_stride_bytes_ = 0;  // one lane's ring region; 0 without rings
   uint32_t lanes_to_sum_ = 0;  // exclusive lanes in use
   std::vector<FamilyView> families_;
   std::vector<SeriesView> series_;

@@ -171,6 +171,8 @@ class Writer {
                                      shm::MetricType type, std::vector<std::string> label_names,
                                      GaugeMerge merge, std::vector<double> bounds);
   absl::StatusOr<SeriesCells> AddSeries(uint32_t family, std::vector<absl::string_view> values);
+  template <typename Family>
+  absl::StatusOr<Family> MakeFamily(absl::StatusOr<uint32_t> index);
   template <typename Handle>
   absl::StatusOr<Handle> MakeHandle(uint32_t family, std::vector<absl::string_view> values);
   std::unique_ptr<Impl> impl_;

@@ -55,6 +55,11 @@ std::string DirectoryFromEnvironment();
 uint64_t ProcessStartTicks(pid_t pid);
 uint64_t NowUnixNs();
 
+// An errno as a Status whose code says what kind of failure it is
+// (NotFound, PermissionDenied, AlreadyExists, ResourceExhausted, ...),
+// with the message "<what>: <strerror>".
+absl::Status ErrnoStatus(int err, absl::string_view what);
+
 // Range checks on capacities, shared by the writer (before laying out) and
 // the reader (before trusting a header): InvalidArgument naming the field.
 absl::Status ValidateCapacities(const Capacities& capacities);
