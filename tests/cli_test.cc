@@ -120,10 +120,12 @@ TEST_CASE("cli check passes good segments and catches corrupted ones with exit c
   const std::string good = dir.SegmentPaths().at(0);
   CHECK(RunCommand(Cli(dir, "check")).output == "ok       " + good + "\n");
   std::string bytes = testing::ReadFile(good);
-  const std::string bad_magic = dir.path() + "/shmetrics.api.7.7.0";
+  // Pids above any real one: the listing (sorted by file name) shows the
+  // writer's own segment first, whatever its pid.
+  const std::string bad_magic = dir.path() + "/shmetrics.api.99999998.7.0";
   bytes[0] = 'X';
   testing::WriteFile(bad_magic, bytes);
-  const std::string truncated = dir.path() + "/shmetrics.api.8.8.0";
+  const std::string truncated = dir.path() + "/shmetrics.api.99999999.8.0";
   testing::WriteFile(truncated, testing::ReadFile(good).substr(0, 4096));
   chmod(bad_magic.c_str(), 0600);
   chmod(truncated.c_str(), 0600);
@@ -133,7 +135,7 @@ TEST_CASE("cli check passes good segments and catches corrupted ones with exit c
                         "PROBLEM  " + bad_magic + ": not a shmetrics segment (bad magic)\n" +
                         "PROBLEM  " + truncated + ": corrupt segment: truncated or extended: file has 4096 bytes, "
                                                   "header says 3198976\n");
-  const auto json = RunCommand(Cli(dir, "check --json shmetrics.api.7.7.0"));
+  const auto json = RunCommand(Cli(dir, "check --json shmetrics.api.99999998.7.0"));
   CHECK(json.exit_code == 5);
   CHECK(json.output == "[\n  {\"path\":\"" + bad_magic + "\",\"ok\":false,\"error\":\"" + bad_magic +
                            ": not a shmetrics segment (bad magic)\"}\n]\n");
