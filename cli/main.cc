@@ -6,8 +6,11 @@
 //   shmetrics tail [--errors] [-f] [-n N] [--service S]
 //   shmetrics check [SEGMENT...] [--json]
 //   shmetrics gc [--yes] [--dry-run]
+//   shmetrics archive [--json] [--drop-service NAME [--yes]]
 //
-// Every subcommand takes --dir (default $SHMETRICS_DIR, else /dev/shm).
+// Every subcommand takes --dir (default $SHMETRICS_DIR, else /dev/shm) and
+// --trusted-uids / --allow-other-owners (only this user's files are read
+// otherwise, root included).
 #include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -30,7 +33,10 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/escaping.h"
+#include "shmetrics/archive.h"
 #include "shmetrics/collector.h"
+#include "shmetrics/shm/names.h"
 
 namespace shmetrics::cli {
 namespace {
@@ -46,9 +52,27 @@ enum ExitCode {
 };
 
 constexpr const char* kExitCodes =
-    "Exit codes: 0 ok, 1 problems found or declined, 2 bad flag or argument, 3 no such segment\n"
-    "or directory, 4 permission denied, 5 corrupt segment, 6 an exporter already retires\n"
-    "segments in this directory.";
+    "Exit codes: 0 ok, 1 problems found (a conflict, a family skipped) or declined, 2 bad flag\n"
+    "or argument, 3 no such segment or directory, 4 permission denied or untrusted file (another\n"
+    "owner, a link, not a regular file), 5 corrupt segment or archive, 6 an exporter already\n"
+    "retires segments in this directory.";
+
+// Whose files are read: set once from the flags.
+shm::ReadOnlyMapping::Options g_trust;
+
+reader::Segment::Options SegmentOptions() {
+  reader::Segment::Options options;
+  options.mapping = g_trust;
+  return options;
+}
+
+int ExitCodeFor(reader::ProblemKind kind) {
+  switch (kind) {
+    case reader::ProblemKind::kCorrupt: return 5;
+    case reader::ProblemKind::kUntrusted: return 4;
+    default: return 1;
+  }
+}
 
 int ExitCodeFor(const absl::Status& status) {
   switch (status.code()) {
@@ -88,14 +112,17 @@ int Ls(const std::string& dir, bool json) {
   }
   bool first = true;
   for (const reader::DirectoryEntry& entry : *entries) {
-    auto segment = reader::Segment::Open(entry.path);
+    auto segment = reader::Segment::Open(entry.path, SegmentOptions());
     if (json) {
       absl::StrAppend(&out, first ? "" : ",", "\n  {\"file\":");
       reader::AppendJsonString(&out, entry.file_name);
     }
     first = false;
     if (!segment.ok()) {
-      const std::string state = segment.status().code() == absl::StatusCode::kUnavailable ? "not-ready" : "corrupt";
+      const absl::StatusCode code = segment.status().code();
+      const std::string state = code == absl::StatusCode::kUnavailable        ? "not-ready"
+                                : code == absl::StatusCode::kPermissionDenied ? "untrusted"
+                                                                              : "corrupt";
       if (json) {
         absl::StrAppend(&out, ",\"service\":");
         reader::AppendJsonString(&out, entry.id.service);
@@ -103,8 +130,8 @@ int Ls(const std::string& dir, bool json) {
         reader::AppendJsonString(&out, segment.status().message());
         out += "}";
       } else {
-        absl::StrAppend(&out, absl::StrFormat("%-20s %8u %-8s %s\n", entry.id.service, entry.id.pid, state,
-                                              std::string(segment.status().message())));
+        absl::StrAppend(&out, absl::StrFormat("%-20s %8u %-9s %s\n", entry.id.service, entry.id.pid, state,
+                                              absl::CEscape(segment.status().message())));
       }
       continue;
     }
@@ -140,12 +167,14 @@ int Dump(const std::string& dir, const std::string& segment, const std::string& 
   options.directory = dir;
   options.service_filter = service;
   options.retire_dead = false;  // read-only: dump never changes anything
+  options.segment = SegmentOptions();
   if (!segment.empty()) {
     const std::string path = ResolveSegment(dir, segment);
-    auto opened = reader::Segment::Open(path);  // exact errors for one segment
+    auto opened = reader::Segment::Open(path, options.segment);  // exact errors for one segment
     if (!opened.ok()) return Fail(opened.status());
     options.directory = path.substr(0, path.rfind('/'));
     options.file_filter = path.substr(path.rfind('/') + 1);
+    options.use_archive = false;  // that segment, and nothing else
   }
   auto collector = reader::Collector::Create(options);
   if (!collector.ok()) return Fail(collector.status());
@@ -155,18 +184,30 @@ int Dump(const std::string& dir, const std::string& segment, const std::string& 
   (*collector)->Render(format, &out);
   if (openmetrics) out += "# EOF\n";
   std::fputs(out.c_str(), stdout);
-  for (const reader::Problem& p : (*collector)->Problems()) std::fprintf(stderr, "shmetrics: %s\n", p.error.c_str());
-  return (*collector)->Problems().empty() ? kOk : kCorrupt;
+  int worst = kOk;
+  for (const reader::Problem& p : (*collector)->Problems()) {
+    std::fprintf(stderr, "shmetrics: %s: %s\n", reader::ProblemKindName(p.kind), absl::CEscape(p.error).c_str());
+    worst = std::max(worst, ExitCodeFor(p.kind));
+  }
+  return worst;
 }
 
 // ---------------------------------------------------------------- check
 
 // Full validation: open, refresh, read every value, and check invariants.
 absl::Status CheckOne(const std::string& path) {
-  auto segment = reader::Segment::Open(path);
+  if (path.substr(path.rfind('/') + 1) == reader::kArchiveFileName) {
+    return reader::Archive::Load(path, g_trust).status();
+  }
+  auto segment = reader::Segment::Open(path, SegmentOptions());
   if (!segment.ok()) return segment.status();
   reader::Segment& s = **segment;
   if (absl::Status status = s.Refresh(); !status.ok()) return status;
+  for (const reader::FamilyView& family : s.families()) {
+    if (!family.rejected.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": ", family.rejected, " (readers skip that family)"));
+    }
+  }
   for (const reader::SeriesView& series : s.series()) {
     const reader::FamilyView& family = s.families()[series.family];
     if (family.type == shm::MetricType::kHistogram) {
@@ -188,6 +229,9 @@ int Check(const std::string& dir, std::vector<std::string> segments, bool json) 
     auto entries = reader::ListSegments(dir);
     if (!entries.ok()) return Fail(entries.status());
     for (const auto& e : *entries) segments.push_back(e.path);
+    const std::string archive = dir + "/" + reader::kArchiveFileName;
+    struct stat st {};
+    if (lstat(archive.c_str(), &st) == 0) segments.push_back(archive);
   }
   int worst = kOk;
   std::string out = json ? "[" : "";
@@ -205,8 +249,8 @@ int Check(const std::string& dir, std::vector<std::string> segments, bool json) 
       }
       out += "}";
     } else {
-      absl::StrAppend(&out, status.ok() ? "ok       " : "PROBLEM  ", status.ok() ? path : std::string(status.message()),
-                      "\n");
+      absl::StrAppend(&out, status.ok() ? "ok       " : "PROBLEM  ",
+                      absl::CEscape(status.ok() ? path : std::string(status.message())), "\n");
     }
   }
   if (json) out += segments.empty() ? "]\n" : "\n]\n";
@@ -221,7 +265,7 @@ int Gc(const std::string& dir, bool yes, bool dry_run) {
   if (!entries.ok()) return Fail(entries.status());
   std::vector<std::string> dead;
   for (const auto& e : *entries) {
-    auto segment = reader::Segment::Open(e.path);
+    auto segment = reader::Segment::Open(e.path, SegmentOptions());
     if (segment.ok() && !reader::WriterRunning(**segment)) dead.push_back(e.file_name);
   }
   if (dead.empty()) {
@@ -245,6 +289,7 @@ int Gc(const std::string& dir, bool yes, bool dry_run) {
   reader::CollectorOptions options;
   options.directory = dir;
   options.retire_dead = true;
+  options.segment = SegmentOptions();
   auto collector = reader::Collector::Create(options);
   if (!collector.ok()) {
     if (collector.status().code() == absl::StatusCode::kFailedPrecondition) {
@@ -254,10 +299,150 @@ int Gc(const std::string& dir, bool yes, bool dry_run) {
     }
     return Fail(collector.status());
   }
+  if (!(*collector)->Counters().retiring) {
+    for (const reader::Problem& p : (*collector)->Problems()) {
+      std::fprintf(stderr, "shmetrics: %s\n", absl::CEscape(p.error).c_str());
+    }
+    return kPermissionDenied;
+  }
   // Scan re-checks liveness and retires exactly the dead: never a live writer's.
   if (absl::Status s = (*collector)->Scan(); !s.ok()) return Fail(s);
   std::printf("retired %llu segment(s)\n",
               static_cast<unsigned long long>((*collector)->Counters().segments_retired_total));
+  return kOk;
+}
+
+// -------------------------------------------------------------- archive
+
+std::string SeriesText(const reader::ArchivedSeries& a) {
+  std::string text = a.shape.name + "{";
+  for (size_t i = 0; i < a.label_values.size(); ++i) {
+    absl::StrAppend(&text, a.shape.label_names[i], "=\"", absl::CEscape(a.label_values[i]), "\",");
+  }
+  absl::StrAppend(&text, "service=\"", a.service, "\"} ");
+  if (a.shape.type == shm::MetricType::kHistogram) {
+    uint64_t count = 0;
+    for (uint64_t b : a.buckets) count += b;
+    absl::StrAppend(&text, "count=", count, " sum=");
+    reader::AppendDouble(&text, a.sum);
+  } else {
+    reader::AppendDouble(&text, a.scalar);
+  }
+  return text;
+}
+
+int ShowArchive(const std::string& dir, bool json) {
+  const std::string path = dir + "/" + reader::kArchiveFileName;
+  absl::StatusOr<reader::Archive> archive = reader::Archive::Load(path, g_trust);
+  if (!archive.ok()) return Fail(archive.status());
+  std::map<std::string, size_t> per_service;
+  for (const auto& [key, a] : archive->series()) ++per_service[a.service];
+  std::string out;
+  if (json) {
+    out = "{\"path\":";
+    reader::AppendJsonString(&out, path);
+    out += ",\"services\":{";
+    bool first = true;
+    for (const auto& [service, count] : per_service) {
+      absl::StrAppend(&out, first ? "" : ",");
+      first = false;
+      reader::AppendJsonString(&out, service);
+      absl::StrAppend(&out, ":", count);
+    }
+    out += "},\"series\":[";
+    first = true;
+    for (const auto& [key, a] : archive->series()) {
+      absl::StrAppend(&out, first ? "" : ",", "{\"service\":");
+      first = false;
+      reader::AppendJsonString(&out, a.service);
+      out += ",\"family\":";
+      reader::AppendJsonString(&out, a.shape.name);
+      absl::StrAppend(&out, ",\"type\":\"", shm::MetricTypeName(a.shape.type), "\",\"labels\":{");
+      for (size_t i = 0; i < a.label_values.size(); ++i) {
+        absl::StrAppend(&out, i ? "," : "");
+        reader::AppendJsonString(&out, a.shape.label_names[i]);
+        out += ":";
+        reader::AppendJsonString(&out, a.label_values[i]);
+      }
+      out += "},";
+      if (a.shape.type == shm::MetricType::kHistogram) {
+        out += "\"sum\":";
+        reader::AppendJsonNumber(&out, a.sum);
+        out += ",\"buckets\":[";
+        for (size_t b = 0; b < a.buckets.size(); ++b) absl::StrAppend(&out, b ? "," : "", a.buckets[b]);
+        out += "]}";
+      } else {
+        out += "\"value\":";
+        reader::AppendJsonNumber(&out, a.scalar);
+        out += "}";
+      }
+    }
+    out += "],\"folded\":[";
+    first = true;
+    for (const std::string& name : archive->folded()) {
+      absl::StrAppend(&out, first ? "" : ",");
+      first = false;
+      reader::AppendJsonString(&out, name);
+    }
+    out += "]}\n";
+  } else {
+    absl::StrAppend(&out, "archive ", path, ": ", archive->series().size(), " series of ", per_service.size(),
+                    " service(s), ", archive->folded().size(), " folded segment name(s) kept\n");
+    for (const auto& [service, count] : per_service) absl::StrAppend(&out, "service ", service, ": ", count, " series\n");
+    for (const auto& [key, a] : archive->series()) absl::StrAppend(&out, "  ", SeriesText(a), "\n");
+    for (const std::string& name : archive->folded()) absl::StrAppend(&out, "folded ", absl::CEscape(name), "\n");
+  }
+  std::fputs(out.c_str(), stdout);
+  return kOk;
+}
+
+int DropService(const std::string& dir, const std::string& service, bool yes) {
+  // Same lock as retirement: no exporter may fold into the archive while
+  // it is rewritten here.
+  reader::CollectorOptions options;
+  options.directory = dir;
+  options.retire_dead = true;
+  options.segment = SegmentOptions();
+  auto collector = reader::Collector::Create(options);
+  if (!collector.ok()) {
+    if (collector.status().code() == absl::StatusCode::kFailedPrecondition) {
+      std::fprintf(stderr, "shmetrics: %s\nshmetrics: stop it to drop a service's history\n",
+                   std::string(collector.status().message()).c_str());
+      return kBusy;
+    }
+    return Fail(collector.status());
+  }
+  if (!(*collector)->Counters().retiring) {
+    for (const reader::Problem& p : (*collector)->Problems()) {
+      std::fprintf(stderr, "shmetrics: %s\n", absl::CEscape(p.error).c_str());
+    }
+    return kPermissionDenied;
+  }
+  const std::string path = dir + "/" + reader::kArchiveFileName;
+  absl::StatusOr<reader::Archive> archive = reader::Archive::Load(path, g_trust);
+  if (!archive.ok()) return Fail(archive.status());
+  size_t count = 0;
+  for (const auto& [key, a] : archive->series()) count += a.service == service;
+  if (count == 0) {
+    std::fprintf(stderr, "shmetrics: the archive holds no series of service '%s'\n", absl::CEscape(service).c_str());
+    return kNotFound;
+  }
+  std::printf("the archive holds %zu series of service %s: their totals will be forgotten\n", count,
+              service.c_str());
+  if (!yes) {
+    if (!isatty(STDIN_FILENO)) {
+      std::fprintf(stderr, "shmetrics: not dropping without --yes (standard input is not a terminal)\n");
+      return kProblemsFound;
+    }
+    std::printf("drop them? [y/N] ");
+    std::fflush(stdout);
+    std::string answer;
+    std::getline(std::cin, answer);
+    if (answer != "y" && answer != "Y" && answer != "yes") return kProblemsFound;
+  }
+  archive->DropService(service);
+  if (absl::Status saved = archive->Save(path); !saved.ok()) return Fail(saved);
+  std::printf("dropped %zu series of service %s\n", count, service.c_str());
   return kOk;
 }
 
@@ -302,7 +487,7 @@ int Tail(const std::string& dir, const std::string& service, bool errors, bool f
       if (!service.empty() && entry.id.service != service) continue;
       auto it = sources.find(entry.file_name);
       if (it == sources.end()) {
-        auto segment = reader::Segment::Open(entry.path);
+        auto segment = reader::Segment::Open(entry.path, SegmentOptions());
         if (!segment.ok()) continue;
         TailSource source;
         source.service = (*segment)->Info().service;
@@ -415,6 +600,7 @@ int Top(const std::string& dir, const std::string& service, double interval, int
   options.directory = dir;
   options.service_filter = service;
   options.retire_dead = false;
+  options.segment = SegmentOptions();
   auto collector = reader::Collector::Create(options);
   if (!collector.ok()) return Fail(collector.status());
   const bool tty = isatty(STDOUT_FILENO) && isatty(STDIN_FILENO);
@@ -524,6 +710,19 @@ int Run(int argc, char** argv) {
   gc->add_flag("--dry-run", dry_run, "only list what would be removed");
   gc->add_option("--dir", dir, "segment directory");
 
+  std::string drop_service;
+  auto* archive = app.add_subcommand("archive", "the archive of retired writers: services, series, folded names");
+  archive->add_flag("--json", json, "JSON output");
+  archive->add_option("--drop-service", drop_service, "forget every archived series of this service (asks)");
+  archive->add_flag("--yes,-y", yes, "do not ask");
+  archive->add_option("--dir", dir, "segment directory");
+
+  for (CLI::App* command : {static_cast<CLI::App*>(&app), ls, dump, top, tail, check, gc, archive}) {
+    command->add_flag("--allow-other-owners", g_trust.allow_other_owners, "read files owned by any user");
+    command->add_option("--trusted-uids", g_trust.trusted_uids, "uids whose files are read besides this user's")
+        ->delimiter(',');
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -538,6 +737,7 @@ int Run(int argc, char** argv) {
   if (check->parsed()) return Check(dir, check_segments, json);
   if (tail->parsed()) return Tail(dir, service, errors, follow, limit, poll_interval);
   if (gc->parsed()) return Gc(dir, yes, dry_run);
+  if (archive->parsed()) return drop_service.empty() ? ShowArchive(dir, json) : DropService(dir, drop_service, yes);
   return kUsage;
 }
 

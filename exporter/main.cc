@@ -219,7 +219,13 @@ int Run(int argc, char** argv) {
   app.add_option("--service", service, "serve only this service");
   app.add_option("--listen", listen, "address:port to listen on (loopback by default)");
   app.add_flag("--no-retire", no_retire, "never fold or remove dead writers' segments");
-  app.add_flag("--allow-other-owners", allow_other_owners, "read segments owned by other users");
+  std::vector<uid_t> trusted_uids;
+  app.add_flag("--allow-other-owners", allow_other_owners,
+               "read segments (and an archive) owned by any user; root included, only this user's are read "
+               "otherwise");
+  app.add_option("--trusted-uids", trusted_uids,
+                 "uids whose segments are read besides this user's (comma-separated or repeated)")
+      ->delimiter(',');
   app.add_option("--basic-auth-file", basic_auth_file,
                  "file of user:password lines; requests must authenticate with HTTP basic auth")
       ->check(CLI::ExistingFile);
@@ -267,6 +273,7 @@ int Run(int argc, char** argv) {
   options.service_filter = service;
   options.retire_dead = !no_retire;
   options.segment.mapping.allow_other_owners = allow_other_owners;
+  options.segment.mapping.trusted_uids = trusted_uids;
   auto collector = reader::Collector::Create(options);
   if (!collector.ok()) {
     std::fprintf(stderr, "shmetrics-exporter: %s\n", std::string(collector.status().message()).c_str());

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <map>
+#include <set>
 #include <time.h>
 
 #include "absl/strings/numbers.h"
@@ -71,7 +72,9 @@ uint64_t Count(const Family& f) {
 void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self,
                        reader::ExpositionFormat format, std::string* out) {
   const reader::CollectorCounters c = collector.Counters();
-  const size_t problems = collector.Problems().size();
+  const std::vector<reader::Problem> problems = collector.Problems();
+  size_t by_kind[4] = {};
+  for (const reader::Problem& p : problems) ++by_kind[static_cast<size_t>(p.kind)];
   const bool om = format == reader::ExpositionFormat::kOpenMetrics;
   auto gauge = [&](const char* name, const char* help, absl::string_view labels, double value, bool header) {
     if (header) absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " gauge\n");
@@ -92,7 +95,17 @@ void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self
         double(c.segments_alive), true);
   gauge("shmetrics_exporter_segments", "", "{state=\"dead\"}", double(c.segments_dead), false);
   gauge("shmetrics_exporter_segments", "", "{state=\"not_ready\"}", double(c.segments_not_ready), false);
-  gauge("shmetrics_exporter_segments", "", "{state=\"corrupt\"}", double(problems), false);
+  gauge("shmetrics_exporter_segments", "", "{state=\"corrupt\"}",
+        double(by_kind[static_cast<size_t>(reader::ProblemKind::kCorrupt)]), false);
+  for (size_t kind = 0; kind < 4; ++kind) {
+    const std::string labels =
+        absl::StrCat("{kind=\"", reader::ProblemKindName(static_cast<reader::ProblemKind>(kind)), "\"}");
+    gauge("shmetrics_exporter_problems",
+          "Things skipped, by kind: corrupt (a file unreadable), untrusted (another owner, a link, a planted "
+          "archive), invalid_family (breaks an exposition rule), conflict (cannot be exported beside another "
+          "family).",
+          labels, double(by_kind[kind]), kind == 0);
+  }
   counter("shmetrics_exporter_segments_retired", "Dead writers' segments folded into the archive and removed.",
           double(c.segments_retired_total));
   gauge("shmetrics_exporter_series", "Aggregated series exported.", "", double(c.series), true);
@@ -105,8 +118,26 @@ void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self
 int RenderHealth(const reader::Collector& collector, const SelfStats& self, std::string* out) {
   const std::vector<reader::Problem> problems = collector.Problems();
   const reader::CollectorCounters c = collector.Counters();
-  const bool ok = problems.empty();
-  absl::StrAppend(out, "{\"status\":", ok ? "\"ok\"" : "\"degraded\"", ",\"version\":");
+  // 503 only when data is at risk (a trusted file that cannot be read);
+  // conflicts, rule breaks and untrusted files degrade without failing a
+  // probe: another tenant must not be able to fail this exporter's health.
+  bool corrupt = false;
+  std::set<std::string> reasons;
+  for (const reader::Problem& p : problems) {
+    corrupt |= p.kind == reader::ProblemKind::kCorrupt;
+    reasons.insert(p.kind == reader::ProblemKind::kCorrupt         ? "corrupt segment"
+                   : p.kind == reader::ProblemKind::kConflict      ? "configuration conflict"
+                   : p.kind == reader::ProblemKind::kInvalidFamily ? "invalid family"
+                                                                   : "untrusted file");
+  }
+  absl::StrAppend(out, "{\"status\":", problems.empty() ? "\"ok\"" : "\"degraded\"", ",\"reasons\":[");
+  bool first_reason = true;
+  for (const std::string& reason : reasons) {
+    if (!first_reason) out->push_back(',');
+    first_reason = false;
+    AppendJsonString(out, reason);
+  }
+  absl::StrAppend(out, "],\"retiring\":", c.retiring ? "true" : "false", ",\"version\":");
   AppendJsonString(out, kVersion);
   absl::StrAppend(out, ",\"uptime_seconds\":");
   AppendJsonNumber(out, std::floor((shm::NowUnixNs() * 1e-9 - self.start_unix_seconds) * 1000) / 1000);
@@ -131,12 +162,17 @@ int RenderHealth(const reader::Collector& collector, const SelfStats& self, std:
     absl::StrAppend(out, first ? "" : ",", "{\"path\":");
     first = false;
     AppendJsonString(out, p.path);
+    absl::StrAppend(out, ",\"kind\":\"", reader::ProblemKindName(p.kind), "\"");
+    if (!p.family.empty()) {
+      absl::StrAppend(out, ",\"family\":");
+      AppendJsonString(out, p.family);
+    }
     absl::StrAppend(out, ",\"error\":");
     AppendJsonString(out, p.error);
     out->push_back('}');
   }
   out->append("]}\n");
-  return ok ? 200 : 503;
+  return corrupt ? 503 : 200;
 }
 
 void RenderStats(const reader::Collector& collector, std::string* out) {

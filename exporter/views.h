@@ -20,8 +20,10 @@ struct SelfStats {
 void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self,
                        reader::ExpositionFormat format, std::string* out);
 
-// GET /api/health: returns the HTTP status (200, or 503 when a segment is
-// corrupt or unreadable) and fills `out` with JSON.
+// GET /api/health: returns the HTTP status (200, or 503 when a segment or
+// the archive is corrupt) and fills `out` with JSON: "status" ok or
+// degraded, "reasons" (corrupt segment, configuration conflict, invalid
+// family, untrusted file), and every problem with its kind.
 int RenderHealth(const reader::Collector& collector, const SelfStats& self, std::string* out);
 
 // GET /api/stats: per family totals and percentiles, per endpoint request

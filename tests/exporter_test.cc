@@ -272,9 +272,11 @@ TEST_CASE("a corrupt segment next to good ones: the good ones are served, health
   const auto health = HttpGet(exporter.url("/api/health"));
   CHECK(health.status == 503);
   CHECK(absl::StrContains(health.body, "\"status\":\"degraded\""));
-  CHECK(absl::StrContains(health.body, "{\"path\":\"" + bad + "\",\"error\":\"" + bad +
+  CHECK(absl::StrContains(health.body, "\"reasons\":[\"corrupt segment\"]"));
+  CHECK(absl::StrContains(health.body, "{\"path\":\"" + bad + "\",\"kind\":\"corrupt\",\"error\":\"" + bad +
                                            ": not a shmetrics segment (bad magic)\"}"));
-  CHECK(absl::StrContains(exporter.Log(), "shmetrics: skipping " + bad + ": not a shmetrics segment (bad magic)"));
+  CHECK(absl::StrContains(exporter.Log(),
+                          "shmetrics: skipping (corrupt) " + bad + ": not a shmetrics segment (bad magic)"));
   CHECK(std::filesystem::exists(bad));  // never removed: it is not ours to judge
 }
 
@@ -296,7 +298,7 @@ TEST_CASE("HTTP: unknown paths 404, wrong methods 405, HEAD, reserved routes, st
         "{\"error\":\"unknown query parameter 'colour'; use limit, service, endpoint or status\"}\n");
   const auto health = HttpGet(exporter.url("/api/health"));
   CHECK(health.status == 200);
-  CHECK(absl::StrContains(health.body, "\"status\":\"ok\",\"version\":\"0.1.0\""));
+  CHECK(absl::StrContains(health.body, "\"status\":\"ok\",\"reasons\":[],\"retiring\":true,\"version\":\"0.1.0\""));
   CHECK(absl::StrContains(health.body, absl::StrCat("\"service\":\"web\",\"pid\":", a.pid(), ",\"alive\":true")));
   const auto stats = HttpGet(exporter.url("/api/stats"));
   CHECK(stats.status == 200);

@@ -89,10 +89,11 @@ TEST_CASE("invalid names, labels and bounds get their documented errors") {
         "invalid metric name '1bad': must match [a-zA-Z_:][a-zA-Z0-9_:]* (at most 200 bytes)");
   auto bad_label = writer->AddCounter("ok_total", "h", {"__reserved"});
   CHECK(bad_label.status().message() ==
-        "invalid label name '__reserved': must match [a-zA-Z_][a-zA-Z0-9_]* without a __ prefix");
-  CHECK(writer->AddCounter("ok_total", "h", {"a", "a"}).status().message() == "duplicate label name 'a'");
+        "family 'ok_total': invalid label name '__reserved': must match [a-zA-Z_][a-zA-Z0-9_]* without a __ prefix");
+  CHECK(writer->AddCounter("ok_total", "h", {"a", "a"}).status().message() ==
+        "family 'ok_total': duplicate label name 'a'");
   CHECK(writer->AddHistogram("h", "h", {"le"}, {1}).status().message() ==
-        "label name 'le' is reserved for histogram buckets");
+        "family 'h': label name 'le' is reserved for histogram buckets");
   CHECK(writer->AddHistogram("h", "h", {}, {2, 1}).status().message() ==
         "histogram bounds must be finite and strictly increasing (+Inf is implicit)");
   CHECK(writer->AddHistogram("h", "h", {}, {}).status().message() ==
@@ -107,6 +108,38 @@ TEST_CASE("invalid names, labels and bounds get their documented errors") {
   CHECK(family.WithLabels({std::string(257, 'v')}).status().code() ==
         absl::StatusCode::kInvalidArgument);
   CHECK(family.WithLabels({"caf\xc3\xa9 \"quoted\"\n"}).ok());
+}
+
+TEST_CASE("the writer refuses what would break the exposition: reserved labels and prefixes, clashing names") {
+  TempDir dir;
+  auto writer = MakeWriter(dir);
+  CHECK(writer->AddCounter("jobs_total", "h", {"service"}).status().message() ==
+        "family 'jobs_total': label name 'service' is reserved: the exporter adds it to every series");
+  CHECK(writer->AddGauge("workers", "h", {"pid"}, GaugeMerge::kPerProcess).status().message() ==
+        "family 'workers': label name 'pid' is reserved in a per-process gauge: the exporter adds it");
+  CHECK(writer->AddGauge("workers", "h", {"pid"}, GaugeMerge::kLiveSum).ok());  // only per-process adds pid
+  CHECK(writer->AddGauge("shmetrics_exporter_series", "h").status().message() ==
+        "family 'shmetrics_exporter_series': names beginning with shmetrics_exporter_ are reserved for the "
+        "exporter's own metrics");
+  CHECK(writer->AddCounter("_total", "h").status().message() ==
+        "family '_total': a counter needs a name before its _total suffix");
+
+  REQUIRE(writer->AddCounter("requests", "h").ok());
+  auto twin = writer->AddCounter("requests_total", "h");
+  CHECK(twin.status().code() == absl::StatusCode::kAlreadyExists);
+  CHECK(twin.status().message() ==
+        "metric 'requests_total' (counter) cannot be exported beside the counter 'requests': both would use "
+        "the name 'requests'");
+  REQUIRE(writer->AddHistogram("latency", "h", {}, {1}).ok());
+  CHECK(writer->AddGauge("latency_count", "h").status().message() ==
+        "metric 'latency_count' (gauge) cannot be exported beside the histogram 'latency': both would use the "
+        "name 'latency_count'");
+  CHECK(writer->AddGauge("latency_created", "h").status().code() == absl::StatusCode::kAlreadyExists);
+  REQUIRE(writer->AddCounter("bytes_total", "h").ok());
+  CHECK(writer->AddGauge("bytes", "h").status().message() ==
+        "metric 'bytes' (gauge) cannot be exported beside the counter 'bytes_total': both would use the name "
+        "'bytes'");
+  CHECK(writer->AddGauge("bytes_in_flight", "h").ok());  // a prefix alone is no clash
 }
 
 TEST_CASE("registering a name twice: same shape returns the family, another shape is AlreadyExists") {

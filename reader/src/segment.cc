@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "shmetrics/reader.h"
+#include "shmetrics/shm/names.h"
 
 namespace shmetrics::reader {
 namespace {
@@ -83,8 +84,15 @@ absl::Status Segment::ValidateHeader(const Options& options) {
                                       " bytes, header says ", header_.total_size_bytes));
   }
   const size_t name_length = strnlen(header_.service_name, sizeof header_.service_name);
-  if (!shm::IsValidServiceName(absl::string_view(header_.service_name, name_length))) {
-    return Corrupt(file, "invalid service name");
+  const absl::string_view service(header_.service_name, name_length);
+  if (!shm::IsValidServiceName(service)) return Corrupt(file, "invalid service name");
+  // A segment speaks for the service its file is named after, and only
+  // that one: a header naming another service would let one tenant's
+  // series pass for another's.
+  const std::optional<shm::SegmentFileId> id = shm::ParseSegmentFileName(file.substr(file.rfind('/') + 1));
+  if (id.has_value() && id->service != service) {
+    return absl::FailedPreconditionError(absl::StrCat(file, ": header names service '", service,
+                                                      "' but the file name says '", id->service, "'"));
   }
   if (header_.lane_count < 2) return Corrupt(file, "lane count below 2");
   shm::Capacities capacities;
@@ -151,6 +159,8 @@ absl::Status Segment::RefreshUnchecked() {
   }
   absl::flat_hash_set<std::string> names;
   for (const FamilyView& f : families_) names.insert(f.name);
+  // Structure (offsets, lengths, UTF-8, types, bounds) is checked here and
+  // fails the whole segment; exposition rules fail one family (`rejected`).
   for (uint32_t i = static_cast<uint32_t>(families_.size()); i < family_count; ++i) {
     shm::FamilyDescriptor d;
     std::memcpy(&d, data + header_.family_table_offset + uint64_t{i} * sizeof d, sizeof d);
@@ -158,7 +168,6 @@ absl::Status Segment::RefreshUnchecked() {
     FamilyView f;
     absl::StatusOr<std::string> name = ReadString(d.name, shm::kMaxNameBytes, where + " name");
     if (!name.ok()) return name.status();
-    if (!shm::IsValidMetricName(*name)) return Corrupt(file, where + " has an invalid name");
     f.name = *std::move(name);
     absl::StatusOr<std::string> help = ReadString(d.help, shm::kMaxHelpBytes, where + " help");
     if (!help.ok()) return help.status();
@@ -176,9 +185,6 @@ absl::Status Segment::RefreshUnchecked() {
     for (uint32_t l = 0; l < d.label_count; ++l) {
       absl::StatusOr<std::string> label = ReadString(d.label_names[l], shm::kMaxNameBytes, where + " label");
       if (!label.ok()) return label.status();
-      if (!shm::IsValidLabelName(*label) || (f.type == shm::MetricType::kHistogram && *label == "le")) {
-        return Corrupt(file, where + " has an invalid label name");
-      }
       f.label_names.push_back(*std::move(label));
     }
     if (f.type == shm::MetricType::kHistogram) {
@@ -198,10 +204,12 @@ absl::Status Segment::RefreshUnchecked() {
       return Corrupt(file, where + " has buckets but is not a histogram");
     }
     f.created_unix_ns = d.created_unix_ns;
-    families_.push_back(std::move(f));
-    if (!names.insert(families_.back().name).second) {
-      return Corrupt(file, absl::StrCat(where, " repeats the name ", families_.back().name));
+    if (absl::Status rules = shm::CheckFamilyRules(f.name, f.type, f.gauge_merge, f.label_names); !rules.ok()) {
+      f.rejected = std::string(rules.message());
+    } else if (!names.insert(f.name).second) {
+      f.rejected = absl::StrCat("family '", f.name, "': repeats the name of an earlier family in the segment");
     }
+    families_.push_back(std::move(f));
   }
 
   // acquire: pairs with the writer's release store of series_count.

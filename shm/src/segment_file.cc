@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstdlib>
@@ -319,21 +320,26 @@ absl::Status WritableSegment::ReplaceInForkChild() {
 
 // ---------------------------------------------------------------- reader side
 
+bool ReadOnlyMapping::Options::Trusts(uid_t owner) const {
+  return allow_other_owners || owner == geteuid() ||
+         std::find(trusted_uids.begin(), trusted_uids.end(), owner) != trusted_uids.end();
+}
+
 absl::StatusOr<std::unique_ptr<ReadOnlyMapping>> ReadOnlyMapping::Open(const std::string& path,
                                                                        const Options& options) {
   const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0 && errno == ELOOP) return absl::PermissionDeniedError(path + ": is a symbolic link, not read");
   if (fd < 0) return ErrnoStatus(errno, "open " + path);
   auto mapping = std::unique_ptr<ReadOnlyMapping>(new ReadOnlyMapping());
   mapping->fd_ = fd;
   mapping->path_ = path;
   struct stat st {};
   if (fstat(fd, &st) != 0) return ErrnoStatus(errno, "fstat " + path);
-  if (!S_ISREG(st.st_mode)) return absl::FailedPreconditionError(path + ": not a regular file");
-  if (st.st_nlink != 1) return absl::FailedPreconditionError(path + ": has extra hard links");
-  const uid_t me = geteuid();
-  if (!options.allow_other_owners && me != 0 && st.st_uid != me) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(path, ": owned by uid ", st.st_uid, ", not by this user (uid ", me, ")"));
+  if (!S_ISREG(st.st_mode)) return absl::PermissionDeniedError(path + ": not a regular file, not read");
+  if (st.st_nlink != 1) return absl::PermissionDeniedError(path + ": has extra hard links, not read");
+  if (!options.Trusts(st.st_uid)) {
+    return absl::PermissionDeniedError(absl::StrCat(path, ": owned by uid ", st.st_uid, ", not by this user (uid ",
+                                                    geteuid(), ") or a trusted uid"));
   }
   if (static_cast<uint64_t>(st.st_size) < sizeof(SegmentHeader)) {
     return absl::DataLossError(absl::StrCat(path, ": truncated: ", st.st_size,

@@ -17,6 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "shmetrics/shm/names.h"
 #include "shmetrics/shm/segment_file.h"
 
 namespace shmetrics {
@@ -89,6 +90,9 @@ struct Writer::Impl {
   };
   std::vector<FamilyInfo> families;
   absl::flat_hash_map<std::string, uint32_t> family_by_name;
+  // Every name a family occupies in the outputs (shm::ExpositionNames) ->
+  // that family: a new family whose names meet another's is refused.
+  absl::flat_hash_map<std::string, uint32_t> exposition_owner;
   absl::flat_hash_map<std::string, uint32_t> series_by_key;
   absl::flat_hash_map<std::string, shm::StringRef> interned;
   // Series slots and cells held back for families' overflow series.
@@ -373,29 +377,6 @@ void RegisterForkHandlersOnce() {
   });
 }
 
-absl::Status ValidateLabelNames(const std::vector<std::string>& label_names, shm::MetricType type) {
-  if (label_names.size() > shm::kMaxLabels) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("too many label names (", label_names.size(), "); at most ", shm::kMaxLabels));
-  }
-  for (size_t i = 0; i < label_names.size(); ++i) {
-    const std::string& label = label_names[i];
-    if (!shm::IsValidLabelName(label)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "invalid label name '", label, "': must match [a-zA-Z_][a-zA-Z0-9_]* without a __ prefix"));
-    }
-    if (type == shm::MetricType::kHistogram && label == "le") {
-      return absl::InvalidArgumentError("label name 'le' is reserved for histogram buckets");
-    }
-    for (size_t j = 0; j < i; ++j) {
-      if (label_names[j] == label) {
-        return absl::InvalidArgumentError(absl::StrCat("duplicate label name '", label, "'"));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status ValidateBounds(const std::vector<double>& bounds) {
   if (bounds.empty() || bounds.size() > shm::kMaxBuckets) {
     return absl::InvalidArgumentError(
@@ -410,14 +391,6 @@ absl::Status ValidateBounds(const std::vector<double>& bounds) {
   return absl::OkStatus();
 }
 
-const char* TypeName(shm::MetricType type) {
-  switch (type) {
-    case shm::MetricType::kCounter: return "counter";
-    case shm::MetricType::kGauge: return "gauge";
-    case shm::MetricType::kHistogram: return "histogram";
-  }
-  return "unknown";
-}
 }  // namespace
 
 // ------------------------------------------------------------------- Writer
@@ -526,7 +499,7 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
     return absl::InvalidArgumentError(absl::StrCat("help of '", name, "' must be UTF-8, at most ",
                                                    shm::kMaxHelpBytes, " bytes"));
   }
-  if (absl::Status s = ValidateLabelNames(label_names, type); !s.ok()) return s;
+  if (absl::Status s = shm::CheckFamilyRules(name, type, merge, label_names); !s.ok()) return s;
   if (type == shm::MetricType::kHistogram) {
     if (absl::Status s = ValidateBounds(bounds); !s.ok()) return s;
   }
@@ -537,11 +510,20 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
     const Impl::FamilyInfo& existing = w.families[it->second];
     if (existing.type != type || existing.label_names != label_names || existing.bounds != bounds) {
       return absl::AlreadyExistsError(absl::StrCat(
-          "metric '", name, "' is already registered as a ", TypeName(existing.type),
+          "metric '", name, "' is already registered as a ", shm::MetricTypeName(existing.type),
           " with labels [", absl::StrJoin(existing.label_names, ","), "]",
           existing.type == shm::MetricType::kHistogram ? " and other bounds" : ""));
     }
     return it->second;
+  }
+  const std::vector<std::string> occupied = shm::ExpositionNames(name, type);
+  for (const std::string& taken : occupied) {
+    if (auto it = w.exposition_owner.find(taken); it != w.exposition_owner.end()) {
+      const Impl::FamilyInfo& other = w.families[it->second];
+      return absl::AlreadyExistsError(absl::StrCat(
+          "metric '", name, "' (", shm::MetricTypeName(type), ") cannot be exported beside the ",
+          shm::MetricTypeName(other.type), " '", other.name, "': both would use the name '", taken, "'"));
+    }
   }
   shm::SegmentHeader& h = w.header();
   const uint32_t index = h.family_count;
@@ -604,6 +586,7 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
   w.reserved_cells += overflow_cells;
   w.families.push_back(std::move(info));
   w.family_by_name.emplace(std::string(name), index);
+  for (const std::string& taken : occupied) w.exposition_owner.emplace(taken, index);
   return index;
 }
 

@@ -2,21 +2,33 @@
 // as Prometheus text 0.0.4 or OpenMetrics 1.0, plus the retirement of dead
 // writers' segments.
 //
-// Aggregation. Series with the same family name and label values are merged
-// across the processes of a service: counters and histograms are summed;
-// gauges follow their family's GaugeMerge (live sum by default). Every
-// series carries a `service` label (unless the family has one already).
+// Aggregation. A family's series are merged across the processes of one
+// service only, by label values: counters and histograms are summed; gauges
+// follow their family's GaugeMerge (live sum by default). Every series
+// carries a `service` label. Services never hide each other: a family may
+// have other label names or buckets in each service. What cannot be
+// exported together is resolved deterministically and reported as a
+// conflict (ProblemKind::kConflict), skipping one family of one service:
+// families are taken in order of (family name, service), and one whose
+// names meet a family taken before (another type under the same name, a
+// counter `foo_total` beside a gauge `foo`, a histogram `x` beside a family
+// `x_count`) is skipped; within one service, a segment whose family has
+// another type, labels or buckets than the service's first (the archive's,
+// then the segment whose file name sorts first) is skipped for that family.
+// A family that breaks an exposition rule (shm/names.h) is skipped alone
+// (kInvalidFamily). docs/naming-rules.md lists the rules.
 //
-// Retirement. A segment whose writer is gone (closed, or its flock free
-// and its pid no longer the same process) is folded into the archive, a
-// file `shmetrics-archive` in the same directory, and then removed. The
-// archive keeps each counter's and histogram's final totals (and kSum,
-// kMax, kMin gauges), so aggregated counters never go backwards when a
-// process exits, crashes or restarts, and dead segments never pile up.
-// The archive is written atomically (temp file + rename) before a segment
-// is removed, and lists the file names it has folded, so a crash between
-// the two steps neither loses nor double-counts a segment. One collector
-// at a time may retire in a directory: it holds an flock on the archive.
+// Retirement. A segment whose writer is gone (closed, or its flock free and
+// its process gone) is folded into the archive (archive.h) and removed. One
+// collector at a time may retire in a directory: it holds an flock on
+// `shmetrics-archive.lock`. A collector that does not retire (retire_dead
+// false: a second exporter, `shmetrics top` and `dump`) reloads the archive
+// whenever it changed on disk, after listing the directory, so a segment
+// retired meanwhile is always in one of the two places it looks.
+//
+// Trust. Segments, the archive and its lock are opened O_NOFOLLOW and must
+// be regular files owned by this user (or a trusted uid): root included.
+// Anything else is reported as kUntrusted and never read.
 //
 // Cost. Scan() rebuilds the sorted series index only when segments or
 // series come or go. Render() walks that index and reads values straight
@@ -34,6 +46,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "shmetrics/archive.h"
 #include "shmetrics/reader.h"
 
 namespace shmetrics::reader {
@@ -48,7 +61,8 @@ struct CollectorOptions {
   std::string service_filter;   // only this service; empty = all
   std::string file_filter;      // only this segment file name; empty = all
   bool retire_dead = true;      // fold dead segments into the archive and remove them
-  Segment::Options segment;
+  bool use_archive = true;      // false: live segments only (dump of one segment)
+  Segment::Options segment;     // segment.mapping also says whose archive is trusted
 };
 
 // One segment as last seen by Scan().
@@ -57,10 +71,21 @@ struct SegmentReport {
   bool alive = false;
 };
 
-// A file that could not be read; it is skipped, the rest are served.
+enum class ProblemKind {
+  kCorrupt,        // a segment or the archive cannot be read: skipped whole
+  kUntrusted,      // another owner, a symlink or FIFO, a planted archive, no permission
+  kInvalidFamily,  // a family breaks an exposition rule: that family skipped
+  kConflict,       // families that cannot be exported together: one family of one service skipped
+};
+// "corrupt", "untrusted", "invalid_family", "conflict".
+const char* ProblemKindName(ProblemKind kind);
+
+// Something skipped; the rest is served.
 struct Problem {
   std::string path;
-  std::string error;
+  ProblemKind kind = ProblemKind::kCorrupt;
+  std::string family;  // for kInvalidFamily and kConflict
+  std::string error;   // a sentence naming the file, the family and why
 };
 
 struct CollectorCounters {
@@ -71,6 +96,7 @@ struct CollectorCounters {
   uint64_t segments_retired_total = 0;
   uint64_t series = 0;                // aggregated series in the index
   uint64_t archived_series = 0;
+  bool retiring = false;              // this collector holds the archive lock
 };
 
 // A scalar sample of the aggregated view, for JSON views and tests.
@@ -104,8 +130,11 @@ class Collector {
  public:
   // Errors: NotFound (directory), FailedPrecondition (another collector
   // holds the archive lock: pass retire_dead = false to share the
-  // directory read-only), DataLoss never: a corrupt archive is set aside
-  // (renamed *.corrupt) and reported as a Problem.
+  // directory read-only), PermissionDenied (retire_dead, but the directory
+  // is not writable: retire_dead = false would work). Never for the
+  // archive itself: a corrupt one is set aside (renamed *.corrupt-<ns>), an
+  // untrusted one (or lock file) is left alone, retirement is switched off,
+  // and either is reported as a Problem.
   static absl::StatusOr<std::unique_ptr<Collector>> Create(const CollectorOptions& options);
   ~Collector();
 

@@ -42,6 +42,9 @@ struct FamilyView {
   std::vector<std::string> label_names;
   std::vector<double> bounds;  // finite, strictly increasing; +Inf implicit
   uint64_t created_unix_ns = 0;
+  // Non-empty when the family breaks an exposition rule (shm/names.h) or
+  // repeats an earlier family's name: readers skip it, and only it.
+  std::string rejected;
 };
 
 // A validated copy of a series descriptor.

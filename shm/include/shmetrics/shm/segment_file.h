@@ -17,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -121,12 +122,16 @@ class WritableSegment {
 // that fstat reports, so no read can go past the end of the file.
 class ReadOnlyMapping {
  public:
+  // Whose files are read. Root gets no exemption: a root exporter reads
+  // another user's file only when told to.
   struct Options {
-    // Files owned by another uid are refused unless this is set (root reads any).
-    bool allow_other_owners = false;
+    bool allow_other_owners = false;  // any owner
+    std::vector<uid_t> trusted_uids;  // owners trusted besides this process's effective uid
+    bool Trusts(uid_t owner) const;
   };
-  // Errors: NotFound, PermissionDenied, FailedPrecondition (not a regular
-  // file, symlink, wrong owner), DataLoss (smaller than a header).
+  // Errors: NotFound, PermissionDenied (no permission, an owner not
+  // trusted, a symlink, not a regular file, extra hard links), DataLoss
+  // (smaller than a header).
   static absl::StatusOr<std::unique_ptr<ReadOnlyMapping>> Open(const std::string& path,
                                                                const Options& options);
   ~ReadOnlyMapping();

@@ -1,0 +1,159 @@
+// Rendering the index: Prometheus text 0.0.4 and OpenMetrics 1.0, and the
+// aggregated snapshot. Values are read straight from the mappings.
+#include <algorithm>
+#include <charconv>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "collector_state.h"
+#include "shmetrics/shm/names.h"
+
+namespace shmetrics::reader {
+namespace {
+
+// HELP text: 0.0.4 escapes backslash and newline; OpenMetrics also quotes.
+void AppendHelp(std::string* out, absl::string_view help, ExpositionFormat format) {
+  for (char ch : help) {
+    if (ch == '\\') out->append("\\\\");
+    else if (ch == '\n') out->append("\\n");
+    else if (ch == '"' && format == ExpositionFormat::kOpenMetrics) out->append("\\\"");
+    else out->push_back(ch);
+  }
+}
+
+void AppendCount(std::string* out, uint64_t value) {
+  char buffer[24];
+  const auto result = std::to_chars(buffer, buffer + sizeof buffer, value);
+  out->append(buffer, result.ptr);
+}
+
+}  // namespace
+
+double Collector::State::ScalarOf(const OutGroup& group, const Source* begin, const Source* end,
+                                  const ArchivedSeries* archived) {
+  const shm::GaugeMerge merge = group.shape.merge;
+  const bool extreme = group.shape.type == shm::MetricType::kGauge &&
+                       (merge == shm::GaugeMerge::kMax || merge == shm::GaugeMerge::kMin);
+  if (!extreme) {
+    double total = archived != nullptr ? archived->scalar : 0;
+    for (const Source* source = begin; source != end; ++source) total += source->segment->ScalarValue(*source->series);
+    return total;
+  }
+  bool have = archived != nullptr;
+  double result = have ? archived->scalar : 0;
+  for (const Source* source = begin; source != end; ++source) {
+    const double value = source->segment->ScalarValue(*source->series);
+    result = !have ? value : merge == shm::GaugeMerge::kMax ? std::max(result, value) : std::min(result, value);
+    have = true;
+  }
+  return result;
+}
+
+double Collector::State::HistogramOf(const Source* begin, const Source* end, const ArchivedSeries* archived,
+                                     uint64_t* buckets, size_t bucket_count) {
+  double sum = 0;
+  if (archived != nullptr) {
+    std::copy(archived->buckets.begin(), archived->buckets.end(), buckets);
+    sum = archived->sum;
+  } else {
+    std::fill(buckets, buckets + bucket_count, 0);
+  }
+  uint64_t scratch[shm::kMaxBuckets + 1];
+  for (const Source* source = begin; source != end; ++source) {
+    sum += source->segment->HistogramValue(*source->series, scratch);
+    for (size_t b = 0; b < bucket_count; ++b) buckets[b] += scratch[b];
+  }
+  return sum;
+}
+
+void Collector::State::RenderGroup(const OutGroup& group, ExpositionFormat format, std::string* out) const {
+  const bool om_counter = format == ExpositionFormat::kOpenMetrics && group.shape.type == shm::MetricType::kCounter;
+  const std::string& lines = om_counter ? group.om_lines : group.text_lines;
+  const Source* sources = group.sources.data();
+  uint32_t line_begin = 0, source_begin = 0;
+  if (group.shape.type != shm::MetricType::kHistogram) {
+    for (const HotSeries& series : group.hot) {
+      const uint32_t line_end = om_counter ? series.om_end : series.text_end;
+      out->append(lines.data() + line_begin, line_end - line_begin);
+      AppendDouble(out, ScalarOf(group, sources + source_begin, sources + series.source_end, series.archived));
+      out->push_back('\n');
+      line_begin = line_end;
+      source_begin = series.source_end;
+    }
+    return;
+  }
+  const size_t bucket_count = group.shape.bounds.size() + 1;
+  uint64_t buckets[shm::kMaxBuckets + 1];
+  const uint32_t* line_end = group.line_ends.data();
+  auto line_start = [&]() {
+    out->append(lines.data() + line_begin, *line_end - line_begin);
+    line_begin = *line_end++;
+  };
+  for (const HotSeries& series : group.hot) {
+    const double sum =
+        HistogramOf(sources + source_begin, sources + series.source_end, series.archived, buckets, bucket_count);
+    source_begin = series.source_end;
+    // _count is the +Inf bucket: both come from the same bucket counts.
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b < bucket_count; ++b) {
+      cumulative += buckets[b];
+      line_start();
+      AppendCount(out, cumulative);
+      out->push_back('\n');
+    }
+    line_start();
+    AppendDouble(out, sum);
+    out->push_back('\n');
+    line_start();
+    AppendCount(out, cumulative);
+    out->push_back('\n');
+  }
+}
+
+void Collector::Render(ExpositionFormat format, std::string* out) const {
+  const State& s = *state_;
+  std::shared_lock lock(s.mu);
+  out->reserve(out->size() + s.last_render_bytes.load(std::memory_order_relaxed) + 4096);
+  const size_t start_size = out->size();
+  for (const State::OutGroup& group : s.index) {
+    if (group.first_of_family) {
+      const std::string& name = format == ExpositionFormat::kOpenMetrics ? group.om_name : group.shape.name;
+      absl::StrAppend(out, "# HELP ", name, " ");
+      AppendHelp(out, group.shape.help, format);
+      absl::StrAppend(out, "\n# TYPE ", name, " ", shm::MetricTypeName(group.shape.type), "\n");
+    }
+    s.RenderGroup(group, format, out);
+  }
+  s.last_render_bytes.store(out->size() - start_size, std::memory_order_relaxed);
+}
+
+std::vector<AggregatedSeries> Collector::Snapshot() const {
+  const State& s = *state_;
+  std::shared_lock lock(s.mu);
+  std::vector<AggregatedSeries> result;
+  for (const State::OutGroup& group : s.index) {
+    for (const State::OutSeries& series : group.series) {
+      AggregatedSeries a;
+      a.service = group.service;
+      a.family = group.shape.name;
+      a.type = group.shape.type;
+      for (size_t i = 0; i < group.shape.label_names.size(); ++i) {
+        a.labels.emplace_back(group.shape.label_names[i], series.label_values[i]);
+      }
+      if (!series.pid.empty()) a.labels.emplace_back(std::string(shm::kPidLabel), series.pid);
+      const State::Source* begin = series.sources.data();
+      const State::Source* end = begin + series.sources.size();
+      if (group.shape.type == shm::MetricType::kHistogram) {
+        a.bounds = group.shape.bounds;
+        a.buckets.resize(a.bounds.size() + 1);
+        a.sum = State::HistogramOf(begin, end, series.archived, a.buckets.data(), a.buckets.size());
+      } else {
+        a.value = State::ScalarOf(group, begin, end, series.archived);
+      }
+      result.push_back(std::move(a));
+    }
+  }
+  return result;
+}
+
+}  // namespace shmetrics::reader

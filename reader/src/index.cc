@@ -1,0 +1,173 @@
+// The aggregated index: series grouped per (family, service), checked
+// against the exposition rules and against each other, with their line
+// starts pre-rendered. Rebuilt by Scan() when segments or series change.
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "collector_state.h"
+#include "shmetrics/shm/names.h"
+
+namespace shmetrics::reader {
+namespace {
+
+// Escaping for label values: backslash, double quote and newline.
+void AppendLabelValue(std::string* out, absl::string_view value) {
+  for (char ch : value) {
+    if (ch == '\\') out->append("\\\\");
+    else if (ch == '"') out->append("\\\"");
+    else if (ch == '\n') out->append("\\n");
+    else out->push_back(ch);
+  }
+}
+
+// One family of one service while the index is built.
+struct Candidate {
+  FamilyShape shape;
+  std::string reference;  // the file whose shape the others must match
+  std::map<std::vector<std::string>, Collector::State::OutSeries> series;  // by label values [, pid]
+};
+
+}  // namespace
+
+void Collector::State::RebuildIndex() {
+  index_problems.clear();
+  // By (family name, service): the order in which conflicts are resolved.
+  std::map<std::pair<std::string, std::string>, Candidate> candidates;
+  auto candidate_for = [&](const FamilyShape& shape, const std::string& service,
+                           const std::string& path) -> Candidate* {
+    auto [it, inserted] = candidates.try_emplace({shape.name, service});
+    Candidate& c = it->second;
+    if (inserted) {
+      c.shape = shape;
+      c.reference = path;
+      return &c;
+    }
+    if (c.shape.SameAs(shape)) return &c;
+    Report(index_problems, path, ProblemKind::kConflict, shape.name,
+           absl::StrCat(path, ": family ", shape.name, " of service ", service, " is a ",
+                        shm::MetricTypeName(shape.type), " with other labels or buckets than in ", c.reference,
+                        "; its series here are skipped"));
+    return nullptr;
+  };
+
+  // The archive first: it is the service's oldest history.
+  for (const auto& [key, archived] : archive.series()) {
+    const FamilyShape& shape = archived.shape;
+    if (absl::Status rules = shm::CheckFamilyRules(shape.name, shape.type, shape.merge, shape.label_names);
+        !rules.ok()) {
+      Report(index_problems, archive_path, ProblemKind::kInvalidFamily, shape.name,
+             absl::StrCat(archive_path, ": ", rules.message(), "; skipped"));
+      continue;
+    }
+    Candidate* c = candidate_for(shape, archived.service, archive_path);
+    if (c == nullptr) continue;
+    OutSeries& out = c->series[archived.label_values];
+    out.label_values = archived.label_values;
+    out.archived = &archived;
+  }
+  for (const auto& [name, open] : segments) {
+    const Segment& segment = *open.segment;
+    for (const FamilyView& family : segment.families()) {
+      if (family.rejected.empty()) continue;
+      Report(index_problems, segment.path(), ProblemKind::kInvalidFamily, family.name,
+             absl::StrCat(segment.path(), ": ", family.rejected, "; skipped"));
+    }
+    for (const SeriesView& series : segment.series()) {
+      const FamilyView& family = segment.families()[series.family];
+      if (!family.rejected.empty()) continue;
+      const FamilyShape shape = ShapeOf(family);
+      const bool gauge = shape.type == shm::MetricType::kGauge;
+      const bool per_process = gauge && shape.merge == shm::GaugeMerge::kPerProcess;
+      if (gauge && !open.alive && (shape.merge == shm::GaugeMerge::kLiveSum || per_process)) continue;
+      Candidate* c = candidate_for(shape, open.service, segment.path());
+      if (c == nullptr) continue;
+      std::vector<std::string> key = series.label_values;
+      if (per_process) key.push_back(absl::StrCat(open.pid));
+      OutSeries& out = c->series[key];
+      out.label_values = series.label_values;
+      if (per_process) out.pid = key.back();
+      out.sources.push_back({&segment, &series});
+    }
+  }
+
+  // Across families: every name a family occupies in either output must be
+  // its own. The first family (by name, then service) to claim a name keeps
+  // it; a later one that meets it is skipped, with the family it met.
+  std::map<std::string, std::pair<std::string, shm::MetricType>> owner_of_name;
+  index.clear();
+  counters.series = 0;
+  counters.archived_series = archive.series().size();
+  for (auto& [key, c] : candidates) {
+    const auto& [family_name, service] = key;
+    const std::vector<std::string> names = shm::ExpositionNames(family_name, c.shape.type);
+    const std::pair<std::string, shm::MetricType>* met = nullptr;
+    for (const std::string& name : names) {
+      auto it = owner_of_name.find(name);
+      if (it != owner_of_name.end() && (it->second.first != family_name || it->second.second != c.shape.type)) {
+        met = &it->second;
+        break;
+      }
+    }
+    if (met != nullptr) {
+      Report(index_problems, c.reference, ProblemKind::kConflict, family_name,
+             absl::StrCat("family ", family_name, " (", shm::MetricTypeName(c.shape.type), ") of service ",
+                          service, " cannot be exported beside the ", shm::MetricTypeName(met->second), " ",
+                          met->first, " of another service or process; it is skipped (", c.reference, ")"));
+      continue;
+    }
+    for (const std::string& name : names) owner_of_name.try_emplace(name, family_name, c.shape.type);
+
+    OutGroup group;
+    group.shape = std::move(c.shape);
+    group.service = service;
+    group.first_of_family = index.empty() || index.back().shape.name != family_name;
+    group.om_name = shm::OpenMetricsFamilyName(family_name, group.shape.type);
+    for (double bound : group.shape.bounds) {
+      std::string le = "le=\"";
+      AppendDouble(&le, bound);
+      group.le_texts.push_back(le + "\"");
+    }
+    group.le_texts.push_back("le=\"+Inf\"");
+    const auto& label_names = group.shape.label_names;
+    for (auto& [series_key, out] : c.series) {
+      std::string labels;  // escaped `k="v",...` without braces
+      for (size_t i = 0; i < label_names.size(); ++i) {
+        absl::StrAppend(&labels, label_names[i], "=\"");
+        AppendLabelValue(&labels, out.label_values[i]);
+        labels.append("\",");
+      }
+      labels.append("service=\"");
+      AppendLabelValue(&labels, service);
+      labels.push_back('"');
+      if (!out.pid.empty()) absl::StrAppend(&labels, ",pid=\"", out.pid, "\"");
+      const std::string braced = "{" + labels + "}";
+      if (group.shape.type == shm::MetricType::kHistogram) {
+        for (const std::string& le : group.le_texts) {
+          absl::StrAppend(&group.text_lines, family_name, "_bucket{", labels, ",", le, "} ");
+          group.line_ends.push_back(static_cast<uint32_t>(group.text_lines.size()));
+        }
+        absl::StrAppend(&group.text_lines, family_name, "_sum", braced, " ");
+        group.line_ends.push_back(static_cast<uint32_t>(group.text_lines.size()));
+        absl::StrAppend(&group.text_lines, family_name, "_count", braced, " ");
+        group.line_ends.push_back(static_cast<uint32_t>(group.text_lines.size()));
+      } else {
+        absl::StrAppend(&group.text_lines, family_name, braced, " ");
+        if (group.shape.type == shm::MetricType::kCounter) {
+          absl::StrAppend(&group.om_lines, group.om_name, "_total", braced, " ");
+        }
+      }
+      group.sources.insert(group.sources.end(), out.sources.begin(), out.sources.end());
+      group.hot.push_back({static_cast<uint32_t>(group.text_lines.size()),
+                           static_cast<uint32_t>(group.om_lines.size()),
+                           static_cast<uint32_t>(group.sources.size()), out.archived});
+      group.series.push_back(std::move(out));
+    }
+    counters.series += group.series.size();
+    index.push_back(std::move(group));
+  }
+}
+
+}  // namespace shmetrics::reader
