@@ -20,65 +20,18 @@
 #include "absl/strings/str_split.h"
 #include "shmetrics/collector.h"
 #include "shmetrics/writer.h"
+#include "process_support.h"
 #include "test_support.h"
 
 namespace shmetrics {
 namespace {
+using testing::Exporter;
 using testing::HttpGet;
+using testing::ParsedSamples;
 using testing::RunCommand;
 using testing::Subprocess;
 using testing::TempDir;
-
-// A forked writer process: runs `work`, reports ready, then idles until
-// stopped (a clean exit without Close(): it reads as dead, like a crash).
-class WriterProcess {
- public:
-  WriterProcess(const std::string& dir, const std::string& service, std::function<void(Writer&)> work) {
-    int ready[2], stop[2];
-    REQUIRE(pipe(ready) == 0);
-    REQUIRE(pipe(stop) == 0);
-    pid_ = testing::Fork();
-    if (pid_ == 0) {
-      close(ready[0]);
-      close(stop[1]);
-      WriterOptions options;
-      options.service = service;
-      options.directory = dir;
-      auto writer = Writer::Create(options);
-      if (!writer.ok()) _exit(3);
-      work(**writer);
-      char byte = 'r';
-      if (write(ready[1], &byte, 1) != 1) _exit(4);
-      while (read(stop[0], &byte, 1) > 0) {
-      }
-      _exit(0);
-    }
-    close(ready[1]);
-    close(stop[0]);
-    stop_fd_ = stop[1];
-    char byte = 0;
-    REQUIRE(read(ready[0], &byte, 1) == 1);
-    close(ready[0]);
-  }
-  ~WriterProcess() { Stop(); }
-  void Stop() {
-    if (pid_ <= 0) return;
-    close(stop_fd_);
-    testing::WaitChild(pid_);
-    pid_ = -1;
-  }
-  void Kill9() {
-    kill(pid_, SIGKILL);
-    testing::WaitChild(pid_);
-    close(stop_fd_);
-    pid_ = -1;
-  }
-  pid_t pid() const { return pid_; }
-
- private:
-  pid_t pid_ = -1;
-  int stop_fd_ = -1;
-};
+using testing::WriterProcess;
 
 const std::vector<double> kLatencyBounds = {0.01, 0.05, 0.1, 0.5, 1};
 const double kLatencies[] = {0.004, 0.02, 0.07, 0.3, 0.8, 3};
@@ -100,55 +53,6 @@ void WebTraffic(Writer& writer) {
   in_progress.WithLabels({}).value().inc(2);
   cache.WithLabels({"get", "hit"}).value().add(30);
   cache.WithLabels({"get", "miss"}).value().add(10);
-}
-
-class Exporter {
- public:
-  explicit Exporter(const TempDir& dir, std::vector<std::string> extra = {})
-      : port_(testing::FreePort()), log_(dir.path() + "/../" + std::filesystem::path(dir.path()).filename().string() + ".exporter.log") {
-    std::vector<std::string> argv = {SHMETRICS_EXPORTER_BIN, "--dir", dir.path(), "--listen",
-                                     absl::StrCat("127.0.0.1:", port_), "--min-scan-interval-ms", "0"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    process_ = std::make_unique<Subprocess>(argv, log_);
-    for (int i = 0; i < 100 && HttpGet(url("/api/health")).status == 0; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  }
-  ~Exporter() {
-    process_.reset();
-    std::filesystem::remove(log_);
-  }
-  std::string url(const std::string& path) const { return absl::StrCat("http://127.0.0.1:", port_, path); }
-  int port() const { return port_; }
-  int Stop() { return process_->Stop(); }
-  std::string Log() const { return testing::ReadFile(log_); }
-
- private:
-  int port_;
-  std::string log_;
-  std::unique_ptr<Subprocess> process_;
-};
-
-// Samples parsed by python3-prometheus-client, minus the exporter's own.
-std::vector<std::string> ParsedSamples(const TempDir& dir, const std::string& body, const std::string& kind,
-                                       bool drop_service = false) {
-  const std::string file = dir.path() + "/exposition.txt";
-  testing::WriteFile(file, body);
-  const auto r = RunCommand("/usr/bin/python3 " SHMETRICS_TESTS_DIR "/expo.py samples " + file + " " + kind);
-  std::filesystem::remove(file);
-  REQUIRE(r.exit_code == 0);
-  std::vector<std::string> lines;
-  for (absl::string_view line : absl::StrSplit(r.output, '\n', absl::SkipEmpty())) {
-    if (absl::StartsWith(line, "shmetrics_exporter_")) continue;
-    std::string text(line);
-    if (drop_service) {
-      for (const char* pattern : {",service=\"web\"", "service=\"web\",", "service=\"web\""}) {
-        if (const size_t at = text.find(pattern); at != std::string::npos) text.erase(at, strlen(pattern));
-      }
-    }
-    lines.push_back(text);
-  }
-  return lines;
 }
 
 TEST_CASE("exporter output of a multi-process run passes promtool and both python parsers") {

@@ -1,0 +1,134 @@
+// Process-level helpers for exporter and tenancy tests: a forked writer
+// process, the exporter as a subprocess, and samples parsed by
+// python3-prometheus-client.
+#pragma once
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "shmetrics/writer.h"
+#include "test_support.h"
+
+namespace shmetrics::testing {
+
+// A forked writer process: runs `work`, reports ready, then idles until
+// stopped (a clean exit without Close(): it reads as dead, like a crash).
+class WriterProcess {
+ public:
+  WriterProcess(const std::string& dir, const std::string& service, std::function<void(Writer&)> work) {
+    int ready[2], stop[2];
+    REQUIRE(pipe2(ready, O_CLOEXEC) == 0);  // the exporter (exec'd) must not keep a stop pipe open
+    REQUIRE(pipe2(stop, O_CLOEXEC) == 0);
+    pid_ = Fork();
+    if (pid_ == 0) {
+      // An inherited write end of another writer's stop pipe would keep
+      // that writer from ever seeing EOF.
+      for (int fd : StopFds()) close(fd);
+      close(ready[0]);
+      close(stop[1]);
+      WriterOptions options;
+      options.service = service;
+      options.directory = dir;
+      auto writer = Writer::Create(options);
+      if (!writer.ok()) _exit(3);
+      work(**writer);
+      char byte = 'r';
+      if (write(ready[1], &byte, 1) != 1) _exit(4);
+      while (read(stop[0], &byte, 1) > 0) {
+      }
+      _exit(0);
+    }
+    close(ready[1]);
+    close(stop[0]);
+    stop_fd_ = stop[1];
+    StopFds().push_back(stop_fd_);
+    char byte = 0;
+    REQUIRE(read(ready[0], &byte, 1) == 1);
+    close(ready[0]);
+  }
+  ~WriterProcess() { Stop(); }
+  void Stop() {
+    if (pid_ <= 0) return;
+    ForgetStopFd();
+    close(stop_fd_);
+    WaitChild(pid_);
+    pid_ = -1;
+  }
+  void Kill9() {
+    kill(pid_, SIGKILL);
+    WaitChild(pid_);
+    ForgetStopFd();
+    close(stop_fd_);
+    pid_ = -1;
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  static std::vector<int>& StopFds() {
+    static std::vector<int> fds;  // write ends of every live writer's stop pipe
+    return fds;
+  }
+  void ForgetStopFd() { std::erase(StopFds(), stop_fd_); }
+  pid_t pid_ = -1;
+  int stop_fd_ = -1;
+};
+
+class Exporter {
+ public:
+  explicit Exporter(const TempDir& dir, std::vector<std::string> extra = {})
+      : port_(FreePort()), log_(dir.path() + "/../" + std::filesystem::path(dir.path()).filename().string() + ".exporter.log") {
+    std::vector<std::string> argv = {SHMETRICS_EXPORTER_BIN, "--dir", dir.path(), "--listen",
+                                     absl::StrCat("127.0.0.1:", port_), "--min-scan-interval-ms", "0"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    process_ = std::make_unique<Subprocess>(argv, log_);
+    for (int i = 0; i < 100 && HttpGet(url("/api/health")).status == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  ~Exporter() {
+    process_.reset();
+    std::filesystem::remove(log_);
+  }
+  std::string url(const std::string& path) const { return absl::StrCat("http://127.0.0.1:", port_, path); }
+  int port() const { return port_; }
+  int Stop() { return process_->Stop(); }
+  std::string Log() const { return ReadFile(log_); }
+
+ private:
+  int port_;
+  std::string log_;
+  std::unique_ptr<Subprocess> process_;
+};
+
+// Samples parsed by python3-prometheus-client, minus the exporter's own.
+inline std::vector<std::string> ParsedSamples(const TempDir& dir, const std::string& body, const std::string& kind,
+                                       bool drop_service = false) {
+  const std::string file = dir.path() + "/exposition.txt";
+  WriteFile(file, body);
+  const auto r = RunCommand("/usr/bin/python3 " SHMETRICS_TESTS_DIR "/expo.py samples " + file + " " + kind);
+  std::filesystem::remove(file);
+  REQUIRE(r.exit_code == 0);
+  std::vector<std::string> lines;
+  for (absl::string_view line : absl::StrSplit(r.output, '\n', absl::SkipEmpty())) {
+    if (absl::StartsWith(line, "shmetrics_exporter_")) continue;
+    std::string text(line);
+    if (drop_service) {
+      for (const char* pattern : {",service=\"web\"", "service=\"web\",", "service=\"web\""}) {
+        if (const size_t at = text.find(pattern); at != std::string::npos) text.erase(at, strlen(pattern));
+      }
+    }
+    lines.push_back(text);
+  }
+  return lines;
+}
+
+}  // namespace shmetrics::testing
