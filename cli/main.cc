@@ -720,7 +720,8 @@ int Run(int argc, char** argv) {
   for (CLI::App* command : {static_cast<CLI::App*>(&app), ls, dump, top, tail, check, gc, archive}) {
     command->add_flag("--allow-other-owners", g_trust.allow_other_owners, "read files owned by any user");
     command->add_option("--trusted-uids", g_trust.trusted_uids, "uids whose files are read besides this user's")
-        ->delimiter(',');
+        ->delimiter(',')
+        ->allow_extra_args(false);
   }
 
   try {

@@ -225,7 +225,8 @@ int Run(int argc, char** argv) {
                "otherwise");
   app.add_option("--trusted-uids", trusted_uids,
                  "uids whose segments are read besides this user's (comma-separated or repeated)")
-      ->delimiter(',');
+      ->delimiter(',')
+      ->allow_extra_args(false);
   app.add_option("--basic-auth-file", basic_auth_file,
                  "file of user:password lines; requests must authenticate with HTTP basic auth")
       ->check(CLI::ExistingFile);

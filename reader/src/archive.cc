@@ -134,7 +134,9 @@ absl::StatusOr<Archive> Archive::Load(const std::string& path, const shm::ReadOn
     text = Untrusted(path, absl::StrCat("owned by uid ", st.st_uid, ", not by this user (uid ", geteuid(), ")"));
   } else if ((st.st_mode & 07777) != 0600) {
     text = Untrusted(path, absl::StrFormat("mode %04o, not 0600", st.st_mode & 07777));
-  } else if (st.st_nlink != 1) {
+  } else if (st.st_nlink > 1) {
+    // (0 links: renamed over since we opened it. What we read is then a
+    // complete older archive, and the caller sees the new one next time.)
     text = Untrusted(path, "has extra hard links");
   } else {
     text = ReadAll(fd, path, static_cast<uint64_t>(st.st_size));

@@ -217,6 +217,7 @@ absl::Status Collector::Scan() {
       ++s.counters.segments_not_ready;
       continue;
     }
+    if (segment.status().code() == absl::StatusCode::kNotFound) continue;  // retired or removed since listed
     if (!segment.ok()) {
       s.Report(s.scan_problems, entry.path, KindOf(segment.status()), "", std::string(segment.status().message()));
       continue;

@@ -55,6 +55,7 @@ void Collector::State::RebuildIndex() {
 
   // The archive first: it is the service's oldest history.
   for (const auto& [key, archived] : archive.series()) {
+    if (!options.service_filter.empty() && archived.service != options.service_filter) continue;
     const FamilyShape& shape = archived.shape;
     if (absl::Status rules = shm::CheckFamilyRules(shape.name, shape.type, shape.merge, shape.label_names);
         !rules.ok()) {
