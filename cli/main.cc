@@ -1,7 +1,7 @@
 // shmetrics: inspect live segments.
 //
 //   shmetrics ls [--json]                 one line per segment
-//   shmetrics dump [SEGMENT] [--service S] [--openmetrics]
+//   shmetrics dump [SEGMENT | shmetrics-archive] [--service S] [--openmetrics]
 //   shmetrics top [--service S] [--interval SEC] [--iterations N]
 //   shmetrics tail [--errors] [-f] [-n N] [--service S]
 //   shmetrics check [SEGMENT...] [--json]
@@ -168,7 +168,12 @@ int Dump(const std::string& dir, const std::string& segment, const std::string& 
   options.service_filter = service;
   options.retire_dead = false;  // read-only: dump never changes anything
   options.segment = SegmentOptions();
-  if (!segment.empty()) {
+  if (!segment.empty() && segment.substr(segment.rfind('/') + 1) == reader::kArchiveFileName) {
+    // The archive alone: no segment file is named like it.
+    const std::string path = ResolveSegment(dir, segment);
+    options.directory = path.substr(0, path.rfind('/'));
+    options.file_filter = reader::kArchiveFileName;
+  } else if (!segment.empty()) {
     const std::string path = ResolveSegment(dir, segment);
     auto opened = reader::Segment::Open(path, options.segment);  // exact errors for one segment
     if (!opened.ok()) return Fail(opened.status());
@@ -673,7 +678,7 @@ int Run(int argc, char** argv) {
   std::string segment, service;
   bool openmetrics = false;
   auto* dump = app.add_subcommand("dump", "the exposition of one segment, or of every segment aggregated");
-  dump->add_option("segment", segment, "a segment file name or path (default: all)");
+  dump->add_option("segment", segment, "a segment file name or path, or shmetrics-archive (default: all)");
   dump->add_option("--service", service, "only this service");
   dump->add_flag("--openmetrics", openmetrics, "OpenMetrics instead of Prometheus text");
   dump->add_option("--dir", dir, "segment directory");

@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <cstddef>
+
 #include <atomic>
 #include <set>
 #include <thread>
@@ -167,6 +169,37 @@ TEST_CASE("processes of one service that disagree on a family's buckets: the dis
   CHECK(problems[0].path == paths[1]);
   CHECK(problems[0].error == paths[1] + ": family latency_seconds of service api is a histogram with other labels "
                                         "or buckets than in " + paths[0] + "; its series here are skipped");
+}
+
+TEST_CASE("a segment whose header names another service than its file name is refused") {
+  TempDir dir;
+  WriterProcess victim(dir.path(), "payments", [](Writer& w) {
+    w.AddCounter("charges_total", "C.").value().WithLabels({}).value().add(10);
+  });
+  WriterProcess impostor(dir.path(), "paymentz", [](Writer& w) {
+    w.AddCounter("charges_total", "C.").value().WithLabels({}).value().add(1000000);
+  });
+  std::string forged;
+  for (const std::string& path : dir.SegmentPaths()) {
+    if (absl::StrContains(path, "/shmetrics.paymentz.")) forged = path;
+  }
+  REQUIRE(!forged.empty());
+  const int fd = open(forged.c_str(), O_WRONLY);
+  REQUIRE(fd >= 0);
+  REQUIRE(pwrite(fd, "payments", 8, offsetof(shm::SegmentHeader, service_name)) == 8);
+  close(fd);
+  reader::CollectorOptions options;
+  options.directory = dir.path();
+  auto collector = reader::Collector::Create(options).value();
+  REQUIRE(collector->Scan().ok());
+  const auto snapshot = collector->Snapshot();
+  REQUIRE(snapshot.size() == 1);
+  CHECK(snapshot[0].service == "payments");
+  CHECK(snapshot[0].value == 10);
+  const auto problems = collector->Problems();
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].kind == reader::ProblemKind::kCorrupt);
+  CHECK(problems[0].error == forged + ": header names service 'payments' but the file name says 'paymentz'");
 }
 
 // Replaces the one occurrence of `from` in the file's bytes by `to` (same

@@ -286,6 +286,9 @@ TEST_CASE("the CLI shows the archive, checks it, and drops a service's history o
   CHECK(one.exit_code == 0);
   CHECK(one.output == "# HELP jobs_total Jobs.\n# TYPE jobs_total counter\njobs_total{service=\"batch\"} 100\n");
   CHECK(absl::StrContains(RunCommand(cli + " dump").output, "jobs_total{service=\"legacy\"} 100\n"));
+  const auto archived = RunCommand(cli + " dump shmetrics-archive");  // the archive alone
+  CHECK(archived.exit_code == 0);
+  CHECK(archived.output == "# HELP jobs_total Jobs.\n# TYPE jobs_total counter\njobs_total{service=\"legacy\"} 100\n");
 
   // check covers the archive: fine, then corrupt (exit 5), then planted (exit 4).
   CHECK(absl::StrContains(RunCommand(cli + " check").output, "ok       " + archive + "\n"));
