@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -90,22 +91,41 @@ bool WriterRunning(const Segment& segment) {
 void Collector::State::Report(ProblemMap& into, const std::string& path, ProblemKind kind,
                               const std::string& family, const std::string& error) {
   into[{path, family}] = Problem{path, kind, family, error};
-  if (logged.insert(path + "\n" + error).second) {
+  if (logged[path].insert(error).second) {
     // CEscape: a hostile name or path must not write raw bytes to a terminal.
     std::fprintf(stderr, "shmetrics: skipping (%s) %s\n", ProblemKindName(kind), absl::CEscape(error).c_str());
   }
 }
 
+void Collector::State::Publish() {
+  auto view = std::make_shared<View>();
+  view->index = built;
+  for (const auto& [name, open] : segments) view->segments.push_back(open);
+  view->archive = archive;
+  for (const ProblemMap* map : {&archive_problems, &scan_problems, &index_problems}) {
+    for (const auto& [key, problem] : *map) view->problems.push_back(problem);
+  }
+  view->counters = counters;
+  std::shared_ptr<const View> old;
+  {
+    std::lock_guard lock(published_mu);
+    old = std::move(published);
+    published = std::move(view);
+  }
+  // `old` (and the segments only it kept mapped) goes here, outside the
+  // lock, once the last render holding it is done.
+}
+
 absl::Status Collector::State::LoadArchive() {
   archive_problems.clear();
-  archive = Archive();
+  archive = std::make_shared<Archive>();
   index_stale = true;
   if (!options.use_archive) return absl::OkStatus();
   const bool retiring = archive_lock_fd >= 0;
   archive_stamp = StampOf(archive_path);
   absl::StatusOr<Archive> loaded = Archive::Load(archive_path, options.segment.mapping);
   if (loaded.ok()) {
-    archive = *std::move(loaded);
+    archive = std::make_shared<const Archive>(*std::move(loaded));
     return absl::OkStatus();
   }
   const ProblemKind kind = KindOf(loaded.status());
@@ -150,7 +170,7 @@ absl::StatusOr<std::unique_ptr<Collector>> Collector::Create(const CollectorOpti
     return absl::NotFoundError(absl::StrCat("segment directory ", dir, " does not exist"));
   }
   state->archive_path = absl::StrCat(dir, "/", kArchiveFileName);
-  std::unique_lock lock(state->mu);
+  std::unique_lock lock(state->scan_mu);
   if (options.retire_dead) {
     if (access(dir.c_str(), W_OK | X_OK) != 0) {
       return absl::PermissionDeniedError(absl::StrCat(
@@ -177,13 +197,31 @@ absl::StatusOr<std::unique_ptr<Collector>> Collector::Create(const CollectorOpti
   const State::ProblemMap lock_problems = state->archive_problems;
   (void)state->LoadArchive();
   state->archive_problems.insert(lock_problems.begin(), lock_problems.end());
+  state->Publish();
   lock.unlock();
   return std::unique_ptr<Collector>(new Collector(std::move(state)));
 }
 
+double Collector::ScanRunningSeconds() const {
+  const int64_t started = state_->scan_started_ns.load(std::memory_order_relaxed);
+  if (started == 0) return 0;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count() - started * 1e-9;
+}
+
 absl::Status Collector::Scan() {
   State& s = *state_;
-  std::unique_lock lock(s.mu);
+  std::unique_lock lock(s.scan_mu);
+  s.scan_started_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now().time_since_epoch())
+                              .count(),
+                          std::memory_order_relaxed);
+  absl::Status status = s.ScanLocked();
+  s.scan_started_ns.store(0, std::memory_order_relaxed);
+  return status;
+}
+
+absl::Status Collector::State::ScanLocked() {
+  State& s = *this;
   absl::StatusOr<std::vector<DirectoryEntry>> entries = ListSegments(s.options.directory);
   if (!entries.ok()) return entries.status();
   ++s.counters.scans;
@@ -198,7 +236,7 @@ absl::Status Collector::Scan() {
     if (!s.options.service_filter.empty() && entry.id.service != s.options.service_filter) continue;
     if (!s.options.file_filter.empty() && entry.file_name != s.options.file_filter) continue;
     present.insert(entry.file_name);
-    if (s.archive.folded().contains(entry.file_name)) continue;  // handled below
+    if (s.archive->folded().contains(entry.file_name)) continue;  // handled below
     auto it = s.segments.find(entry.file_name);
     if (it != s.segments.end()) {
       const size_t series_before = it->second.segment->series().size();
@@ -223,7 +261,8 @@ absl::Status Collector::Scan() {
       continue;
     }
     const SegmentInfo info = (*segment)->Info();
-    s.segments[entry.file_name] = State::OpenSegment{*std::move(segment), info.service, info.pid, true};
+    s.segments[entry.file_name] = State::OpenSegment{std::shared_ptr<Segment>(*std::move(segment)), info.service,
+                                                     info.pid, true};
     changed = true;
   }
 
@@ -236,7 +275,7 @@ absl::Status Collector::Scan() {
     changed = true;
   }
   for (auto it = s.segments.begin(); it != s.segments.end();) {
-    if (present.contains(it->first) && !s.archive.folded().contains(it->first)) {
+    if (present.contains(it->first) && !s.archive->folded().contains(it->first)) {
       ++it;
     } else {
       it = s.segments.erase(it);
@@ -247,7 +286,7 @@ absl::Status Collector::Scan() {
   // already. Removed only when no writer holds it (a live writer's file is
   // never removed, whatever the archive says).
   if (retiring) {
-    for (const std::string& name : s.archive.folded()) {
+    for (const std::string& name : s.archive->folded()) {
       const std::string path = absl::StrCat(s.options.directory, "/", name);
       if (present.contains(name) && NoWriterHolds(path)) unlink(path.c_str());
     }
@@ -270,16 +309,19 @@ absl::Status Collector::Scan() {
   }
   if (!to_retire.empty()) {
     changed = true;
+    // Copy on write: the published View keeps reading the archive it has.
+    auto folded = std::make_shared<Archive>(*s.archive);
     for (const std::string& name : to_retire) {
       const State::OpenSegment& open = s.segments.at(name);
-      for (const std::string& family : s.archive.Fold(*open.segment, open.service, name)) {
+      for (const std::string& family : folded->Fold(*open.segment, open.service, name)) {
         s.Report(s.scan_problems, open.segment->path(), ProblemKind::kConflict, family,
                  absl::StrCat(open.segment->path(), ": family ", family, " of service ", open.service,
                               " has another type, labels or buckets than in the archive; its final values "
                               "were not kept"));
       }
     }
-    if (absl::Status saved = s.archive.Save(s.archive_path); saved.ok()) {
+    if (absl::Status saved = folded->Save(s.archive_path); saved.ok()) {
+      s.archive = std::move(folded);
       s.archive_stamp = StampOf(s.archive_path);
       for (const std::string& name : to_retire) {
         const std::string path = s.segments.at(name).segment->path();
@@ -302,65 +344,100 @@ absl::Status Collector::Scan() {
   }
   // Names of files that are gone can never be folded again: forget them,
   // and only them, so the list stays as long as it must and no longer.
-  if (retiring && s.archive.PruneFolded(listed)) {
-    if (s.archive.Save(s.archive_path).ok()) s.archive_stamp = StampOf(s.archive_path);
+  if (retiring) {
+    auto pruned = std::make_shared<Archive>(*s.archive);
+    if (pruned->PruneFolded(listed) && pruned->Save(s.archive_path).ok()) {
+      s.archive = std::move(pruned);
+      s.archive_stamp = StampOf(s.archive_path);
+      changed = true;
+    }
   }
+  // Forget what was logged about files that are gone: bounded by the
+  // directory, and a file that comes back is reported again.
+  std::erase_if(s.logged, [&](const auto& entry) {
+    const std::string& path = entry.first;
+    const std::string name = path.substr(path.rfind('/') + 1);
+    return path != s.archive_path && path.rfind(s.archive_path, 0) != 0 && !listed.contains(name);
+  });
 
-  // The index points into segments, their series and the archive: rebuild
-  // it whenever any changed, before the exclusive lock is released.
   if (changed || s.index_stale) {
     s.RebuildIndex();
+    s.built = std::make_shared<const std::vector<OutGroup>>(std::move(s.index));
+    s.index.clear();
     s.index_stale = false;
   }
+  s.Publish();
   return absl::OkStatus();
 }
 
 std::vector<RecentRecord> Collector::Recent(const RecentQuery& query) const {
-  std::shared_lock lock(state_->mu);
-  std::vector<RecentRecord> all;
-  for (const auto& [name, open] : state_->segments) {
+  const std::shared_ptr<const State::View> view = state_->Published();
+  // Newest first across every ring: a merge that reads each ring from its
+  // newest record backwards, one record at a time, so a request touches
+  // about `limit` records plus one per ring, never whole rings. Slots read
+  // (kept, filtered out, torn or overwritten) are bounded by `budget`.
+  struct Cursor {
+    const State::OpenSegment* open;
+    uint32_t lane;
+    uint64_t oldest;
+    uint64_t next;  // the next record to read is next - 1
+    RequestRecordView record;
+  };
+  size_t budget = kRecentScanBudget + 8 * query.limit;
+  auto advance = [&](Cursor& c) {
+    while (c.next > c.oldest && budget > 0) {
+      --budget;
+      --c.next;
+      if (c.open->segment->ReadRecord(c.lane, query.kind, c.next, &c.record) == SlotRead::kOk) return true;
+    }
+    return false;
+  };
+  auto older = [](const Cursor* a, const Cursor* b) {  // heap order: newest on top
+    if (a->record.timestamp_unix_ns != b->record.timestamp_unix_ns) {
+      return a->record.timestamp_unix_ns < b->record.timestamp_unix_ns;
+    }
+    return std::tie(a->open->service, a->open->pid, a->record.lane, a->record.index) <
+           std::tie(b->open->service, b->open->pid, b->record.lane, b->record.index);
+  };
+  std::vector<Cursor> cursors;
+  for (const State::OpenSegment& open : view->segments) {
     if (!query.service.empty() && open.service != query.service) continue;
     for (uint32_t lane = 0; lane < open.segment->ring_count(); ++lane) {
-      RingRead read = open.segment->ReadRing(lane, query.kind, 0);
-      for (RequestRecordView& record : read.records) {
-        if (!query.endpoint.empty() && record.endpoint != query.endpoint) continue;
-        if (query.status >= 0 && record.status != query.status) continue;
-        all.push_back({open.service, open.pid, std::move(record)});
-      }
+      const RingExtent extent = open.segment->RingExtentOf(lane, query.kind);
+      if (extent.written > extent.oldest) cursors.push_back({&open, lane, extent.oldest, extent.written, {}});
     }
   }
-  auto newer = [](const RecentRecord& a, const RecentRecord& b) {
-    if (a.record.timestamp_unix_ns != b.record.timestamp_unix_ns) {
-      return a.record.timestamp_unix_ns > b.record.timestamp_unix_ns;
+  std::vector<Cursor*> heap;
+  for (Cursor& c : cursors) {
+    if (advance(c)) heap.push_back(&c);
+  }
+  std::make_heap(heap.begin(), heap.end(), older);
+  std::vector<RecentRecord> result;
+  while (!heap.empty() && result.size() < query.limit) {
+    std::pop_heap(heap.begin(), heap.end(), older);
+    Cursor& c = *heap.back();
+    const RequestRecordView& r = c.record;
+    if ((query.endpoint.empty() || r.endpoint == query.endpoint) && (query.status < 0 || r.status == query.status)) {
+      result.push_back({c.open->service, c.open->pid, r});
     }
-    return std::tie(a.service, a.pid, a.record.lane, a.record.index) >
-           std::tie(b.service, b.pid, b.record.lane, b.record.index);
-  };
-  const size_t keep = std::min(query.limit, all.size());
-  std::partial_sort(all.begin(), all.begin() + keep, all.end(), newer);
-  all.resize(keep);
-  return all;
+    if (advance(c)) {
+      std::push_heap(heap.begin(), heap.end(), older);
+    } else {
+      heap.pop_back();
+    }
+  }
+  return result;
 }
 
 std::vector<SegmentReport> Collector::Segments() const {
-  std::shared_lock lock(state_->mu);
+  const std::shared_ptr<const State::View> view = state_->Published();
   std::vector<SegmentReport> reports;
-  for (const auto& [name, open] : state_->segments) reports.push_back({open.segment->Info(), open.alive});
+  for (const State::OpenSegment& open : view->segments) reports.push_back({open.segment->Info(), open.alive});
   return reports;
 }
 
-std::vector<Problem> Collector::Problems() const {
-  std::shared_lock lock(state_->mu);
-  std::vector<Problem> problems;
-  for (const auto* map : {&state_->archive_problems, &state_->scan_problems, &state_->index_problems}) {
-    for (const auto& [key, problem] : *map) problems.push_back(problem);
-  }
-  return problems;
-}
+std::vector<Problem> Collector::Problems() const { return state_->Published()->problems; }
 
-CollectorCounters Collector::Counters() const {
-  std::shared_lock lock(state_->mu);
-  return state_->counters;
-}
+CollectorCounters Collector::Counters() const { return state_->Published()->counters; }
 
 }  // namespace shmetrics::reader

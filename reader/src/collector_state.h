@@ -7,7 +7,7 @@
 #include <map>
 #include <memory>
 #include <set>
-#include <shared_mutex>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -16,33 +16,14 @@
 
 namespace shmetrics::reader {
 
+// Scan() builds a new View aside, under scan_mu, and swaps it in; renders
+// and the read accessors take the published View (a shared_ptr copy under
+// a mutex held for that copy only) and never wait for a scan. A View owns
+// what it points to: the segments (shared), the archive (immutable once
+// published: retirement folds into a copy).
 struct Collector::State {
   CollectorOptions options;
   std::string archive_path;
-  int archive_lock_fd = -1;  // held (LOCK_EX) while this collector retires
-  // std::shared_mutex rather than absl::Mutex: Debian's Abseil is built
-  // without ThreadSanitizer annotations, so TSan could not see its
-  // synchronization; pthread locks it intercepts. Guards everything below.
-  mutable std::shared_mutex mu;
-
-  struct OpenSegment {
-    std::unique_ptr<Segment> segment;
-    std::string service;
-    uint32_t pid = 0;
-    bool alive = false;
-  };
-  std::map<std::string, OpenSegment> segments;  // by file name
-
-  // Problems by (path, family): those found while scanning are replaced
-  // by each scan, those of the index by each rebuild, the archive's when
-  // it is next read.
-  using ProblemMap = std::map<std::pair<std::string, std::string>, Problem>;
-  ProblemMap scan_problems, index_problems, archive_problems;
-  std::set<std::string> logged;  // "path\nerror" lines already on stderr
-  CollectorCounters counters;
-
-  Archive archive;
-  FileStamp archive_stamp;  // of the file `archive` was loaded from
 
   struct Source {
     const Segment* segment;
@@ -82,21 +63,65 @@ struct Collector::State {
     std::string om_lines;
     std::vector<uint32_t> line_ends;
   };
-  std::vector<OutGroup> index;
-  mutable std::atomic<size_t> last_render_bytes{0};
+
+  struct OpenSegment {
+    std::shared_ptr<Segment> segment;
+    std::string service;
+    uint32_t pid = 0;
+    bool alive = false;
+  };
+
+  // Everything a render or an accessor reads: immutable once published.
+  struct View {
+    std::shared_ptr<const std::vector<OutGroup>> index;  // shared by views until it changes
+    std::vector<OpenSegment> segments;     // keeps the index's segments mapped
+    std::shared_ptr<const Archive> archive;  // keeps the index's archived series
+    std::vector<Problem> problems;
+    CollectorCounters counters;
+  };
+
+  // Scan side: guarded by scan_mu. std::mutex rather than absl::Mutex:
+  // Debian's Abseil is built without ThreadSanitizer annotations.
+  std::mutex scan_mu;
+  int archive_lock_fd = -1;  // held (LOCK_EX) while this collector retires
+  std::map<std::string, OpenSegment> segments;  // by file name
+  // Problems by (path, family): those found while scanning are replaced
+  // by each scan, those of the index by each rebuild, the archive's when
+  // it is next read.
+  using ProblemMap = std::map<std::pair<std::string, std::string>, Problem>;
+  ProblemMap scan_problems, index_problems, archive_problems;
+  std::map<std::string, std::set<std::string>> logged;  // path -> errors already on stderr
+  CollectorCounters counters;
+  std::shared_ptr<const Archive> archive = std::make_shared<Archive>();
+  FileStamp archive_stamp;  // of the file `archive` was loaded from
+  std::vector<OutGroup> index;  // being built by RebuildIndex()
+  std::shared_ptr<const std::vector<OutGroup>> built = std::make_shared<std::vector<OutGroup>>();
   bool index_stale = true;
 
-  // Records a problem (and logs it once).
+  // Published side.
+  mutable std::mutex published_mu;  // guards `published` (the pointer only)
+  std::shared_ptr<const View> published = std::make_shared<View>();
+  std::atomic<int64_t> scan_started_ns{0};  // steady clock; 0 while no scan runs
+  mutable std::atomic<size_t> last_render_bytes{0};
+
+  std::shared_ptr<const View> Published() const {
+    std::lock_guard lock(published_mu);
+    return published;
+  }
+  void Publish();  // swaps in a View of the scan side's state
+  absl::Status ScanLocked();  // Scan() with scan_mu held
+
+  // Records a problem (and logs it once per file and error).
   void Report(ProblemMap& into, const std::string& path, ProblemKind kind, const std::string& family,
               const std::string& error);
 
   absl::Status LoadArchive();  // from archive_path, with the trust rules
   void RebuildIndex();         // index.cc
-  void RenderGroup(const OutGroup& group, ExpositionFormat format, std::string* out) const;  // exposition.cc
+  static void RenderGroup(const OutGroup& group, ExpositionFormat format, bool skip_faulted, std::string* out);
   static double ScalarOf(const OutGroup& group, const Source* begin, const Source* end,
-                         const ArchivedSeries* archived);
+                         const ArchivedSeries* archived, bool skip_faulted);
   static double HistogramOf(const Source* begin, const Source* end, const ArchivedSeries* archived,
-                            uint64_t* buckets, size_t bucket_count);
+                            uint64_t* buckets, size_t bucket_count, bool skip_faulted);
 };
 
 }  // namespace shmetrics::reader

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "collector_state.h"
+#include "shmetrics/shm/fault_guard.h"
 #include "shmetrics/shm/names.h"
 
 namespace shmetrics::reader {
@@ -30,18 +31,22 @@ void AppendCount(std::string* out, uint64_t value) {
 }  // namespace
 
 double Collector::State::ScalarOf(const OutGroup& group, const Source* begin, const Source* end,
-                                  const ArchivedSeries* archived) {
+                                  const ArchivedSeries* archived, bool skip_faulted) {
   const shm::GaugeMerge merge = group.shape.merge;
   const bool extreme = group.shape.type == shm::MetricType::kGauge &&
                        (merge == shm::GaugeMerge::kMax || merge == shm::GaugeMerge::kMin);
   if (!extreme) {
     double total = archived != nullptr ? archived->scalar : 0;
-    for (const Source* source = begin; source != end; ++source) total += source->segment->ScalarValue(*source->series);
+    for (const Source* source = begin; source != end; ++source) {
+      if (skip_faulted && source->segment->Faulted()) continue;
+      total += source->segment->ScalarValue(*source->series);
+    }
     return total;
   }
   bool have = archived != nullptr;
   double result = have ? archived->scalar : 0;
   for (const Source* source = begin; source != end; ++source) {
+    if (skip_faulted && source->segment->Faulted()) continue;
     const double value = source->segment->ScalarValue(*source->series);
     result = !have ? value : merge == shm::GaugeMerge::kMax ? std::max(result, value) : std::min(result, value);
     have = true;
@@ -50,7 +55,7 @@ double Collector::State::ScalarOf(const OutGroup& group, const Source* begin, co
 }
 
 double Collector::State::HistogramOf(const Source* begin, const Source* end, const ArchivedSeries* archived,
-                                     uint64_t* buckets, size_t bucket_count) {
+                                     uint64_t* buckets, size_t bucket_count, bool skip_faulted) {
   double sum = 0;
   if (archived != nullptr) {
     std::copy(archived->buckets.begin(), archived->buckets.end(), buckets);
@@ -60,13 +65,15 @@ double Collector::State::HistogramOf(const Source* begin, const Source* end, con
   }
   uint64_t scratch[shm::kMaxBuckets + 1];
   for (const Source* source = begin; source != end; ++source) {
+    if (skip_faulted && source->segment->Faulted()) continue;
     sum += source->segment->HistogramValue(*source->series, scratch);
     for (size_t b = 0; b < bucket_count; ++b) buckets[b] += scratch[b];
   }
   return sum;
 }
 
-void Collector::State::RenderGroup(const OutGroup& group, ExpositionFormat format, std::string* out) const {
+void Collector::State::RenderGroup(const OutGroup& group, ExpositionFormat format, bool skip_faulted,
+                                   std::string* out) {
   const bool om_counter = format == ExpositionFormat::kOpenMetrics && group.shape.type == shm::MetricType::kCounter;
   const std::string& lines = om_counter ? group.om_lines : group.text_lines;
   const Source* sources = group.sources.data();
@@ -75,7 +82,8 @@ void Collector::State::RenderGroup(const OutGroup& group, ExpositionFormat forma
     for (const HotSeries& series : group.hot) {
       const uint32_t line_end = om_counter ? series.om_end : series.text_end;
       out->append(lines.data() + line_begin, line_end - line_begin);
-      AppendDouble(out, ScalarOf(group, sources + source_begin, sources + series.source_end, series.archived));
+      AppendDouble(out, ScalarOf(group, sources + source_begin, sources + series.source_end, series.archived,
+                                 skip_faulted));
       out->push_back('\n');
       line_begin = line_end;
       source_begin = series.source_end;
@@ -91,7 +99,8 @@ void Collector::State::RenderGroup(const OutGroup& group, ExpositionFormat forma
   };
   for (const HotSeries& series : group.hot) {
     const double sum =
-        HistogramOf(sources + source_begin, sources + series.source_end, series.archived, buckets, bucket_count);
+        HistogramOf(sources + source_begin, sources + series.source_end, series.archived, buckets, bucket_count,
+                    skip_faulted);
     source_begin = series.source_end;
     // _count is the +Inf bucket: both come from the same bucket counts.
     uint64_t cumulative = 0;
@@ -112,47 +121,63 @@ void Collector::State::RenderGroup(const OutGroup& group, ExpositionFormat forma
 
 void Collector::Render(ExpositionFormat format, std::string* out) const {
   const State& s = *state_;
-  std::shared_lock lock(s.mu);
+  const std::shared_ptr<const State::View> view = s.Published();
   out->reserve(out->size() + s.last_render_bytes.load(std::memory_order_relaxed) + 4096);
   const size_t start_size = out->size();
-  for (const State::OutGroup& group : s.index) {
-    if (group.first_of_family) {
-      const std::string& name = format == ExpositionFormat::kOpenMetrics ? group.om_name : group.shape.name;
-      absl::StrAppend(out, "# HELP ", name, " ");
-      AppendHelp(out, group.shape.help, format);
-      absl::StrAppend(out, "\n# TYPE ", name, " ", shm::MetricTypeName(group.shape.type), "\n");
+  auto render = [&](bool skip_faulted) {
+    for (const State::OutGroup& group : *view->index) {
+      if (group.first_of_family) {
+        const std::string& name = format == ExpositionFormat::kOpenMetrics ? group.om_name : group.shape.name;
+        absl::StrAppend(out, "# HELP ", name, " ");
+        AppendHelp(out, group.shape.help, format);
+        absl::StrAppend(out, "\n# TYPE ", name, " ", shm::MetricTypeName(group.shape.type), "\n");
+      }
+      State::RenderGroup(group, format, skip_faulted, out);
     }
-    s.RenderGroup(group, format, out);
+  };
+  // A file truncated during the pass read as zeros from the truncation on
+  // (fault_guard.h): render again without it rather than serve those.
+  // The next Scan() drops and reports it.
+  const uint64_t faults_before = shm::GuardedFaultCount();
+  render(false);
+  if (shm::GuardedFaultCount() != faults_before) {
+    out->resize(start_size);
+    render(true);
   }
   s.last_render_bytes.store(out->size() - start_size, std::memory_order_relaxed);
 }
 
 std::vector<AggregatedSeries> Collector::Snapshot() const {
-  const State& s = *state_;
-  std::shared_lock lock(s.mu);
+  const std::shared_ptr<const State::View> view = state_->Published();
   std::vector<AggregatedSeries> result;
-  for (const State::OutGroup& group : s.index) {
-    for (const State::OutSeries& series : group.series) {
-      AggregatedSeries a;
-      a.service = group.service;
-      a.family = group.shape.name;
-      a.type = group.shape.type;
-      for (size_t i = 0; i < group.shape.label_names.size(); ++i) {
-        a.labels.emplace_back(group.shape.label_names[i], series.label_values[i]);
+  auto take = [&](bool skip_faulted) {
+    result.clear();
+    for (const State::OutGroup& group : *view->index) {
+      for (const State::OutSeries& series : group.series) {
+        AggregatedSeries a;
+        a.service = group.service;
+        a.family = group.shape.name;
+        a.type = group.shape.type;
+        for (size_t i = 0; i < group.shape.label_names.size(); ++i) {
+          a.labels.emplace_back(group.shape.label_names[i], series.label_values[i]);
+        }
+        if (!series.pid.empty()) a.labels.emplace_back(std::string(shm::kPidLabel), series.pid);
+        const State::Source* begin = series.sources.data();
+        const State::Source* end = begin + series.sources.size();
+        if (group.shape.type == shm::MetricType::kHistogram) {
+          a.bounds = group.shape.bounds;
+          a.buckets.resize(a.bounds.size() + 1);
+          a.sum = State::HistogramOf(begin, end, series.archived, a.buckets.data(), a.buckets.size(), skip_faulted);
+        } else {
+          a.value = State::ScalarOf(group, begin, end, series.archived, skip_faulted);
+        }
+        result.push_back(std::move(a));
       }
-      if (!series.pid.empty()) a.labels.emplace_back(std::string(shm::kPidLabel), series.pid);
-      const State::Source* begin = series.sources.data();
-      const State::Source* end = begin + series.sources.size();
-      if (group.shape.type == shm::MetricType::kHistogram) {
-        a.bounds = group.shape.bounds;
-        a.buckets.resize(a.bounds.size() + 1);
-        a.sum = State::HistogramOf(begin, end, series.archived, a.buckets.data(), a.buckets.size());
-      } else {
-        a.value = State::ScalarOf(group, begin, end, series.archived);
-      }
-      result.push_back(std::move(a));
     }
-  }
+  };
+  const uint64_t faults_before = shm::GuardedFaultCount();  // as in Render()
+  take(false);
+  if (shm::GuardedFaultCount() != faults_before) take(true);
   return result;
 }
 

@@ -54,7 +54,7 @@ void Collector::State::RebuildIndex() {
   };
 
   // The archive first: it is the service's oldest history.
-  for (const auto& [key, archived] : archive.series()) {
+  for (const auto& [key, archived] : archive->series()) {
     if (!options.service_filter.empty() && archived.service != options.service_filter) continue;
     const FamilyShape& shape = archived.shape;
     if (absl::Status rules = shm::CheckFamilyRules(shape.name, shape.type, shape.merge, shape.label_names);
@@ -100,7 +100,7 @@ void Collector::State::RebuildIndex() {
   std::map<std::string, std::pair<std::string, shm::MetricType>> owner_of_name;
   index.clear();
   counters.series = 0;
-  counters.archived_series = archive.series().size();
+  counters.archived_series = archive->series().size();
   for (auto& [key, c] : candidates) {
     const auto& [family_name, service] = key;
     const std::vector<std::string> names = shm::ExpositionNames(family_name, c.shape.type);

@@ -146,7 +146,7 @@ absl::Status Segment::Refresh() {
 
 absl::Status Segment::RefreshUnchecked() {
   const std::string& file = path();
-  if (mapping_->CurrentFileSize() < mapping_->size_bytes()) {
+  if (mapping_->Faulted() || mapping_->CurrentFileSize() < mapping_->size_bytes()) {
     return Corrupt(file, "the file shrank after it was mapped");
   }
   const std::byte* data = mapping_->data();
@@ -210,6 +210,7 @@ absl::Status Segment::RefreshUnchecked() {
       f.rejected = absl::StrCat("family '", f.name, "': repeats the name of an earlier family in the segment");
     }
     families_.push_back(std::move(f));
+    family_count_.store(static_cast<uint32_t>(families_.size()), std::memory_order_relaxed);
   }
 
   // acquire: pairs with the writer's release store of series_count.
@@ -234,6 +235,7 @@ absl::Status Segment::RefreshUnchecked() {
     }
     SeriesView s;
     s.family = d.family_index;
+    s.is_signed = f.type == shm::MetricType::kGauge;
     s.first_cell = d.first_cell;
     s.cell_count = d.cell_count;
     s.overflow = (d.flags & shm::kSeriesFlagOverflow) != 0;
@@ -245,10 +247,11 @@ absl::Status Segment::RefreshUnchecked() {
       s.label_values.push_back(*std::move(value));
     }
     series_.push_back(std::move(s));
+    series_count_.store(static_cast<uint32_t>(series_.size()), std::memory_order_relaxed);
   }
   const uint32_t high_water =
       LoadAcquire<uint32_t>(data + offsetof(shm::SegmentHeader, lanes_high_water));
-  lanes_to_sum_ = std::min(high_water, header_.lane_count - 1);
+  lanes_to_sum_.store(std::min(high_water, header_.lane_count - 1), std::memory_order_relaxed);
   return absl::OkStatus();
 }
 
@@ -260,14 +263,15 @@ uint64_t Segment::LoadCell(uint32_t lane, uint32_t cell) const {
 double Segment::ScalarValue(const SeriesView& series) const {
   // Integer cells are summed as integers (exact, wrapping like the
   // writer's), then the floating-point cells are added.
-  const bool is_signed = families_[series.family].type == shm::MetricType::kGauge;
+  const bool is_signed = series.is_signed;
   uint64_t integer = 0;
   double fraction = 0;
   auto add_lane = [&](uint32_t lane) {
     integer += LoadCell(lane, series.first_cell);
     fraction += std::bit_cast<double>(LoadCell(lane, series.first_cell + 1));
   };
-  for (uint32_t lane = 0; lane < lanes_to_sum_; ++lane) add_lane(lane);
+  const uint32_t lanes = lanes_to_sum_.load(std::memory_order_relaxed);
+  for (uint32_t lane = 0; lane < lanes; ++lane) add_lane(lane);
   add_lane(header_.lane_count - 1);
   const double whole = is_signed ? static_cast<double>(static_cast<int64_t>(integer)) : static_cast<double>(integer);
   return whole + fraction;
@@ -281,7 +285,8 @@ double Segment::HistogramValue(const SeriesView& series, uint64_t* buckets) cons
     for (uint32_t b = 0; b < bucket_cells; ++b) buckets[b] += LoadCell(lane, series.first_cell + b);
     sum += std::bit_cast<double>(LoadCell(lane, series.first_cell + bucket_cells));
   };
-  for (uint32_t lane = 0; lane < lanes_to_sum_; ++lane) add_lane(lane);
+  const uint32_t lanes = lanes_to_sum_.load(std::memory_order_relaxed);
+  for (uint32_t lane = 0; lane < lanes; ++lane) add_lane(lane);
   add_lane(header_.lane_count - 1);
   return sum;
 }
@@ -290,64 +295,87 @@ uint32_t Segment::ring_count() const {
   return header_.rings_size_bytes == 0 ? 0 : header_.lane_count - 1;
 }
 
-RingRead Segment::ReadRing(uint32_t lane, RingKind kind, uint64_t from) const {
-  RingRead result;
-  if (lane >= ring_count()) return result;
+const std::byte* Segment::RingSlots(uint32_t lane, RingKind kind, uint64_t* slot_count, uint64_t* written) const {
+  *slot_count = 0;
+  *written = 0;
+  if (lane >= ring_count()) return nullptr;
   const std::byte* ring = mapping_->data() + header_.rings_offset + lane * ring_stride_bytes_;
   const bool errors = kind == RingKind::kErrors;
-  const uint64_t slot_count = errors ? header_.error_ring_slots_per_lane : header_.ring_slots_per_lane;
-  if (slot_count == 0) return result;
-  const std::byte* slots = ring + sizeof(shm::RingHeader) +
-                           (errors ? uint64_t{header_.ring_slots_per_lane} * sizeof(shm::RequestRecord) : 0);
+  *slot_count = errors ? header_.error_ring_slots_per_lane : header_.ring_slots_per_lane;
+  if (*slot_count == 0) return nullptr;
   // acquire: pairs with the writer's release store of the write index; the
   // records below it were complete when it was stored.
-  const uint64_t written = LoadAcquire<uint64_t>(
+  *written = LoadAcquire<uint64_t>(
       ring + (errors ? offsetof(shm::RingHeader, error_write_index) : offsetof(shm::RingHeader, request_write_index)));
-  result.next = written;
-  if (from > written) from = written;  // a reader ahead of a restarted writer
-  const uint64_t oldest = written > slot_count ? written - slot_count : 0;
-  if (from < oldest) {
-    result.overwritten = oldest - from;
-    from = oldest;
+  return ring + sizeof(shm::RingHeader) +
+         (errors ? uint64_t{header_.ring_slots_per_lane} * sizeof(shm::RequestRecord) : 0);
+}
+
+RingExtent Segment::RingExtentOf(uint32_t lane, RingKind kind) const {
+  uint64_t slot_count = 0, written = 0;
+  RingSlots(lane, kind, &slot_count, &written);
+  return {written > slot_count ? written - slot_count : 0, written};
+}
+
+SlotRead Segment::ReadRecord(uint32_t lane, RingKind kind, uint64_t k, RequestRecordView* out) const {
+  uint64_t slot_count = 0, written = 0;
+  const std::byte* slots = RingSlots(lane, kind, &slot_count, &written);
+  if (slots == nullptr) return SlotRead::kTorn;
+  const std::byte* slot = slots + (k % slot_count) * sizeof(shm::RequestRecord);
+  // Seqlock read: sequence, payload, sequence again, all acquire loads
+  // (plain loads on x86): the second sequence load cannot move before
+  // the payload loads, and pairs with the writer's release stores.
+  const uint64_t before = LoadAcquire<uint64_t>(slot);
+  shm::RequestRecord copy{};
+  auto* words = reinterpret_cast<uint64_t*>(&copy);
+  for (size_t w = 1; w < sizeof copy / 8; ++w) words[w] = LoadAcquire<uint64_t>(slot + w * 8);
+  const uint64_t after = LoadAcquire<uint64_t>(slot);
+  if (before != after || before != 2 * k + 2) {
+    // A newer record took the slot before or while we copied it: lost to
+    // an overwrite. Anything else is a slot that was never completed.
+    return std::max(before, after) > 2 * k + 2 ? SlotRead::kOverwritten : SlotRead::kTorn;
   }
-  for (uint64_t k = from; k < written; ++k) {
-    const std::byte* slot = slots + (k % slot_count) * sizeof(shm::RequestRecord);
-    // Seqlock read: sequence, payload, sequence again, all acquire loads
-    // (plain loads on x86): the second sequence load cannot move before
-    // the payload loads, and pairs with the writer's release stores.
-    const uint64_t before = LoadAcquire<uint64_t>(slot);
-    shm::RequestRecord copy{};
-    auto* words = reinterpret_cast<uint64_t*>(&copy);
-    for (size_t w = 1; w < sizeof copy / 8; ++w) words[w] = LoadAcquire<uint64_t>(slot + w * 8);
-    const uint64_t after = LoadAcquire<uint64_t>(slot);
-    if (before != after || before != 2 * k + 2) {
-      // A newer record took the slot before or while we copied it: lost to
-      // an overwrite. Anything else is a slot that was never completed.
-      if (std::max(before, after) > 2 * k + 2) ++result.overwritten;
-      else ++result.torn;
-      continue;
-    }
-    if (copy.method_length > sizeof copy.method || copy.endpoint_length > sizeof copy.endpoint ||
-        copy.error_length > sizeof copy.error) {
-      ++result.torn;
-      continue;
-    }
+  if (copy.method_length > sizeof copy.method || copy.endpoint_length > sizeof copy.endpoint ||
+      copy.error_length > sizeof copy.error) {
+    return SlotRead::kTorn;
+  }
+  RequestRecordView& view = *out;
+  view.timestamp_unix_ns = copy.timestamp_unix_ns;
+  view.duration_ns = copy.duration_ns;
+  view.response_bytes = copy.response_bytes;
+  view.status = copy.status;
+  view.error = (copy.flags & shm::kRecordFlagError) != 0;
+  view.method.assign(copy.method, copy.method_length);
+  view.endpoint.assign(copy.endpoint, copy.endpoint_length);
+  view.error_message.assign(copy.error, copy.error_length);
+  if (!shm::IsValidUtf8(view.method) || !shm::IsValidUtf8(view.endpoint) || !shm::IsValidUtf8(view.error_message)) {
+    return SlotRead::kTorn;
+  }
+  view.lane = lane;
+  view.index = k;
+  return SlotRead::kOk;
+}
+
+RingRead Segment::ReadRing(uint32_t lane, RingKind kind, uint64_t from, uint64_t max_slots) const {
+  RingRead result;
+  const RingExtent extent = RingExtentOf(lane, kind);
+  result.next = extent.written;
+  if (from > extent.written) from = extent.written;  // a reader ahead of a restarted writer
+  if (from < extent.oldest) {
+    result.overwritten = extent.oldest - from;
+    from = extent.oldest;
+  }
+  if (extent.written - from > max_slots) {  // bounded: the newest max_slots only
+    result.skipped = extent.written - from - max_slots;
+    from = extent.written - max_slots;
+  }
+  for (uint64_t k = from; k < extent.written; ++k) {
     RequestRecordView view;
-    view.timestamp_unix_ns = copy.timestamp_unix_ns;
-    view.duration_ns = copy.duration_ns;
-    view.response_bytes = copy.response_bytes;
-    view.status = copy.status;
-    view.error = (copy.flags & shm::kRecordFlagError) != 0;
-    view.method.assign(copy.method, copy.method_length);
-    view.endpoint.assign(copy.endpoint, copy.endpoint_length);
-    view.error_message.assign(copy.error, copy.error_length);
-    if (!shm::IsValidUtf8(view.method) || !shm::IsValidUtf8(view.endpoint) || !shm::IsValidUtf8(view.error_message)) {
-      ++result.torn;
-      continue;
+    switch (ReadRecord(lane, kind, k, &view)) {
+      case SlotRead::kOk: result.records.push_back(std::move(view)); break;
+      case SlotRead::kOverwritten: ++result.overwritten; break;
+      case SlotRead::kTorn: ++result.torn; break;
     }
-    view.lane = lane;
-    view.index = k;
-    result.records.push_back(std::move(view));
   }
   return result;
 }
@@ -370,9 +398,9 @@ SegmentInfo Segment::Info() const {
   const uint32_t state = LoadAcquire<uint32_t>(data + offsetof(shm::SegmentHeader, state));
   info.state = state <= 2 ? static_cast<shm::SegmentState>(state) : shm::SegmentState::kInitializing;
   info.size_bytes = mapping_->size_bytes();
-  info.family_count = static_cast<uint32_t>(families_.size());
+  info.family_count = family_count_.load(std::memory_order_relaxed);
   info.family_capacity = header_.family_capacity;
-  info.series_count = static_cast<uint32_t>(series_.size());
+  info.series_count = series_count_.load(std::memory_order_relaxed);
   info.series_capacity = header_.series_capacity;
   info.cells_used = std::min(LoadRelaxed<uint32_t>(data + offsetof(shm::SegmentHeader, cells_used)),
                              header_.cells_per_lane);

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "absl/strings/numbers.h"
+#include "shmetrics/shm/fault_guard.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include <boost/interprocess/file_mapping.hpp>
@@ -347,17 +348,27 @@ absl::StatusOr<std::unique_ptr<ReadOnlyMapping>> ReadOnlyMapping::Open(const std
   }
   mapping->size_bytes_ = static_cast<uint64_t>(st.st_size);
   mapping->ctime_sec_ = st.st_ctim.tv_sec;
-  auto region = MapWithBoost(path, fd, mapping->size_bytes_, /*writable=*/false);
-  if (!region.ok()) return region.status();
-  mapping->region_ = *std::move(region);
-  mapping->data_ = static_cast<const std::byte*>(mapping->region_->get_address());
+  // Map the descriptor that was opened and checked, never the path again:
+  // a file swapped in meanwhile (a FIFO, another user's file) is never
+  // opened, let alone mapped.
+  void* data = mmap(nullptr, mapping->size_bytes_, PROT_READ, MAP_SHARED, fd, 0);
+  if (data == MAP_FAILED) return ErrnoStatus(errno, "map " + path);
+  mapping->data_ = static_cast<const std::byte*>(data);
+  mapping->guard_slot_ = GuardRange(data, mapping->size_bytes_);
+  if (mapping->guard_slot_ < 0) {
+    return absl::ResourceExhaustedError(absl::StrCat(path, ": not mapped: ", kMaxGuardedRanges,
+                                                     " segments are mapped already"));
+  }
   return mapping;
 }
 
 ReadOnlyMapping::~ReadOnlyMapping() {
-  region_.reset();
+  UnguardRange(guard_slot_);
+  if (data_ != nullptr) munmap(const_cast<std::byte*>(data_), size_bytes_);
   if (fd_ >= 0) close(fd_);
 }
+
+bool ReadOnlyMapping::Faulted() const { return RangeFaulted(guard_slot_); }
 
 double ReadOnlyMapping::AgeSeconds() const {
   timespec now{};

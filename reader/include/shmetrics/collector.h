@@ -35,8 +35,10 @@
 // from the mappings into the output buffer: cost per live series, not per
 // writer that ever ran.
 //
-// Thread safety: thread-safe. Render() and the read accessors take a
-// shared lock and may run concurrently; Scan() takes it exclusively.
+// Thread safety: thread-safe. Scan() builds the next view aside and swaps
+// it in: Render() and the read accessors never wait for a scan (a scan
+// stuck on a slow file system leaves the last view served), and scans run
+// one at a time.
 #pragma once
 
 #include <cstdint>
@@ -118,6 +120,8 @@ struct RecentRecord {
   RequestRecordView record;
 };
 
+inline constexpr size_t kRecentScanBudget = 65536;
+
 struct RecentQuery {
   RingKind kind = RingKind::kRequests;
   size_t limit = 100;
@@ -141,6 +145,8 @@ class Collector {
   // Finds new and vanished segments, refreshes the rest, retires the dead.
   // Fails only when the directory itself cannot be listed.
   absl::Status Scan();
+  // Seconds the scan in progress has been running; 0 when none runs.
+  double ScanRunningSeconds() const;
 
   // Appends the exposition of every service (without the OpenMetrics
   // "# EOF" line, so that callers can add their own metrics first).
@@ -154,7 +160,10 @@ class Collector {
 
   // The newest records across every ring of every segment seen by the last
   // Scan(), newest first (ties broken by service, pid, lane, index), each
-  // exactly once, filtered. Cost: at most the rings' capacity.
+  // exactly once, filtered. Each ring is read newest first, so a ring whose
+  // writer was given timestamps out of order merges in index order. Cost:
+  // at most kRecentScanBudget + 8 * limit slots read, whatever the rings'
+  // size (a filter that matches little may then return fewer records).
   std::vector<RecentRecord> Recent(const RecentQuery& query) const;
 
   struct State;  // opaque

@@ -17,10 +17,16 @@
 // (Unavailable: the creator is still laying the file out; retry shortly),
 // and broken (DataLoss, FailedPrecondition, NotFound, PermissionDenied...).
 //
-// Thread safety: thread-compatible (one Segment per thread, or a lock).
+// Thread safety: Refresh() is called by one thread at a time; meanwhile
+// other threads may call the value, ring and Info() readers, and keep
+// references to elements of families() and series() (their storage never
+// moves). Iterating families() or series() belongs to the refreshing
+// thread.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -50,6 +56,7 @@ struct FamilyView {
 // A validated copy of a series descriptor.
 struct SeriesView {
   uint32_t family = 0;  // index into families()
+  bool is_signed = false;  // a gauge: its integer cells are two's complement
   std::vector<std::string> label_values;
   uint32_t first_cell = 0;
   uint32_t cell_count = 0;
@@ -78,8 +85,17 @@ struct RingRead {
   std::vector<RequestRecordView> records;  // oldest first, each intact
   uint64_t overwritten = 0;  // records at or after `from` lost to newer ones before being read
   uint64_t torn = 0;         // slots being (or left half-) written, or invalid: skipped
+  uint64_t skipped = 0;      // older records left unread to stay within max_slots
   uint64_t next = 0;         // where to continue: the ring's write index
 };
+
+// Records [oldest, written) of a ring may still be in their slots.
+struct RingExtent {
+  uint64_t oldest = 0;
+  uint64_t written = 0;
+};
+
+enum class SlotRead { kOk, kOverwritten, kTorn };
 
 // What the header says about the writer and how full the segment is.
 struct SegmentInfo {
@@ -121,8 +137,10 @@ class Segment {
   // that the file has not shrunk. Once it fails, it keeps failing.
   absl::Status Refresh();
 
-  const std::vector<FamilyView>& families() const { return families_; }
-  const std::vector<SeriesView>& series() const { return series_; }
+  const std::deque<FamilyView>& families() const { return families_; }
+  const std::deque<SeriesView>& series() const { return series_; }
+  // True once a read found the file shrunk under the mapping (fault_guard.h).
+  bool Faulted() const { return mapping_->Faulted(); }
   SegmentInfo Info() const;
 
   // True while the writer process holds its lock and has not closed.
@@ -139,7 +157,12 @@ class Segment {
   // Reads one ring from record index `from` (use 0 for everything still
   // there). Never returns a torn record: each slot is copied under its
   // seqlock and kept only if its sequence says it is record k, complete.
-  RingRead ReadRing(uint32_t lane, RingKind kind, uint64_t from) const;
+  // Reads at most `max_slots` slots: the newest ones from `from` (so a
+  // request touches what it asks for, never a whole hostile ring).
+  RingRead ReadRing(uint32_t lane, RingKind kind, uint64_t from, uint64_t max_slots = UINT64_MAX) const;
+  RingExtent RingExtentOf(uint32_t lane, RingKind kind) const;
+  // Reads record k (oldest <= k < written) under its seqlock.
+  SlotRead ReadRecord(uint32_t lane, RingKind kind, uint64_t k, RequestRecordView* out) const;
 
   const std::string& path() const { return mapping_->path(); }
   const shm::ReadOnlyMapping& mapping() const { return *mapping_; }
@@ -151,14 +174,17 @@ class Segment {
   absl::StatusOr<std::string> ReadString(shm::StringRef ref, size_t max_bytes,
                                          absl::string_view what) const;
   uint64_t LoadCell(uint32_t lane, uint32_t cell) const;
+  const std::byte* RingSlots(uint32_t lane, RingKind kind, uint64_t* slot_count, uint64_t* written) const;
 
   std::unique_ptr<shm::ReadOnlyMapping> mapping_;
   shm::SegmentHeader header_{};  // copy of the immutable part, validated
   uint64_t lane_stride_bytes_ = 0;
   uint64_t ring_stride_bytes_ = 0;  // one lane's ring region; 0 without rings
-  uint32_t lanes_to_sum_ = 0;  // exclusive lanes in use
-  std::vector<FamilyView> families_;
-  std::vector<SeriesView> series_;
+  std::atomic<uint32_t> lanes_to_sum_{0};  // exclusive lanes in use; Refresh() stores, readers load
+  // Deques: Refresh() appends while other threads read earlier elements.
+  std::deque<FamilyView> families_;
+  std::deque<SeriesView> series_;
+  std::atomic<uint32_t> family_count_{0}, series_count_{0};  // sizes for Info() on other threads
   absl::Status broken_;
 };
 

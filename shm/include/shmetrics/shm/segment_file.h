@@ -117,9 +117,12 @@ class WritableSegment {
   uint32_t instance_ = 0;
 };
 
-// A read-only view of a segment file's bytes. Never writes; checks the file
-// is a regular file owned by the expected user, and maps exactly the size
-// that fstat reports, so no read can go past the end of the file.
+// A read-only view of a segment file's bytes. Never writes; opens the path
+// once (O_NOFOLLOW | O_NONBLOCK: no link followed, no FIFO waited on),
+// checks that descriptor is a regular file owned by a trusted user, and
+// maps that same descriptor, exactly the size fstat reports. Reads of the
+// mapping are guarded (fault_guard.h): a file truncated later makes reads
+// return zeros and Faulted() true, never SIGBUS.
 class ReadOnlyMapping {
  public:
   // Whose files are read. Root gets no exemption: a root exporter reads
@@ -147,12 +150,15 @@ class ReadOnlyMapping {
   bool WriterHoldsLock() const;
   // Current size of the file per fstat (changes if someone truncates it).
   uint64_t CurrentFileSize() const;
+  // True once a read of the mapping faulted because the file shrank (see
+  // fault_guard.h): what was read since is zeros, and the mapping is done.
+  bool Faulted() const;
 
  private:
   ReadOnlyMapping() = default;
   std::string path_;
   int fd_ = -1;
-  std::unique_ptr<boost::interprocess::mapped_region> region_;
+  int guard_slot_ = -1;
   const std::byte* data_ = nullptr;
   uint64_t size_bytes_ = 0;
   int64_t ctime_sec_ = 0;
