@@ -37,6 +37,7 @@
 #include "shmetrics/archive.h"
 #include "shmetrics/collector.h"
 #include "shmetrics/shm/names.h"
+#include "terminal.h"
 
 namespace shmetrics::cli {
 namespace {
@@ -188,6 +189,9 @@ int Dump(const std::string& dir, const std::string& segment, const std::string& 
   std::string out;
   (*collector)->Render(format, &out);
   if (openmetrics) out += "# EOF\n";
+  // The exposition escapes what it must (\\, \", newline); a terminal also
+  // needs the other control characters made visible. A pipe gets it as is.
+  if (isatty(STDOUT_FILENO)) out = TerminalSafeLines(out);
   std::fputs(out.c_str(), stdout);
   int worst = kOk;
   for (const reader::Problem& p : (*collector)->Problems()) {
@@ -464,8 +468,9 @@ std::string FormatRecord(const std::string& service, uint32_t pid, const reader:
   strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &utc);
   std::string line = absl::StrFormat("%s.%06uZ %s %u %s %s %u %.3fms %uB", when,
                                      static_cast<unsigned>(r.timestamp_unix_ns % 1000000000 / 1000), service, pid,
-                                     r.method, r.endpoint, r.status, r.duration_ns / 1e6, r.response_bytes);
-  if (r.error) absl::StrAppend(&line, " error", r.error_message.empty() ? "" : ": ", r.error_message);
+                                     TerminalSafe(r.method), TerminalSafe(r.endpoint), r.status,
+                                     r.duration_ns / 1e6, r.response_bytes);
+  if (r.error) absl::StrAppend(&line, " error", r.error_message.empty() ? "" : ": ", TerminalSafe(r.error_message));
   return line + "\n";
 }
 
@@ -488,6 +493,9 @@ int Tail(const std::string& dir, const std::string& service, bool errors, bool f
     if (!entries.ok()) return Fail(entries.status());
     std::vector<std::tuple<uint64_t, std::string, uint32_t, uint32_t, uint64_t, std::string>> batch;
     uint64_t lost = 0;
+    // Slots read per poll are bounded, whatever the rings claim: a hostile
+    // segment's rings can be huge, sparse and full of torn slots.
+    uint64_t budget = reader::kRecentScanBudget + 8 * static_cast<uint64_t>(limit);
     for (const auto& entry : *entries) {
       if (!service.empty() && entry.id.service != service) continue;
       auto it = sources.find(entry.file_name);
@@ -503,9 +511,15 @@ int Tail(const std::string& dir, const std::string& service, bool errors, bool f
       }
       TailSource& source = it->second;
       for (uint32_t lane = 0; lane < source.segment->ring_count(); ++lane) {
-        reader::RingRead read = source.segment->ReadRing(lane, kind, source.cursors[lane]);
+        uint64_t from = source.cursors[lane];
+        if (first) {  // only the newest `limit` of each ring can be shown
+          const uint64_t written = source.segment->RingExtentOf(lane, kind).written;
+          from = written > static_cast<uint64_t>(limit) ? written - limit : 0;
+        }
+        reader::RingRead read = source.segment->ReadRing(lane, kind, from, budget);
+        budget -= std::min<uint64_t>(budget, read.records.size() + read.torn);
         source.cursors[lane] = read.next;
-        if (!first) lost += read.overwritten;
+        if (!first) lost += read.overwritten + read.skipped;
         for (const auto& r : read.records) {
           batch.emplace_back(r.timestamp_unix_ns, source.service, source.pid, lane, r.index,
                              FormatRecord(source.service, source.pid, r));
@@ -537,8 +551,10 @@ struct TopRow {
 };
 
 std::string SeriesName(const reader::AggregatedSeries& s) {
-  std::string name = s.family + "{";
-  for (size_t i = 0; i < s.labels.size(); ++i) absl::StrAppend(&name, i ? "," : "", s.labels[i].first, "=", s.labels[i].second);
+  std::string name = TerminalSafe(s.family) + "{";
+  for (size_t i = 0; i < s.labels.size(); ++i) {
+    absl::StrAppend(&name, i ? "," : "", s.labels[i].first, "=", TerminalSafe(s.labels[i].second));
+  }
   return absl::StrCat(name, s.labels.empty() ? "" : ",", "service=", s.service, "}");
 }
 

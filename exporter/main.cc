@@ -51,9 +51,11 @@ struct Server {
   std::mutex self_mu;
   SelfStats self;  // guarded by self_mu
 
-  // Rescans at most every min_scan_interval: concurrent scrapes share a scan.
+  // Rescans at most every min_scan_interval. Never waits: while another
+  // thread scans (or a scan is stuck), the last view is served.
   void MaybeScan() {
-    std::lock_guard lock(scan_mu);
+    std::unique_lock lock(scan_mu, std::try_to_lock);
+    if (!lock.owns_lock()) return;
     const auto now = std::chrono::steady_clock::now();
     if (now - last_scan < min_scan_interval) return;
     last_scan = now;
@@ -307,13 +309,27 @@ int Run(int argc, char** argv) {
   signal(SIGTERM, &OnSignal);
   signal(SIGPIPE, SIG_IGN);
   // Scans in the background too, so dead writers are retired and problems
-  // logged even while nobody scrapes.
-  while (!g_stop.load()) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    server.MaybeScan();
-  }
-  mg_stop(context);
+  // logged even while nobody scrapes. On its own thread: a scan stuck in
+  // the kernel (a hung file system) must not keep a signal from stopping us.
+  std::atomic<bool> scanner_done{false};
+  std::thread scanner([&] {
+    while (!g_stop.load()) {
+      server.MaybeScan();
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    scanner_done.store(true);
+  });
+  while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  mg_stop(context);  // prompt: request handlers never wait for a scan
   mg_exit_library();
+  for (int i = 0; i < 20 && !scanner_done.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (!scanner_done.load()) {
+    std::fprintf(stderr, "shmetrics-exporter: stopped (a scan was still stuck after %.1f s)\n",
+                 server.collector->ScanRunningSeconds());
+    std::fflush(stderr);
+    _exit(kOk);  // the stuck thread cannot be joined; nothing is left to flush
+  }
+  scanner.join();
   std::fprintf(stderr, "shmetrics-exporter: stopped\n");
   return kOk;
 }

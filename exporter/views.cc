@@ -113,6 +113,9 @@ void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self
         double(c.archived_series), true);
   gauge("shmetrics_exporter_start_time_seconds", "Unix time the exporter started.", "",
         self.start_unix_seconds, true);
+  gauge("shmetrics_exporter_scan_running_seconds",
+        "How long the directory scan in progress has run (0: none runs); the last view is served meanwhile.", "",
+        collector.ScanRunningSeconds(), true);
 }
 
 int RenderHealth(const reader::Collector& collector, const SelfStats& self, std::string* out) {
@@ -130,14 +133,18 @@ int RenderHealth(const reader::Collector& collector, const SelfStats& self, std:
                    : p.kind == reader::ProblemKind::kInvalidFamily ? "invalid family"
                                                                    : "untrusted file");
   }
-  absl::StrAppend(out, "{\"status\":", problems.empty() ? "\"ok\"" : "\"degraded\"", ",\"reasons\":[");
+  const double scan_seconds = collector.ScanRunningSeconds();
+  if (scan_seconds > kScanStuckSeconds) reasons.insert("scan stuck");
+  absl::StrAppend(out, "{\"status\":", reasons.empty() ? "\"ok\"" : "\"degraded\"", ",\"reasons\":[");
   bool first_reason = true;
   for (const std::string& reason : reasons) {
     if (!first_reason) out->push_back(',');
     first_reason = false;
     AppendJsonString(out, reason);
   }
-  absl::StrAppend(out, "],\"retiring\":", c.retiring ? "true" : "false", ",\"version\":");
+  absl::StrAppend(out, "],\"retiring\":", c.retiring ? "true" : "false", ",\"scan_running_seconds\":");
+  AppendJsonNumber(out, std::floor(scan_seconds * 1000) / 1000);
+  absl::StrAppend(out, ",\"version\":");
   AppendJsonString(out, kVersion);
   absl::StrAppend(out, ",\"uptime_seconds\":");
   AppendJsonNumber(out, std::floor((shm::NowUnixNs() * 1e-9 - self.start_unix_seconds) * 1000) / 1000);

@@ -37,5 +37,7 @@ int RenderRecent(const reader::Collector& collector, reader::RingKind kind, cons
                  std::string* out);
 
 inline constexpr const char* kVersion = "0.1.0";
+// A scan running longer than this is reported as stuck in /api/health.
+inline constexpr double kScanStuckSeconds = 5.0;
 
 }  // namespace shmetrics::exporter

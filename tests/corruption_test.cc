@@ -120,7 +120,7 @@ TEST_CASE("forged headers get exact errors") {
   bytes = good;
   Poke<uint32_t>(bytes, offsetof(shm::SegmentHeader, cells_per_lane), 0);
   expect(bytes, absl::StatusCode::kDataLoss,
-         path + ": corrupt segment: capacity out of range: cells_per_lane (1 .. 2^26)");
+         path + ": corrupt segment: capacity out of range: cells_per_lane (1 .. 2^24)");
   bytes = good;
   Poke<uint32_t>(bytes, offsetof(shm::SegmentHeader, state), 7);
   expect(bytes, absl::StatusCode::kDataLoss, path + ": corrupt segment: unknown state 7");

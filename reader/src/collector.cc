@@ -230,6 +230,8 @@ absl::Status Collector::State::ScanLocked() {
 
   bool changed = false;
   std::set<std::string> listed, present;  // every segment file; those that pass the filters
+  uint64_t mapped_bytes = 0;
+  for (const auto& [name, open] : s.segments) mapped_bytes += open.segment->mapping().size_bytes();
   s.scan_problems.clear();
   for (const DirectoryEntry& entry : *entries) {
     listed.insert(entry.file_name);
@@ -260,6 +262,14 @@ absl::Status Collector::State::ScanLocked() {
       s.Report(s.scan_problems, entry.path, KindOf(segment.status()), "", std::string(segment.status().message()));
       continue;
     }
+    const uint64_t size = (*segment)->mapping().size_bytes();
+    if (mapped_bytes + size > s.options.max_mapped_bytes) {
+      s.Report(s.scan_problems, entry.path, ProblemKind::kCorrupt, "",
+               absl::StrCat(entry.path, ": not read: the directory's segments would map more than ",
+                            s.options.max_mapped_bytes, " bytes"));
+      continue;
+    }
+    mapped_bytes += size;
     const SegmentInfo info = (*segment)->Info();
     s.segments[entry.file_name] = State::OpenSegment{std::shared_ptr<Segment>(*std::move(segment)), info.service,
                                                      info.pid, true};

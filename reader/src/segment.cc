@@ -127,9 +127,16 @@ absl::Status Segment::ValidateHeader(const Options& options) {
 }
 
 absl::StatusOr<std::string> Segment::ReadString(shm::StringRef ref, size_t max_bytes,
-                                                absl::string_view what) const {
+                                                absl::string_view what) {
   if (ref.length > max_bytes || uint64_t{ref.offset} + ref.length > header_.string_arena_bytes) {
     return Corrupt(path(), absl::StrCat(what, " points outside the string arena"));
+  }
+  // Descriptors may all point at the same bytes: bound what is copied, not
+  // only what is mapped.
+  string_bytes_copied_ += ref.length;
+  if (string_bytes_copied_ > kMaxStringBytesCopied) {
+    return Corrupt(path(), absl::StrCat("its strings add up to more than the reader's cap of ",
+                                        kMaxStringBytesCopied >> 20, " MiB"));
   }
   std::string text(reinterpret_cast<const char*>(mapping_->data() + header_.string_arena_offset +
                                                  ref.offset),

@@ -126,13 +126,17 @@ absl::Status ValidateCapacities(const Capacities& c) {
   auto bad = [](absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat("capacity out of range: ", what));
   };
-  if (c.families < 1 || c.families > (1u << 20)) return bad("families (1 .. 2^20)");
-  if (c.series < 1 || c.series > (1u << 24)) return bad("series (1 .. 2^24)");
+  // Also the reader's caps: what a reader accepts is bounded by these, so
+  // no consistent segment can make a reader allocate or touch without limit.
+  if (c.families < 1 || c.families > (1u << 16)) return bad("families (1 .. 2^16)");
+  if (c.series < 1 || c.series > (1u << 20)) return bad("series (1 .. 2^20)");
   if (c.exclusive_lanes < 1 || c.exclusive_lanes > 1024) return bad("exclusive_lanes (1 .. 1024)");
-  if (c.cells_per_lane < 1 || c.cells_per_lane > (1u << 26)) return bad("cells_per_lane (1 .. 2^26)");
-  if (c.string_arena_bytes < 64 || c.string_arena_bytes > (1u << 30)) return bad("string_arena_bytes");
-  if (c.bounds > (1u << 24)) return bad("bounds");
-  if (c.ring_slots_per_lane > (1u << 20) || c.error_ring_slots_per_lane > (1u << 20)) return bad("ring slots");
+  if (c.cells_per_lane < 1 || c.cells_per_lane > (1u << 24)) return bad("cells_per_lane (1 .. 2^24)");
+  if (c.string_arena_bytes < 64 || c.string_arena_bytes > (64u << 20)) return bad("string_arena_bytes (64 .. 64 MiB)");
+  if (c.bounds > (1u << 20)) return bad("bounds (0 .. 2^20)");
+  if (c.ring_slots_per_lane > (1u << 16) || c.error_ring_slots_per_lane > (1u << 16)) {
+    return bad("ring slots (0 .. 2^16 each)");
+  }
   auto power_of_two_or_zero = [](uint32_t n) { return (n & (n - 1)) == 0; };
   if (!power_of_two_or_zero(c.ring_slots_per_lane) || !power_of_two_or_zero(c.error_ring_slots_per_lane)) {
     return bad("ring slots must be 0 or a power of two");
@@ -140,7 +144,7 @@ absl::Status ValidateCapacities(const Capacities& c) {
   const bool rings = c.ring_slots_per_lane + c.error_ring_slots_per_lane > 0;
   if (rings && c.ring_slot_bytes != sizeof(RequestRecord)) return bad("ring_slot_bytes (128 with rings)");
   const RegionPlan plan = PlanRegions(c);
-  if (plan.total_size_bytes > (uint64_t{1} << 36)) return bad("total size above 64 GiB");
+  if (plan.total_size_bytes > kMaxSegmentBytes) return bad("total size above 1 GiB");
   return absl::OkStatus();
 }
 

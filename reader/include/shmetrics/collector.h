@@ -64,6 +64,8 @@ struct CollectorOptions {
   std::string file_filter;      // only this segment file name; empty = all
   bool retire_dead = true;      // fold dead segments into the archive and remove them
   bool use_archive = true;      // false: live segments only (dump of one segment)
+  // Segments are refused (and reported) once the mapped ones add up to this.
+  uint64_t max_mapped_bytes = uint64_t{64} << 30;
   Segment::Options segment;     // segment.mapping also says whose archive is trusted
 };
 

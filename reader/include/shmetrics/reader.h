@@ -171,8 +171,9 @@ class Segment {
   Segment() = default;
   absl::Status ValidateHeader(const Options& options);
   absl::Status RefreshUnchecked();
-  absl::StatusOr<std::string> ReadString(shm::StringRef ref, size_t max_bytes,
-                                         absl::string_view what) const;
+  absl::StatusOr<std::string> ReadString(shm::StringRef ref, size_t max_bytes, absl::string_view what);
+  static constexpr uint64_t kMaxStringBytesCopied = uint64_t{64} << 20;
+  uint64_t string_bytes_copied_ = 0;
   uint64_t LoadCell(uint32_t lane, uint32_t cell) const;
   const std::byte* RingSlots(uint32_t lane, RingKind kind, uint64_t* slot_count, uint64_t* written) const;
 

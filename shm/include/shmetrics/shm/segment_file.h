@@ -61,8 +61,12 @@ uint64_t NowUnixNs();
 // with the message "<what>: <strerror>".
 absl::Status ErrnoStatus(int err, absl::string_view what);
 
+// A segment is at most this large (the reader's cap, and the writer's).
+inline constexpr uint64_t kMaxSegmentBytes = uint64_t{1} << 30;
+
 // Range checks on capacities, shared by the writer (before laying out) and
 // the reader (before trusting a header): InvalidArgument naming the field.
+// The ranges are in docs/segment-format.md ("Limits").
 absl::Status ValidateCapacities(const Capacities& capacities);
 
 class WritableSegment {
