@@ -100,6 +100,7 @@ class Exporter {
   }
   std::string url(const std::string& path) const { return absl::StrCat("http://127.0.0.1:", port_, path); }
   int port() const { return port_; }
+  pid_t pid() const { return process_->pid(); }
   int Stop() { return process_->Stop(); }
   std::string Log() const { return ReadFile(log_); }
 

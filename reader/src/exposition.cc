@@ -72,6 +72,19 @@ double Collector::State::HistogramOf(const Source* begin, const Source* end, con
   return sum;
 }
 
+namespace {
+// A series whose every source faulted (its file shrank) and that has no
+// archived part: left out of the pass rather than shown as a reset.
+bool Vanished(const Collector::State::Source* begin, const Collector::State::Source* end,
+              const ArchivedSeries* archived) {
+  if (archived != nullptr) return false;
+  for (const auto* source = begin; source != end; ++source) {
+    if (!source->segment->Faulted()) return false;
+  }
+  return true;
+}
+}  // namespace
+
 void Collector::State::RenderGroup(const OutGroup& group, ExpositionFormat format, bool skip_faulted,
                                    std::string* out) {
   const bool om_counter = format == ExpositionFormat::kOpenMetrics && group.shape.type == shm::MetricType::kCounter;
@@ -81,6 +94,11 @@ void Collector::State::RenderGroup(const OutGroup& group, ExpositionFormat forma
   if (group.shape.type != shm::MetricType::kHistogram) {
     for (const HotSeries& series : group.hot) {
       const uint32_t line_end = om_counter ? series.om_end : series.text_end;
+      if (skip_faulted && Vanished(sources + source_begin, sources + series.source_end, series.archived)) {
+        line_begin = line_end;
+        source_begin = series.source_end;
+        continue;
+      }
       out->append(lines.data() + line_begin, line_end - line_begin);
       AppendDouble(out, ScalarOf(group, sources + source_begin, sources + series.source_end, series.archived,
                                  skip_faulted));
@@ -98,6 +116,12 @@ void Collector::State::RenderGroup(const OutGroup& group, ExpositionFormat forma
     line_begin = *line_end++;
   };
   for (const HotSeries& series : group.hot) {
+    if (skip_faulted && Vanished(sources + source_begin, sources + series.source_end, series.archived)) {
+      source_begin = series.source_end;
+      line_begin = line_end[bucket_count + 1];  // past its buckets, _sum and _count
+      line_end += bucket_count + 2;
+      continue;
+    }
     const double sum =
         HistogramOf(sources + source_begin, sources + series.source_end, series.archived, buckets, bucket_count,
                     skip_faulted);
