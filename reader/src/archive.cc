@@ -143,10 +143,13 @@ absl::StatusOr<Archive> Archive::Load(const std::string& path, const shm::ReadOn
   }
   close(fd);
   if (!text.ok()) return text.status();
+  return Parse(*text, path);
+}
 
+absl::StatusOr<Archive> Archive::Parse(absl::string_view text, const std::string& path) {
   Archive archive;
   int line_number = 0;
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_number;
     if (line_number == 1) {
       if (line != kArchiveHeader) return Malformed(path, "bad header");
@@ -168,7 +171,7 @@ absl::StatusOr<Archive> Archive::Load(const std::string& path, const shm::ReadOn
     const std::string key = SeriesKey(series->service, series->shape.name, series->label_values);
     archive.series_[key] = *std::move(series);
   }
-  if (line_number == 0 || (!text->empty() && text->back() != '\n')) return Malformed(path, "cut short");
+  if (line_number == 0 || text.empty() || text.back() != '\n') return Malformed(path, "cut short");
   return archive;
 }
 

@@ -81,6 +81,9 @@ class Archive {
   // owner, a mode other than 0600, extra links; or unreadable), DataLoss
   // (not an archive, or a malformed line), ResourceExhausted (over 1 GiB).
   static absl::StatusOr<Archive> Load(const std::string& path, const shm::ReadOnlyMapping::Options& trust);
+  // Parses the text of an archive file; `path` names it in errors.
+  // DataLoss on anything malformed.
+  static absl::StatusOr<Archive> Parse(absl::string_view text, const std::string& path);
 
   // Writes the archive to `path` atomically: a new temporary file beside it
   // (O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600, a name no one else can

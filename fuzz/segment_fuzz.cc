@@ -1,0 +1,62 @@
+// libFuzzer target: any bytes as a segment file, opened and read in full
+// (descriptors, every value, every ring, Info). Must never crash, hang or
+// read outside the mapping (ASan + UBSan).
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "shmetrics/reader.h"
+
+namespace {
+
+const std::string& SegmentPath() {
+  static const std::string path = [] {
+    char pattern[] = "/dev/shm/shmetrics-fuzz-XXXXXX";
+    const char* dir = mkdtemp(pattern);
+    if (dir == nullptr) abort();
+    static std::string made = dir;
+    atexit([] { std::filesystem::remove_all(made); });
+    return made + "/shmetrics.fuzz.1.1.0";  // the service must match the seeds' header
+  }();
+  return path;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string& path = SegmentPath();
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) abort();
+  if (write(fd, data, size) != static_cast<ssize_t>(size)) abort();
+  close(fd);
+  shmetrics::reader::Segment::Options options;
+  options.initializing_grace_seconds = -1;  // never "not ready yet": judge the bytes
+  auto segment = shmetrics::reader::Segment::Open(path, options);
+  if (!segment.ok()) return 0;
+  shmetrics::reader::Segment& s = **segment;
+  (void)s.Refresh();
+  double total = 0;
+  std::vector<uint64_t> buckets(shmetrics::shm::kMaxBuckets + 1);
+  for (const auto& series : s.series()) {
+    if (s.families()[series.family].type == shmetrics::shm::MetricType::kHistogram) {
+      total += s.HistogramValue(series, buckets.data());
+    } else {
+      total += s.ScalarValue(series);
+    }
+  }
+  for (uint32_t lane = 0; lane < s.ring_count(); ++lane) {
+    for (auto kind : {shmetrics::reader::RingKind::kRequests, shmetrics::reader::RingKind::kErrors}) {
+      total += static_cast<double>(s.ReadRing(lane, kind, 0, 4096).records.size());
+    }
+  }
+  (void)s.Info();
+  (void)s.WriterAlive();
+  (void)total;
+  return 0;
+}
