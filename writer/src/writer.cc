@@ -227,7 +227,7 @@ uint8_t CopyTruncated(char* field, size_t capacity, absl::string_view text) {
   if (n < text.size()) {
     while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;  // don't split a character
   }
-  std::memcpy(field, text.data(), n);
+  if (n > 0) std::memcpy(field, text.data(), n);  // an empty string_view may have no data()
   std::memset(field + n, 0, capacity - n);
   return static_cast<uint8_t>(n);
 }
