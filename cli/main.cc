@@ -269,6 +269,48 @@ int Check(const std::string& dir, std::vector<std::string> segments, bool json) 
 
 // ------------------------------------------------------------------- gc
 
+// True when the user said yes (or --yes was given). Without a terminal and
+// without --yes, says why nothing was done: "not <doing> without --yes".
+bool Confirm(bool yes, const std::string& question, const char* doing) {
+  if (yes) return true;
+  if (!isatty(STDIN_FILENO)) {
+    std::fprintf(stderr, "shmetrics: not %s without --yes (standard input is not a terminal)\n", doing);
+    return false;
+  }
+  std::printf("%s [y/N] ", question.c_str());
+  std::fflush(stdout);
+  std::string answer;
+  std::getline(std::cin, answer);
+  return answer == "y" || answer == "Y" || answer == "yes";
+}
+
+// A collector that holds the directory's retirement lock, or the exit code
+// that says why there is none: kBusy (an exporter holds it; `busy_hint`
+// says what to do), kPermissionDenied (an untrusted lock or archive).
+int OpenRetirer(const std::string& dir, const char* busy_hint, std::unique_ptr<reader::Collector>* out) {
+  reader::CollectorOptions options;
+  options.directory = dir;
+  options.retire_dead = true;
+  options.segment = SegmentOptions();
+  auto collector = reader::Collector::Create(options);
+  if (!collector.ok()) {
+    if (collector.status().code() == absl::StatusCode::kFailedPrecondition) {
+      std::fprintf(stderr, "shmetrics: %s\nshmetrics: %s\n", std::string(collector.status().message()).c_str(),
+                   busy_hint);
+      return kBusy;
+    }
+    return Fail(collector.status());
+  }
+  if (!(*collector)->Counters().retiring) {
+    for (const reader::Problem& p : (*collector)->Problems()) {
+      std::fprintf(stderr, "shmetrics: %s\n", absl::CEscape(p.error).c_str());
+    }
+    return kPermissionDenied;
+  }
+  *out = *std::move(collector);
+  return kOk;
+}
+
 int Gc(const std::string& dir, bool yes, bool dry_run) {
   auto entries = reader::ListSegments(dir);
   if (!entries.ok()) return Fail(entries.status());
@@ -284,40 +326,15 @@ int Gc(const std::string& dir, bool yes, bool dry_run) {
   std::printf("segments of dead writers in %s (their final values go to the archive):\n", dir.c_str());
   for (const auto& name : dead) std::printf("  %s\n", name.c_str());
   if (dry_run) return kOk;
-  if (!yes) {
-    if (!isatty(STDIN_FILENO)) {
-      std::fprintf(stderr, "shmetrics: not removing without --yes (standard input is not a terminal)\n");
-      return kProblemsFound;
-    }
-    std::printf("remove %zu segment(s)? [y/N] ", dead.size());
-    std::fflush(stdout);
-    std::string answer;
-    std::getline(std::cin, answer);
-    if (answer != "y" && answer != "Y" && answer != "yes") return kProblemsFound;
-  }
-  reader::CollectorOptions options;
-  options.directory = dir;
-  options.retire_dead = true;
-  options.segment = SegmentOptions();
-  auto collector = reader::Collector::Create(options);
-  if (!collector.ok()) {
-    if (collector.status().code() == absl::StatusCode::kFailedPrecondition) {
-      std::fprintf(stderr, "shmetrics: %s\nshmetrics: that exporter retires dead segments itself\n",
-                   std::string(collector.status().message()).c_str());
-      return kBusy;
-    }
-    return Fail(collector.status());
-  }
-  if (!(*collector)->Counters().retiring) {
-    for (const reader::Problem& p : (*collector)->Problems()) {
-      std::fprintf(stderr, "shmetrics: %s\n", absl::CEscape(p.error).c_str());
-    }
-    return kPermissionDenied;
+  if (!Confirm(yes, absl::StrFormat("remove %zu segment(s)?", dead.size()), "removing")) return kProblemsFound;
+  std::unique_ptr<reader::Collector> collector;
+  if (const int code = OpenRetirer(dir, "that exporter retires dead segments itself", &collector); code != kOk) {
+    return code;
   }
   // Scan re-checks liveness and retires exactly the dead: never a live writer's.
-  if (absl::Status s = (*collector)->Scan(); !s.ok()) return Fail(s);
+  if (absl::Status s = collector->Scan(); !s.ok()) return Fail(s);
   std::printf("retired %llu segment(s)\n",
-              static_cast<unsigned long long>((*collector)->Counters().segments_retired_total));
+              static_cast<unsigned long long>(collector->Counters().segments_retired_total));
   return kOk;
 }
 
@@ -408,25 +425,8 @@ int ShowArchive(const std::string& dir, bool json) {
 int DropService(const std::string& dir, const std::string& service, bool yes) {
   // Same lock as retirement: no exporter may fold into the archive while
   // it is rewritten here.
-  reader::CollectorOptions options;
-  options.directory = dir;
-  options.retire_dead = true;
-  options.segment = SegmentOptions();
-  auto collector = reader::Collector::Create(options);
-  if (!collector.ok()) {
-    if (collector.status().code() == absl::StatusCode::kFailedPrecondition) {
-      std::fprintf(stderr, "shmetrics: %s\nshmetrics: stop it to drop a service's history\n",
-                   std::string(collector.status().message()).c_str());
-      return kBusy;
-    }
-    return Fail(collector.status());
-  }
-  if (!(*collector)->Counters().retiring) {
-    for (const reader::Problem& p : (*collector)->Problems()) {
-      std::fprintf(stderr, "shmetrics: %s\n", absl::CEscape(p.error).c_str());
-    }
-    return kPermissionDenied;
-  }
+  std::unique_ptr<reader::Collector> collector;
+  if (const int code = OpenRetirer(dir, "stop it to drop a service's history", &collector); code != kOk) return code;
   const std::string path = dir + "/" + reader::kArchiveFileName;
   absl::StatusOr<reader::Archive> archive = reader::Archive::Load(path, g_trust);
   if (!archive.ok()) return Fail(archive.status());
@@ -438,17 +438,7 @@ int DropService(const std::string& dir, const std::string& service, bool yes) {
   }
   std::printf("the archive holds %zu series of service %s: their totals will be forgotten\n", count,
               service.c_str());
-  if (!yes) {
-    if (!isatty(STDIN_FILENO)) {
-      std::fprintf(stderr, "shmetrics: not dropping without --yes (standard input is not a terminal)\n");
-      return kProblemsFound;
-    }
-    std::printf("drop them? [y/N] ");
-    std::fflush(stdout);
-    std::string answer;
-    std::getline(std::cin, answer);
-    if (answer != "y" && answer != "Y" && answer != "yes") return kProblemsFound;
-  }
+  if (!Confirm(yes, "drop them?", "dropping")) return kProblemsFound;
   archive->DropService(service);
   if (absl::Status saved = archive->Save(path); !saved.ok()) return Fail(saved);
   std::printf("dropped %zu series of service %s\n", count, service.c_str());
