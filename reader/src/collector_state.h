@@ -25,9 +25,11 @@ struct Collector::State {
   CollectorOptions options;
   std::string archive_path;
 
+  // One segment's part of a series: copied out of its SeriesView so that a
+  // render walks packed sources, not series scattered over the heap.
   struct Source {
     const Segment* segment;
-    const SeriesView* series;
+    SeriesCells cells;
   };
   // A series while the index is built, and for Snapshot(): cold data.
   struct OutSeries {

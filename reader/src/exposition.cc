@@ -39,7 +39,7 @@ double Collector::State::ScalarOf(const OutGroup& group, const Source* begin, co
     double total = archived != nullptr ? archived->scalar : 0;
     for (const Source* source = begin; source != end; ++source) {
       if (skip_faulted && source->segment->Faulted()) continue;
-      total += source->segment->ScalarValue(*source->series);
+      total += source->segment->ScalarValue(source->cells);
     }
     return total;
   }
@@ -47,7 +47,7 @@ double Collector::State::ScalarOf(const OutGroup& group, const Source* begin, co
   double result = have ? archived->scalar : 0;
   for (const Source* source = begin; source != end; ++source) {
     if (skip_faulted && source->segment->Faulted()) continue;
-    const double value = source->segment->ScalarValue(*source->series);
+    const double value = source->segment->ScalarValue(source->cells);
     result = !have ? value : merge == shm::GaugeMerge::kMax ? std::max(result, value) : std::min(result, value);
     have = true;
   }
@@ -66,7 +66,7 @@ double Collector::State::HistogramOf(const Source* begin, const Source* end, con
   uint64_t scratch[shm::kMaxBuckets + 1];
   for (const Source* source = begin; source != end; ++source) {
     if (skip_faulted && source->segment->Faulted()) continue;
-    sum += source->segment->HistogramValue(*source->series, scratch);
+    sum += source->segment->HistogramValue(source->cells, scratch);
     for (size_t b = 0; b < bucket_count; ++b) buckets[b] += scratch[b];
   }
   return sum;

@@ -90,7 +90,7 @@ void Collector::State::RebuildIndex() {
       OutSeries& out = c->series[key];
       out.label_values = series.label_values;
       if (per_process) out.pid = key.back();
-      out.sources.push_back({&segment, &series});
+      out.sources.push_back({&segment, series.cells()});
     }
   }
 

@@ -267,7 +267,7 @@ uint64_t Segment::LoadCell(uint32_t lane, uint32_t cell) const {
                                uint64_t{cell} * 8);
 }
 
-double Segment::ScalarValue(const SeriesView& series) const {
+double Segment::ScalarValue(SeriesCells series) const {
   // Integer cells are summed as integers (exact, wrapping like the
   // writer's), then the floating-point cells are added.
   const bool is_signed = series.is_signed;
@@ -284,7 +284,7 @@ double Segment::ScalarValue(const SeriesView& series) const {
   return whole + fraction;
 }
 
-double Segment::HistogramValue(const SeriesView& series, uint64_t* buckets) const {
+double Segment::HistogramValue(SeriesCells series, uint64_t* buckets) const {
   const uint32_t bucket_cells = series.cell_count - 1;
   std::fill(buckets, buckets + bucket_cells, 0);
   double sum = 0;

@@ -53,6 +53,14 @@ struct FamilyView {
   std::string rejected;
 };
 
+// Where a series' values live: what a value read needs, and nothing else
+// (a render keeps these packed beside each other).
+struct SeriesCells {
+  uint32_t first_cell = 0;
+  uint32_t cell_count = 0;
+  bool is_signed = false;  // a gauge: its integer cells are two's complement
+};
+
 // A validated copy of a series descriptor.
 struct SeriesView {
   uint32_t family = 0;  // index into families()
@@ -62,6 +70,7 @@ struct SeriesView {
   uint32_t cell_count = 0;
   bool overflow = false;
   uint64_t created_unix_ns = 0;
+  SeriesCells cells() const { return {first_cell, cell_count, is_signed}; }
 };
 
 // One request record, copied out of a ring and checked.
@@ -147,10 +156,14 @@ class Segment {
   bool WriterAlive() const;
 
   // Counter or gauge value: the sum of the series' cell over the lanes in use.
-  double ScalarValue(const SeriesView& series) const;
+  double ScalarValue(const SeriesView& series) const { return ScalarValue(series.cells()); }
+  double ScalarValue(SeriesCells cells) const;
   // Histogram: fills `buckets` (bounds.size() + 1 non-cumulative counts, the
   // last is +Inf) and returns the sum. _count is the sum of `buckets`.
-  double HistogramValue(const SeriesView& series, uint64_t* buckets) const;
+  double HistogramValue(const SeriesView& series, uint64_t* buckets) const {
+    return HistogramValue(series.cells(), buckets);
+  }
+  double HistogramValue(SeriesCells cells, uint64_t* buckets) const;
 
   // Number of rings (one per exclusive lane; 0 without rings).
   uint32_t ring_count() const;
