@@ -1,5 +1,6 @@
 #include "shmetrics/shm/segment_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -12,6 +13,7 @@
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -87,21 +89,26 @@ std::string DirectoryFromEnvironment() {
   return dir != nullptr && *dir != '\0' ? std::string(dir) : std::string(kDefaultDirectory);
 }
 
-uint64_t ProcessStartTicks(pid_t pid) {
-  // Raw read(): also used in a fork() child, where iostreams are unwelcome.
+namespace {
+
+// Fields 3 (state) and 22 (start time in clock ticks) of /proc/<pid>/stat.
+// Raw open()/read(): also used in a fork() child, where iostreams are
+// unwelcome. False when the process does not exist or cannot be read.
+bool ReadProcessStat(pid_t pid, char* state, uint64_t* start_ticks) {
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
   const int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
+  if (fd < 0) return false;
   char buffer[1024];
   const ssize_t n = read(fd, buffer, sizeof buffer - 1);
   close(fd);
-  if (n <= 0) return 0;
+  if (n <= 0) return false;
   buffer[n] = '\0';
   // The command name (field 2) may contain spaces and parentheses: fields
   // after it are counted from the last ')'.
   const char* p = strrchr(buffer, ')');
-  if (p == nullptr) return 0;
+  if (p == nullptr || p[1] != ' ' || p[2] == '\0') return false;
+  *state = p[2];
   int field = 2;
   while (*p != '\0' && field < 22) {
     if (*p == ' ') ++field;
@@ -109,7 +116,85 @@ uint64_t ProcessStartTicks(pid_t pid) {
   }
   uint64_t ticks = 0;
   std::from_chars(p, buffer + n, ticks);
-  return ticks;
+  *start_ticks = ticks;
+  return true;
+}
+
+}  // namespace
+
+uint64_t ProcessStartTicks(pid_t pid) {
+  char state = 0;
+  uint64_t ticks = 0;
+  return ReadProcessStat(pid, &state, &ticks) ? ticks : 0;
+}
+
+bool ProcessRunning(uint32_t pid, uint64_t start_ticks) {
+  if (pid == 0 || pid > static_cast<uint32_t>(std::numeric_limits<pid_t>::max())) return false;
+  char state = 0;
+  uint64_t ticks = 0;
+  if (!ReadProcessStat(static_cast<pid_t>(pid), &state, &ticks)) return false;
+  // Z: exited, not reaped yet (its flock is already gone); X (x on old
+  // kernels): being torn down.
+  if (state == 'Z' || state == 'X' || state == 'x') return false;
+  return ticks == start_ticks;
+}
+
+std::string TempSegmentFileName(absl::string_view service, uint32_t pid, uint64_t start_ticks,
+                                uint32_t instance) {
+  return absl::StrCat(kTempFilePrefix, service, ".", pid, ".", start_ticks, ".", instance);
+}
+
+bool IsTempSegmentFileName(absl::string_view file_name) {
+  if (file_name.substr(0, kTempFilePrefix.size()) != kTempFilePrefix) return false;
+  const absl::string_view rest = file_name.substr(kTempFilePrefix.size());
+  const std::optional<SegmentFileId> id = ParseSegmentFileName(absl::StrCat(kFilePrefix, rest));
+  // Only the canonical spelling (no leading zeros, no sign): the name must
+  // be one that TempSegmentFileName makes.
+  return id.has_value() && TempSegmentFileName(id->service, id->pid, id->start_ticks, id->instance) == file_name;
+}
+
+absl::StatusOr<std::vector<std::string>> RemoveAbandonedTempFiles(const std::string& directory,
+                                                                  double grace_seconds) {
+  const int dir_fd = open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return ErrnoStatus(errno, "open directory " + directory);
+  // fdopendir takes its own descriptor, so that dir_fd outlives the listing.
+  DIR* listing = fdopendir(dup(dir_fd));
+  if (listing == nullptr) {
+    const int error = errno;
+    close(dir_fd);
+    return ErrnoStatus(error, "list " + directory);
+  }
+  std::vector<std::string> names;
+  while (const dirent* entry = readdir(listing)) {
+    if (IsTempSegmentFileName(entry->d_name)) names.emplace_back(entry->d_name);
+  }
+  closedir(listing);
+
+  const uid_t me = geteuid();
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  auto seconds_since = [&now](const timespec& t) {
+    return static_cast<double>(now.tv_sec - t.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec - t.tv_nsec);
+  };
+  std::vector<std::string> removed;
+  for (const std::string& name : names) {
+    const int fd = openat(dir_fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;  // gone meanwhile, or a symlink (ELOOP): not ours to touch
+    struct stat st {};
+    const bool candidate = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == me &&
+                           seconds_since(st.st_mtim) >= grace_seconds &&
+                           seconds_since(st.st_ctim) >= grace_seconds &&
+                           flock(fd, LOCK_EX | LOCK_NB) == 0;  // free: its creator is gone
+    struct stat again {};
+    // Still the same file under that name (not replaced since we opened it)?
+    if (candidate && fstatat(dir_fd, name.c_str(), &again, AT_SYMLINK_NOFOLLOW) == 0 &&
+        again.st_ino == st.st_ino && again.st_dev == st.st_dev && unlinkat(dir_fd, name.c_str(), 0) == 0) {
+      removed.push_back(absl::StrCat(directory, "/", name));
+    }
+    close(fd);  // drops our lock
+  }
+  close(dir_fd);
+  return removed;
 }
 
 uint64_t NowUnixNs() {

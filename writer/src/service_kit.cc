@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace shmetrics {
@@ -112,6 +113,15 @@ absl::StatusOr<std::unique_ptr<ServiceKit>> ServiceKit::Create(Writer& writer, S
 }
 
 ServiceKit::~ServiceKit() = default;
+
+size_t ServiceKit::thread_cached_endpoints() const {
+  const std::string prefix = absl::StrCat(id_, "\x1f");
+  size_t count = 0;
+  for (const auto& [key, handles] : ThreadCache<RequestScope::EndpointHandles*>()) {
+    count += absl::StartsWith(key, prefix);
+  }
+  return count;
+}
 
 std::string ServiceKit::GuardedEndpoint(absl::string_view endpoint) {
   std::lock_guard lock(families_->mu);

@@ -122,6 +122,10 @@ class ServiceKit {
 
   Gauge concurrent_users() const { return concurrent_users_; }
 
+  // Entries this kit holds in the calling thread's endpoint handle cache
+  // (for tests and diagnostics): at most max_endpoints + 1 per method.
+  size_t thread_cached_endpoints() const;
+
   struct Families;  // opaque
 
  private:

@@ -17,6 +17,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
+
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -54,6 +56,41 @@ std::string DirectoryFromEnvironment();
 // 22), or 0 when the process does not exist or cannot be read.
 uint64_t ProcessStartTicks(pid_t pid);
 uint64_t NowUnixNs();
+
+// Whether process `pid` started at `start_ticks` still runs: false when it
+// is gone, when the pid now names another process (another start time), and
+// when it has exited but is not reaped yet (a zombie, state Z or X in
+// /proc/<pid>/stat). Liveness of a writer is its flock; this is the answer
+// for the one case the flock cannot give (a writer that closed its
+// descriptors), and it must not count a dead, unreaped writer as running.
+bool ProcessRunning(uint32_t pid, uint64_t start_ticks);
+
+// Temporary files. A writer lays its segment out under
+// ".shmetrics-tmp.<service>.<pid>.<start_ticks>.<instance>" in the segment
+// directory, holding its flock from the start, and publishes it under its
+// final name with one rename (renameat2 RENAME_NOREPLACE). A reader never
+// takes a temporary file for a segment (ListSegments matches "shmetrics."
+// only), so it never sees a half-made segment. A writer killed before the
+// rename leaves its temporary file behind; RemoveAbandonedTempFiles removes
+// such files.
+inline constexpr absl::string_view kTempFilePrefix = ".shmetrics-tmp.";
+std::string TempSegmentFileName(absl::string_view service, uint32_t pid, uint64_t start_ticks,
+                                uint32_t instance);
+// True for exactly the names TempSegmentFileName makes.
+bool IsTempSegmentFileName(absl::string_view file_name);
+
+// Removes, from `directory`, the temporary files whose creator is gone: a
+// name of the exact temporary pattern, a regular file (never a symlink:
+// opened O_NOFOLLOW|O_NONBLOCK), owned by this process's effective uid,
+// unchanged for at least `grace_seconds` (by mtime and ctime), and whose
+// flock nobody holds (the creator takes it before anything else, and the
+// kernel drops it when the creator dies). The grace covers the moment
+// between a creator's open() and its flock(). Returns the paths removed.
+// A file that cannot be opened, locked or unlinked is left alone (it is not
+// an error). Errors: NotFound, PermissionDenied (the directory itself).
+// The exporter's collector and `shmetrics gc` call this on each scan.
+absl::StatusOr<std::vector<std::string>> RemoveAbandonedTempFiles(const std::string& directory,
+                                                                  double grace_seconds);
 
 // An errno as a Status whose code says what kind of failure it is
 // (NotFound, PermissionDenied, AlreadyExists, ResourceExhausted, ...),
