@@ -261,7 +261,8 @@ TEST_CASE("a fork child that cannot create its segment never touches its parent'
     WriterOptions options = testing::WriterIn(dir, "parent");
     options.remove_on_close = true;
     auto writer = Writer::Create(options).value();
-    auto counter = writer->AddCounter("jobs_total", "Jobs.").value().WithLabels({}).value();
+    auto jobs = writer->AddCounter("jobs_total", "Jobs.").value();
+    auto counter = jobs.WithLabels({}).value();
     counter.inc(5);
     signal(SIGXFSZ, SIG_IGN);
     rlimit limit{1 << 20, RLIM_INFINITY};  // the child's 3.1 MiB segment does not fit
@@ -270,8 +271,7 @@ TEST_CASE("a fork child that cannot create its segment never touches its parent'
     if (child == 0) {
       counter.inc(100);  // lands nowhere: the child has no segment
       const std::string family_error(writer->AddCounter("more_total", "More.").status().ToString());
-      const std::string series_error(
-          writer->AddCounter("jobs_total", "Jobs.", {}).value().WithLabels({}).status().ToString());
+      const std::string series_error(jobs.WithLabels({}).status().ToString());
       writer->Close();  // remove_on_close: the child has no file of its own to remove
       testing::WriteFile(result_path, absl::StrCat(getpid(), "\n", shm::ProcessStartTicks(getpid()), "\n",
                                                    family_error, "\n", series_error));
