@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "shmetrics/shm/segment_file.h"
+#include "realtime_clock.h"
 
 namespace shmetrics {
 namespace internal {
@@ -276,30 +277,20 @@ void UnbindSlotEverywhere(uint32_t slot) {
 
 // ------------------------------------------------------------ request log
 
-// A record's payload (everything after `sequence`) as the 15 words that
-// are stored into a ring slot, built in registers: no staging copy in
-// memory, no library call, no per-field memset.
+// A record is written straight into its ring slot as 16 words, each
+// computed in registers: no staging copy in memory, no library call, no
+// per-field memset, no loop with a data-dependent trip count.
 constexpr size_t kRecordWords = sizeof(shm::RequestRecord) / 8;
-constexpr size_t kMethodWords = shm::kRecordMethodBytes / 8;      // 1
-constexpr size_t kEndpointWords = shm::kRecordEndpointBytes / 8;  // 6
-constexpr size_t kErrorWords = shm::kRecordErrorBytes / 8;        // 4
+constexpr size_t kLengthsWord = offsetof(shm::RequestRecord, status) / 8;
 constexpr size_t kMethodWord = offsetof(shm::RequestRecord, method) / 8;
 constexpr size_t kEndpointWord = offsetof(shm::RequestRecord, endpoint) / 8;
 constexpr size_t kErrorWord = offsetof(shm::RequestRecord, error) / 8;
-constexpr size_t kLengthsWord = offsetof(shm::RequestRecord, status) / 8;
-static_assert(kRecordWords == 16 && kMethodWord == 5 && kEndpointWord == 6 && kErrorWord == 12 && kLengthsWord == 4);
+static_assert(kRecordWords == 16 && kLengthsWord == 4 && kMethodWord == 5 && kEndpointWord == 6 && kErrorWord == 12);
 static_assert(offsetof(shm::RequestRecord, timestamp_unix_ns) == 8 && offsetof(shm::RequestRecord, duration_ns) == 16 &&
               offsetof(shm::RequestRecord, response_bytes) == 24);
 // Word 4: status (bytes 0-1), flags (2), method, endpoint and error lengths (3-5), reserved (6-7).
 static_assert(offsetof(shm::RequestRecord, flags) == 34 && offsetof(shm::RequestRecord, method_length) == 35 &&
               offsetof(shm::RequestRecord, endpoint_length) == 36 && offsetof(shm::RequestRecord, error_length) == 37);
-
-// CLOCK_REALTIME through the vDSO: no system call.
-inline uint64_t RealtimeNowNs() {
-  timespec now;
-  clock_gettime(CLOCK_REALTIME, &now);
-  return uint64_t(now.tv_sec) * 1000000000u + uint64_t(now.tv_nsec);
-}
 
 inline uint64_t Load8(const char* p) {
   uint64_t word;
@@ -307,7 +298,7 @@ inline uint64_t Load8(const char* p) {
   return word;
 }
 
-// Bytes p[0 .. n) (n <= 8) in the low bytes of a word, the rest zero,
+// Bytes p[0 .. n) (n < 8) in the low bytes of a word, the rest zero,
 // reading nothing outside p[0 .. n).
 inline uint64_t LoadShort(const char* p, size_t n) {
   if (n >= 4) {  // two 4-byte loads that overlap on identical bytes
@@ -323,7 +314,7 @@ inline uint64_t LoadShort(const char* p, size_t n) {
 }
 
 // How many bytes of `text` fit in `capacity`: all of it, or the longest
-// prefix that does not split a UTF-8 character.
+// prefix that does not split a UTF-8 character (shm::Utf8Prefix, inline).
 inline size_t FittingBytes(absl::string_view text, size_t capacity) {
   if (text.size() <= capacity) [[likely]] return text.size();
   size_t n = capacity;
@@ -331,36 +322,46 @@ inline size_t FittingBytes(absl::string_view text, size_t capacity) {
   return n;
 }
 
-// The words of a `kWords`-word field holding text[0 .. n), zero-padded.
+// release on each payload word (a plain store on x86): a reader whose
+// acquire load sees any new word also sees the odd sequence stored before
+// it, so it can tell the slot changed under it. Pairs with the acquire
+// loads in Segment::ReadRing. (Not a release fence: TSan cannot model
+// fences.)
+inline void StorePayload(uint64_t& word, uint64_t value) {
+  std::atomic_ref<uint64_t>(word).store(value, std::memory_order_release);
+}
+
+// Stores text[0 .. n) zero-padded into the kWords words of a field.
 template <size_t kWords>
-inline void FieldWords(const char* text, size_t n, uint64_t* words) {
+inline void StoreField(uint64_t* words, const char* text, size_t n) {
   if (n < 8) {
-    words[0] = LoadShort(text, n);
-    for (size_t i = 1; i < kWords; ++i) words[i] = 0;
+    StorePayload(words[0], LoadShort(text, n));
+#pragma GCC unroll 8
+    for (size_t i = 1; i < kWords; ++i) StorePayload(words[i], 0);
     return;
   }
-  const size_t full = n / 8, tail_bytes = n % 8;
-  // The tail: the 8 bytes ending at the text's end, shifted down (n >= 8,
-  // so the load stays inside the text).
-  const uint64_t tail = tail_bytes == 0 ? 0 : Load8(text + n - 8) >> ((8 - tail_bytes) * 8);
+  // Branch-free: every load stays inside the text (its address is clamped
+  // to the last 8 bytes), and the word that holds the end is shifted down.
+#pragma GCC unroll 8
   for (size_t i = 0; i < kWords; ++i) {
-    words[i] = i < full ? Load8(text + 8 * i) : (i == full ? tail : 0);
+    const size_t offset = 8 * i;
+    const uint64_t word = Load8(text + std::min(offset, n - 8));
+    const size_t past_end = offset + 8 > n ? offset + 8 - n : 0;  // bytes of this word beyond the text
+    StorePayload(words[i], past_end >= 8 ? 0 : word >> (8 * past_end));
   }
 }
 
-// Appends one record to a ring: the seqlock write. Single producer.
-inline void WriteRecord(std::byte* slots, uint32_t slot_count, uint64_t* write_index, const uint64_t* payload) {
-  const uint64_t k = LoadRelaxed(*write_index);  // only this thread writes it
-  auto* words = reinterpret_cast<uint64_t*>(slots + (k & (slot_count - 1)) * sizeof(shm::RequestRecord));
+// Slot `k mod slot_count` of a ring whose slots start at `slots`.
+inline uint64_t* RingSlot(std::byte* slots, uint32_t slot_count, uint64_t k) {
+  return reinterpret_cast<uint64_t*>(slots + (k & (slot_count - 1)) * sizeof(shm::RequestRecord));
+}
+
+// The seqlock write of record k into `words`: odd sequence, payload (by
+// `store_payload`), even sequence, write index. Single producer.
+template <typename StorePayloadWords>
+inline void WriteRecord(uint64_t* words, uint64_t k, uint64_t* write_index, StorePayloadWords store_payload) {
   std::atomic_ref<uint64_t>(words[0]).store(2 * k + 1, std::memory_order_relaxed);
-  // release on each payload word (a plain store on x86): a reader whose
-  // acquire load sees any new word also sees the odd sequence stored
-  // before it, so it can tell the slot changed under it. Pairs with the
-  // acquire loads in Segment::ReadRing. (Not a release fence: TSan cannot
-  // model fences.)
-  for (size_t w = 1; w < kRecordWords; ++w) {
-    std::atomic_ref<uint64_t>(words[w]).store(payload[w], std::memory_order_release);
-  }
+  store_payload(words);
   // release: the payload is complete before the even sequence is seen.
   std::atomic_ref<uint64_t>(words[0]).store(2 * k + 2, std::memory_order_release);
   std::atomic_ref<uint64_t>(*write_index).store(k + 1, std::memory_order_release);
@@ -378,27 +379,44 @@ void RequestLog::record(const RequestRecordInput& request) const {
     std::atomic_ref<uint64_t>(*slot.records_dropped).fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  uint64_t timestamp = request.timestamp_unix_ns;
-  if (timestamp == 0) timestamp = RealtimeNowNs();
+  auto* header = reinterpret_cast<shm::RingHeader*>(ring);
+  std::byte* request_slots = ring + sizeof(shm::RingHeader);
+  std::byte* error_slots = request_slots + uint64_t{slot.request_slots} * sizeof(shm::RequestRecord);
+  const bool to_errors = request.error && slot.error_slots > 0;
+  // The record is built in the request ring's slot, or in the error ring's
+  // when there is no request ring; an error is then copied to the error ring.
+  const bool to_requests = slot.request_slots > 0;
+  if (!to_requests && !to_errors) return;
+  uint64_t* const index = to_requests ? &header->request_write_index : &header->error_write_index;
+  const uint64_t k = LoadRelaxed(*index);  // only this thread writes it
+  uint64_t* const words = to_requests ? RingSlot(request_slots, slot.request_slots, k)
+                                      : RingSlot(error_slots, slot.error_slots, k);
+
+  const uint64_t timestamp = request.timestamp_unix_ns != 0 ? request.timestamp_unix_ns : internal::RealtimeNowNs();
   const size_t method_bytes = FittingBytes(request.method, shm::kRecordMethodBytes);
   const size_t endpoint_bytes = FittingBytes(request.endpoint, shm::kRecordEndpointBytes);
   const size_t error_bytes = FittingBytes(request.error_message, shm::kRecordErrorBytes);
-  uint64_t payload[kRecordWords];  // [0], the sequence, is written by WriteRecord
-  payload[1] = timestamp;
-  payload[2] = request.duration_ns;
-  payload[3] = request.response_bytes;
-  payload[kLengthsWord] = uint64_t{request.status} | uint64_t{request.error ? shm::kRecordFlagError : 0u} << 16 |
-                          uint64_t{method_bytes} << 24 | uint64_t{endpoint_bytes} << 32 |
-                          uint64_t{error_bytes} << 40;
-  FieldWords<kMethodWords>(request.method.data(), method_bytes, payload + kMethodWord);
-  FieldWords<kEndpointWords>(request.endpoint.data(), endpoint_bytes, payload + kEndpointWord);
-  FieldWords<kErrorWords>(request.error_message.data(), error_bytes, payload + kErrorWord);
-  auto* header = reinterpret_cast<shm::RingHeader*>(ring);
-  std::byte* request_slots = ring + sizeof(shm::RingHeader);
-  if (slot.request_slots > 0) WriteRecord(request_slots, slot.request_slots, &header->request_write_index, payload);
-  if (request.error && slot.error_slots > 0) {
-    WriteRecord(request_slots + uint64_t{slot.request_slots} * sizeof(shm::RequestRecord), slot.error_slots,
-                &header->error_write_index, payload);
+  const uint64_t lengths = uint64_t{request.status} | uint64_t{request.error ? shm::kRecordFlagError : 0u} << 16 |
+                           uint64_t{method_bytes} << 24 | uint64_t{endpoint_bytes} << 32 |
+                           uint64_t{error_bytes} << 40;
+  WriteRecord(words, k, index, [&](uint64_t* w) {
+    StorePayload(w[1], timestamp);
+    StorePayload(w[2], request.duration_ns);
+    StorePayload(w[3], request.response_bytes);
+    StorePayload(w[kLengthsWord], lengths);
+    StoreField<shm::kRecordMethodBytes / 8>(w + kMethodWord, request.method.data(), method_bytes);
+    StoreField<shm::kRecordEndpointBytes / 8>(w + kEndpointWord, request.endpoint.data(), endpoint_bytes);
+    StoreField<shm::kRecordErrorBytes / 8>(w + kErrorWord, request.error_message.data(), error_bytes);
+  });
+  if (to_requests && to_errors) {
+    const uint64_t e = LoadRelaxed(header->error_write_index);
+    WriteRecord(RingSlot(error_slots, slot.error_slots, e), e, &header->error_write_index, [words](uint64_t* w) {
+#pragma GCC unroll 16
+      for (size_t i = 1; i < kRecordWords; ++i) {
+        // relaxed: our own stores, read back by the thread that made them.
+        StorePayload(w[i], std::atomic_ref<uint64_t>(words[i]).load(std::memory_order_relaxed));
+      }
+    });
   }
 }
 
