@@ -158,6 +158,58 @@ TEST_CASE("fork while another thread registers families: every child's segment o
   CHECK(DirectoryEntries(dir.path()) == std::vector<std::string>{std::filesystem::path(parent_path).filename()});
 }
 
+TEST_CASE("a fork child's segment is its own from the first moment: its identity, state ready, per-process "
+          "counters at zero") {
+  TempDir dir;
+  WriterOptions options = testing::WriterIn(dir, "identity");
+  options.capacities.exclusive_lanes = 1;
+  options.capacities.series = 3;
+  auto writer = Writer::Create(options).value();
+  auto family = writer->AddCounter("c_total", "C.", {"k"}).value();  // reserves its overflow series
+  family.WithLabels({"a"}).value().inc();
+  family.WithLabels({"b"}).value().inc();  // the last free series
+  family.WithLabels({"c"}).value().inc();  // to the overflow series
+  const RequestLog log = writer->requests();
+  log.record({"GET", "/", 200, 1, 1, false, ""});                                  // takes the one lane
+  std::thread([&] { log.record({"GET", "/", 200, 1, 1, false, ""}); }).join();  // shared lane: dropped
+  const reader::SegmentInfo parent = reader::Segment::Open(writer->path()).value()->Info();
+  CHECK(parent.series_overflow_count == 1);
+  CHECK(parent.lane_fallback_count == 1);
+  CHECK(parent.records_dropped == 1);
+  CHECK(parent.lanes_in_use == 1);
+
+  int pipe_fds[2];
+  REQUIRE(pipe(pipe_fds) == 0);
+  const pid_t child = testing::Fork();
+  if (child == 0) {
+    const std::string path = writer->path();  // the child's own
+    const bool written = write(pipe_fds[1], path.data(), path.size()) == static_cast<ssize_t>(path.size());
+    _exit(written ? 0 : 1);
+  }
+  close(pipe_fds[1]);
+  char buffer[4096];
+  const ssize_t n = read(pipe_fds[0], buffer, sizeof buffer);
+  close(pipe_fds[0]);
+  REQUIRE(testing::WaitChild(child) == 0);
+  REQUIRE(n > 0);
+  const std::string child_path(buffer, static_cast<size_t>(n));
+  CHECK(child_path != writer->path());
+  auto segment = reader::Segment::Open(child_path).value();
+  const reader::SegmentInfo info = segment->Info();
+  CHECK(info.pid == static_cast<uint32_t>(child));
+  CHECK(info.parent_pid == static_cast<uint32_t>(getpid()));
+  CHECK(info.process_start_ticks == shm::ParseSegmentFileName(std::filesystem::path(child_path).filename().string())->start_ticks);
+  CHECK(info.state == shm::SegmentState::kReady);
+  CHECK(info.closed_unix_ns == 0);
+  CHECK(info.series_overflow_count == 0);
+  CHECK(info.lane_fallback_count == 0);
+  CHECK(info.records_dropped == 0);
+  CHECK(info.lanes_in_use == 0);
+  CHECK(info.records_written == 0);
+  CHECK(info.series_count == parent.series_count);  // the parent's series, without their values
+  CHECK(segment->ScalarValue(segment->series().at(0)) == 0);
+}
+
 // ---------------------------------------------------------------- creation
 
 TEST_CASE("writers killed at random points while creating their segment leave no half-made segment, and their "

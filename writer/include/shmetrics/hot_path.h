@@ -7,6 +7,11 @@
 // that finds every exclusive lane taken uses the shared lane, whose cells
 // take atomic read-modify-write instead of a plain store.
 //
+// Unset handles: a default-constructed Counter, Gauge, Histogram or
+// RequestLog (valid() is false) changes nothing anywhere. Its operations
+// cost what a real handle's do and write into a static block of cells that
+// no reader sees (slot 0, below).
+//
 // Thread safety: handles are small values, thread-safe to use from any
 // number of threads at once. A handle must not outlive its Writer.
 //
