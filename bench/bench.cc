@@ -144,12 +144,13 @@ struct alignas(64) Ring {
   RingHeader header;
   RequestRecord slots[kRequestSlots + kErrorSlots];
 };
-thread_local Ring* t_ring = nullptr;
+thread_local Ring t_ring_storage;
+thread_local Ring* t_ring = nullptr;  // v1 looked its ring up per call, and bound it on first use
 
 __attribute__((noinline)) void Record(const shmetrics::RequestRecordInput& request) {
   std::byte* ring = reinterpret_cast<std::byte*>(t_ring);
   if (ring == nullptr) {
-    t_ring = new Ring{};
+    t_ring = &t_ring_storage;
     ring = reinterpret_cast<std::byte*>(t_ring);
   }
   RequestRecord record;

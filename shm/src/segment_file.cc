@@ -377,7 +377,9 @@ absl::Status WritableSegment::Unlink() {
 ForkSnapshot WritableSegment::TakeForkSnapshot() const {
   const SegmentHeader& h = header();
   // relaxed: the caller holds the lock under which every count is written.
-  auto count = [](const uint32_t& field) { return uint64_t{std::atomic_ref<const uint32_t>(field).load(std::memory_order_relaxed)}; };
+  auto count = [](const uint32_t& field) {
+    return uint64_t{std::atomic_ref<uint32_t>(const_cast<uint32_t&>(field)).load(std::memory_order_relaxed)};
+  };
   ForkSnapshot snapshot;
   snapshot.pieces[0] = {0, sizeof(SegmentHeader)};
   snapshot.pieces[1] = {h.family_table_offset, count(h.family_count) * sizeof(FamilyDescriptor)};

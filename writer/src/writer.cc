@@ -222,11 +222,11 @@ void BindLane(uint32_t slot_index) {
     return;
   }
   shm::SegmentHeader& h = impl.header();
-  const std::byte* shared = slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes;
+  std::byte* const shared = slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes;
   if (t_lanes_released) {
     // A thread_local destructor after this thread's lane releaser: claim
     // nothing (nobody would give it back); the shared lane is always there.
-    StoreRelaxed(lane.shared_base, const_cast<std::byte*>(shared));
+    StoreRelaxed(lane.shared_base, shared);
     return;
   }
   t_lane_releaser.Touch();  // registers this thread, once
@@ -248,7 +248,7 @@ void BindLane(uint32_t slot_index) {
     return;
   }
   std::atomic_ref<uint64_t>(h.lane_fallback_count).fetch_add(1, std::memory_order_relaxed);
-  StoreRelaxed(lane.shared_base, const_cast<std::byte*>(shared));
+  StoreRelaxed(lane.shared_base, shared);
 }
 
 template <typename T>
@@ -456,7 +456,7 @@ void Gauge::set(double value) const {
   const internal::WriterSlot& slot = g_writer_slots[slot_];
   // relaxed: Close() stores it under the registry mutex before unbinding
   // this thread, which then rebinds (EnsureBound) under the same mutex.
-  if (std::atomic_ref<const uint32_t>(slot.closed).load(std::memory_order_relaxed) != 0) return;
+  if (std::atomic_ref<uint32_t>(const_cast<uint32_t&>(slot.closed)).load(std::memory_order_relaxed) != 0) return;
   const uint32_t high_water =
       std::atomic_ref<uint32_t>(*const_cast<uint32_t*>(slot.lanes_high_water)).load(std::memory_order_acquire);
   const uint32_t lanes = std::min(high_water, slot.shared_lane);
