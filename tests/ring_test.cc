@@ -8,6 +8,7 @@
 #include <regex>
 #include <set>
 #include <thread>
+#include <time.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -112,6 +113,108 @@ TEST_CASE("long fields are cut at a character boundary, and a thread without a r
   CHECK(read.records[0].method == "OPTIONSX");
   CHECK(read.records[0].endpoint == std::string(47, 'a'));
   CHECK(segment->Info().records_dropped == 1);
+}
+
+// Writes one record and reads it back from the thread's ring.
+reader::RequestRecordView RecordAndRead(const RequestLog& log, const reader::Segment& segment, uint64_t k,
+                                        const RequestRecordInput& input) {
+  log.record(input);
+  const auto read = segment.ReadRing(0, reader::RingKind::kRequests, k);
+  REQUIRE(read.records.size() == 1);
+  return read.records[0];
+}
+
+TEST_CASE("every field length, 0 to past its capacity, and every cut inside a 2-, 3- or 4-byte character reads "
+          "back exactly") {
+  TempDir dir;
+  auto writer = MakeWriter(dir);
+  const RequestLog log = writer->requests();
+  auto segment = reader::Segment::Open(writer->path()).value();
+  uint64_t k = 0;
+  const std::string letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
+  for (size_t n = 0; n <= 60; ++n) {
+    const std::string text = letters.substr(0, n);
+    const auto r = RecordAndRead(log, *segment, k++,
+                                 {text.substr(0, std::min<size_t>(n, 12)), text, static_cast<uint16_t>(n), n, n * 3,
+                                  n % 2 == 1, text.substr(0, std::min<size_t>(n, 40)), 1000 + n});
+    CHECK(r.method == text.substr(0, std::min<size_t>(n, 8)));
+    CHECK(r.endpoint == text.substr(0, std::min<size_t>(n, 48)));
+    CHECK(r.error_message == text.substr(0, std::min<size_t>(n, 32)));
+    CHECK(r.status == n);
+    CHECK(r.duration_ns == n);
+    CHECK(r.response_bytes == n * 3);
+    CHECK(r.error == (n % 2 == 1));
+    CHECK(r.timestamp_unix_ns == 1000 + n);
+  }
+  // A multi-byte character placed across each field's end is left out whole.
+  for (const std::string character : {"\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"}) {
+    for (size_t before = 0; before < 4; ++before) {
+      const auto across = [&](size_t capacity) {
+        // The character starts 1 .. size-1 bytes before the field's end.
+        return std::string(capacity - character.size() + 1 + before % (character.size() - 1), 'x') + character + "yz";
+      };
+      const std::string method = across(8), endpoint = across(48), error = across(32);
+      const auto r = RecordAndRead(log, *segment, k++, {method, endpoint, 200, 1, 1, true, error, 1});
+      CHECK(r.method == std::string(shm::Utf8Prefix(method, 8)));
+      CHECK(r.endpoint == std::string(shm::Utf8Prefix(endpoint, 48)));
+      CHECK(r.error_message == std::string(shm::Utf8Prefix(error, 32)));
+      CHECK(r.endpoint.size() < 48);
+      CHECK(shm::IsValidUtf8(r.endpoint));
+    }
+  }
+  // Whole characters that fit exactly are kept.
+  const std::string euros = "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac";  // 18 bytes
+  const auto r = RecordAndRead(log, *segment, k++, {"GET", euros + euros + euros + "abc", 200, 1, 1, false, "", 1});
+  std::string sixteen_euros;
+  for (int i = 0; i < 16; ++i) sixteen_euros += "\xe2\x82\xac";
+  CHECK(r.endpoint == sixteen_euros);  // 54 bytes: cut to 48, a boundary
+}
+
+TEST_CASE("with error slots only, errors are kept and other requests go nowhere") {
+  TempDir dir;
+  WriterOptions options = testing::WriterIn(dir, "ring");
+  options.capacities.ring_slots_per_lane = 0;
+  auto writer = Writer::Create(options).value();
+  const RequestLog log = writer->requests();
+  log.record({"GET", "/ok", 200, 1, 1, false, ""});
+  log.record({"POST", "/pay", 502, 7, 9, true, "gateway", 42});
+  auto segment = reader::Segment::Open(writer->path()).value();
+  const auto errors = segment->ReadRing(0, reader::RingKind::kErrors, 0);
+  REQUIRE(errors.records.size() == 1);
+  CHECK(errors.records[0].endpoint == "/pay");
+  CHECK(errors.records[0].error_message == "gateway");
+  CHECK(errors.records[0].timestamp_unix_ns == 42);
+  CHECK(segment->ReadRing(0, reader::RingKind::kRequests, 0).next == 0);
+  CHECK(segment->Info().records_dropped == 0);
+}
+
+TEST_CASE("record() reads CLOCK_REALTIME when given no timestamp: each record's time lies between readings taken "
+          "just before and just after it") {
+  TempDir dir;
+  auto writer = MakeWriter(dir);
+  const RequestLog log = writer->requests();
+  auto segment = reader::Segment::Open(writer->path()).value();
+  auto now = [] {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+  };
+  // Long enough to cross many of the clock's 1 ms windows and re-anchors.
+  uint64_t outside = 0, k = 0;
+  const uint64_t start = now();
+  while (now() - start < 20'000'000) {
+    const uint64_t before = now();
+    log.record({"GET", "/t", 200, 1, 1, false, ""});
+    const uint64_t after = now();
+    const auto read = segment->ReadRing(0, reader::RingKind::kRequests, k++);
+    REQUIRE(read.records.size() == 1);
+    // The extrapolated time may be off by the rate's error over a window
+    // (tens of nanoseconds); a microsecond is far more than that.
+    const uint64_t t = read.records[0].timestamp_unix_ns;
+    outside += t + 1000 < before || t > after + 1000;
+  }
+  MESSAGE(k << " records");
+  CHECK(outside == 0);
 }
 
 TEST_CASE("a slot left half-written (a producer killed mid-write) is skipped and counted, never returned") {

@@ -84,8 +84,8 @@ bool WriterRunning(const Segment& segment) {
   if (info.state != shm::SegmentState::kReady) return false;
   // The lock is free but the same process (pid and start time) still runs:
   // it closed its descriptor (a daemon closing every fd, say). Not dead.
-  return info.process_start_ticks != 0 &&
-         shm::ProcessStartTicks(static_cast<pid_t>(info.pid)) == info.process_start_ticks;
+  // An exited process that is not reaped yet (a zombie) is dead.
+  return info.process_start_ticks != 0 && shm::ProcessRunning(info.pid, info.process_start_ticks);
 }
 
 void Collector::State::Report(ProblemMap& into, const std::string& path, ProblemKind kind,
@@ -350,6 +350,18 @@ absl::Status Collector::State::ScanLocked() {
       s.Report(s.scan_problems, s.archive_path, ProblemKind::kCorrupt, "",
                absl::StrCat(why, "; dead writers are kept until the archive can be written"));
       s.counters.segments_dead += to_retire.size();
+    }
+  }
+  // Temporary files of writers killed while creating their segment.
+  if (retiring) {
+    absl::StatusOr<std::vector<std::string>> removed =
+        shm::RemoveAbandonedTempFiles(s.options.directory, s.options.abandoned_temp_grace_seconds);
+    if (removed.ok()) {
+      for (const std::string& path : *removed) {
+        std::fprintf(stderr, "shmetrics: removed %s: its writer died while creating it\n",
+                     absl::CEscape(path).c_str());
+      }
+      s.counters.abandoned_removed_total += removed->size();
     }
   }
   // Names of files that are gone can never be folded again: forget them,

@@ -87,4 +87,12 @@ bool IsValidUtf8(absl::string_view text) {
   return true;
 }
 
+absl::string_view Utf8Prefix(absl::string_view text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return text;
+  size_t n = max_bytes;
+  // Back up over continuation bytes (10xxxxxx): text[n] must start a character.
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
+  return text.substr(0, n);
+}
+
 }  // namespace shmetrics::shm

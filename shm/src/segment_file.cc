@@ -1,5 +1,6 @@
 #include "shmetrics/shm/segment_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -13,6 +14,7 @@
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/numbers.h"
 #include "shmetrics/shm/fault_guard.h"
@@ -89,21 +91,26 @@ std::string DirectoryFromEnvironment() {
   return dir != nullptr && *dir != '\0' ? std::string(dir) : std::string(kDefaultDirectory);
 }
 
-uint64_t ProcessStartTicks(pid_t pid) {
-  // Raw read(): also used in a fork() child, where iostreams are unwelcome.
+namespace {
+
+// Fields 3 (state) and 22 (start time in clock ticks) of /proc/<pid>/stat.
+// Raw open()/read(): also used in a fork() child, where iostreams are
+// unwelcome. False when the process does not exist or cannot be read.
+bool ReadProcessStat(pid_t pid, char* state, uint64_t* start_ticks) {
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
   const int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
+  if (fd < 0) return false;
   char buffer[1024];
   const ssize_t n = read(fd, buffer, sizeof buffer - 1);
   close(fd);
-  if (n <= 0) return 0;
+  if (n <= 0) return false;
   buffer[n] = '\0';
   // The command name (field 2) may contain spaces and parentheses: fields
   // after it are counted from the last ')'.
   const char* p = strrchr(buffer, ')');
-  if (p == nullptr) return 0;
+  if (p == nullptr || p[1] != ' ' || p[2] == '\0') return false;
+  *state = p[2];
   int field = 2;
   while (*p != '\0' && field < 22) {
     if (*p == ' ') ++field;
@@ -111,7 +118,85 @@ uint64_t ProcessStartTicks(pid_t pid) {
   }
   uint64_t ticks = 0;
   std::from_chars(p, buffer + n, ticks);
-  return ticks;
+  *start_ticks = ticks;
+  return true;
+}
+
+}  // namespace
+
+uint64_t ProcessStartTicks(pid_t pid) {
+  char state = 0;
+  uint64_t ticks = 0;
+  return ReadProcessStat(pid, &state, &ticks) ? ticks : 0;
+}
+
+bool ProcessRunning(uint32_t pid, uint64_t start_ticks) {
+  if (pid == 0 || pid > static_cast<uint32_t>(std::numeric_limits<pid_t>::max())) return false;
+  char state = 0;
+  uint64_t ticks = 0;
+  if (!ReadProcessStat(static_cast<pid_t>(pid), &state, &ticks)) return false;
+  // Z: exited, not reaped yet (its flock is already gone); X (x on old
+  // kernels): being torn down.
+  if (state == 'Z' || state == 'X' || state == 'x') return false;
+  return ticks == start_ticks;
+}
+
+std::string TempSegmentFileName(absl::string_view service, uint32_t pid, uint64_t start_ticks,
+                                uint32_t instance) {
+  return absl::StrCat(kTempFilePrefix, service, ".", pid, ".", start_ticks, ".", instance);
+}
+
+bool IsTempSegmentFileName(absl::string_view file_name) {
+  if (file_name.substr(0, kTempFilePrefix.size()) != kTempFilePrefix) return false;
+  const absl::string_view rest = file_name.substr(kTempFilePrefix.size());
+  const std::optional<SegmentFileId> id = ParseSegmentFileName(absl::StrCat(kFilePrefix, rest));
+  // Only the canonical spelling (no leading zeros, no sign): the name must
+  // be one that TempSegmentFileName makes.
+  return id.has_value() && TempSegmentFileName(id->service, id->pid, id->start_ticks, id->instance) == file_name;
+}
+
+absl::StatusOr<std::vector<std::string>> RemoveAbandonedTempFiles(const std::string& directory,
+                                                                  double grace_seconds) {
+  const int dir_fd = open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return ErrnoStatus(errno, "open directory " + directory);
+  // fdopendir takes its own descriptor, so that dir_fd outlives the listing.
+  DIR* listing = fdopendir(dup(dir_fd));
+  if (listing == nullptr) {
+    const int error = errno;
+    close(dir_fd);
+    return ErrnoStatus(error, "list " + directory);
+  }
+  std::vector<std::string> names;
+  while (const dirent* entry = readdir(listing)) {
+    if (IsTempSegmentFileName(entry->d_name)) names.emplace_back(entry->d_name);
+  }
+  closedir(listing);
+
+  const uid_t me = geteuid();
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  auto seconds_since = [&now](const timespec& t) {
+    return static_cast<double>(now.tv_sec - t.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec - t.tv_nsec);
+  };
+  std::vector<std::string> removed;
+  for (const std::string& name : names) {
+    const int fd = openat(dir_fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;  // gone meanwhile, or a symlink (ELOOP): not ours to touch
+    struct stat st {};
+    const bool candidate = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == me &&
+                           seconds_since(st.st_mtim) >= grace_seconds &&
+                           seconds_since(st.st_ctim) >= grace_seconds &&
+                           flock(fd, LOCK_EX | LOCK_NB) == 0;  // free: its creator is gone
+    struct stat again {};
+    // Still the same file under that name (not replaced since we opened it)?
+    if (candidate && fstatat(dir_fd, name.c_str(), &again, AT_SYMLINK_NOFOLLOW) == 0 &&
+        again.st_ino == st.st_ino && again.st_dev == st.st_dev && unlinkat(dir_fd, name.c_str(), 0) == 0) {
+      removed.push_back(absl::StrCat(directory, "/", name));
+    }
+    close(fd);  // drops our lock
+  }
+  close(dir_fd);
+  return removed;
 }
 
 uint64_t NowUnixNs() {
@@ -182,25 +267,38 @@ void FillHeader(SegmentHeader& h, const Capacities& c, const RegionPlan& plan,
   h.rings_size_bytes = plan.rings_size_bytes;
 }
 
-// Opens a new file exclusively, sets its mode, allocates it and takes the
-// writer lock. Raw syscalls only (used in fork children too).
+// Creates a new file exclusively under `path` (a temporary name), takes the
+// writer lock before anything else, sets the mode and allocates it. On
+// failure removes what it made. Plain syscalls (used in fork children too).
 int CreateLockedFile(const char* path, mode_t mode, uint64_t size, int* error) {
   const int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
   if (fd < 0) {
     *error = errno;
     return -1;
   }
-  int rc = fchmod(fd, mode);  // umask must not widen or narrow the mode we chose
+  int rc = 0;
+  if (flock(fd, LOCK_EX) != 0) rc = errno;
+  if (rc == 0 && fchmod(fd, mode) != 0) rc = errno;  // umask must not widen or narrow the mode we chose
   if (rc == 0) rc = posix_fallocate(fd, 0, static_cast<off_t>(size));
-  else rc = errno;
-  if (rc == 0 && flock(fd, LOCK_EX) != 0) rc = errno;
   if (rc != 0) {
     *error = rc;
-    close(fd);
     unlink(path);
+    close(fd);
     return -1;
   }
   return fd;
+}
+
+// Renames `from` to `to` unless `to` exists (whatever it is: a symlink
+// planted there is never replaced, nor followed). Returns 0 or an errno.
+int RenameNoReplace(const char* from, const char* to) {
+  if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0) return 0;
+  if (errno != EINVAL && errno != ENOSYS) return errno;
+  // A filesystem without RENAME_NOREPLACE: link() refuses an existing name
+  // too. For a moment the file has two links (readers skip it meanwhile).
+  if (link(from, to) != 0) return errno;
+  unlink(from);
+  return 0;
 }
 
 }  // namespace
@@ -218,37 +316,39 @@ absl::StatusOr<std::unique_ptr<WritableSegment>> WritableSegment::Create(const O
   segment->mode_ = options.group_readable ? 0640 : 0600;
   segment->instance_ = options.instance;
   const pid_t pid = getpid();
-  segment->path_ = absl::StrCat(
-      segment->directory_, "/", SegmentFileName(options.service, pid, ProcessStartTicks(pid), options.instance));
+  const uint64_t start_ticks = ProcessStartTicks(pid);
+  segment->path_ = absl::StrCat(segment->directory_, "/",
+                                SegmentFileName(options.service, pid, start_ticks, options.instance));
+  segment->temp_path_ = absl::StrCat(segment->directory_, "/",
+                                     TempSegmentFileName(options.service, pid, start_ticks, options.instance));
   int error = 0;
-  segment->fd_ = CreateLockedFile(segment->path_.c_str(), segment->mode_, plan.total_size_bytes,
-                                  &error);
-  if (segment->fd_ < 0) {
+  const int fd = CreateLockedFile(segment->temp_path_.c_str(), segment->mode_, plan.total_size_bytes, &error);
+  if (fd < 0) {
     if (error == ENOSPC) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "cannot allocate ", plan.total_size_bytes, " bytes for ", segment->path_,
+          "cannot allocate ", plan.total_size_bytes, " bytes for ", segment->temp_path_,
           ": no space left (is the tmpfs full? Docker's default /dev/shm is 64 MiB)"));
     }
-    return ErrnoStatus(error, "create " + segment->path_);
+    return ErrnoStatus(error, "create " + segment->temp_path_);
   }
-  auto region = MapWithBoost(segment->path_, segment->fd_, plan.total_size_bytes, /*writable=*/true);
-  if (!region.ok()) {
-    unlink(segment->path_.c_str());
-    return region.status();
-  }
+  segment->fd_ = fd;  // from here the destructor removes the temporary file on failure
+  auto region = MapWithBoost(segment->temp_path_, segment->fd_, plan.total_size_bytes, /*writable=*/true);
+  if (!region.ok()) return region.status();
   segment->region_ = *std::move(region);
   segment->base_ = static_cast<std::byte*>(segment->region_->get_address());
   segment->size_bytes_ = plan.total_size_bytes;
-  FillHeader(segment->header(), options.capacities, plan, options.service,
-             static_cast<uint32_t>(pid), 0);
+  FillHeader(segment->header(), options.capacities, plan, options.service, static_cast<uint32_t>(pid), 0);
   return segment;
 }
 
 // The region's destructor unmaps the range, also after ReplaceInForkChild
-// put another file's pages at the same address and size.
+// put another file's pages (or anonymous ones) at the same address and size.
 WritableSegment::~WritableSegment() {
   region_.reset();
-  if (fd_ >= 0) close(fd_);  // drops the flock
+  if (fd_ >= 0) {
+    if (!published_) unlink(temp_path_.c_str());  // made, never shown to readers
+    close(fd_);  // drops the flock
+  }
 }
 
 void WritableSegment::MarkReady() {
@@ -256,6 +356,15 @@ void WritableSegment::MarkReady() {
   // acquire load of `state` in the reader's Open.
   std::atomic_ref<uint32_t>(header().state)
       .store(static_cast<uint32_t>(SegmentState::kReady), std::memory_order_release);
+}
+
+absl::Status WritableSegment::Publish() {
+  if (published_) return absl::OkStatus();
+  if (const int error = RenameNoReplace(temp_path_.c_str(), path_.c_str()); error != 0) {
+    return ErrnoStatus(error, absl::StrCat("publish ", temp_path_, " as ", path_));
+  }
+  published_ = true;
+  return absl::OkStatus();
 }
 
 void WritableSegment::MarkClosed() {
@@ -266,62 +375,116 @@ void WritableSegment::MarkClosed() {
 }
 
 absl::Status WritableSegment::Unlink() {
+  if (!published_ || fd_ < 0) return absl::OkStatus();  // no file of our own
   if (unlink(path_.c_str()) != 0) return ErrnoStatus(errno, "unlink " + path_);
   return absl::OkStatus();
 }
 
-absl::Status WritableSegment::ReplaceInForkChild() {
+ForkSnapshot WritableSegment::TakeForkSnapshot() const {
+  const SegmentHeader& h = header();
+  // relaxed: the caller holds the lock under which every count is written.
+  auto count = [](const uint32_t& field) {
+    return uint64_t{std::atomic_ref<uint32_t>(const_cast<uint32_t&>(field)).load(std::memory_order_relaxed)};
+  };
+  ForkSnapshot snapshot;
+  snapshot.pieces[0] = {0, sizeof(SegmentHeader)};
+  snapshot.pieces[1] = {h.family_table_offset, count(h.family_count) * sizeof(FamilyDescriptor)};
+  snapshot.pieces[2] = {h.series_table_offset, count(h.series_count) * sizeof(SeriesDescriptor)};
+  snapshot.pieces[3] = {h.string_arena_offset, count(h.string_arena_used)};
+  snapshot.pieces[4] = {h.bounds_offset, count(h.bounds_used) * sizeof(double)};
+  uint64_t total = 0;
+  for (const ForkSnapshot::Piece& piece : snapshot.pieces) total += piece.size_bytes;
+  snapshot.bytes = std::make_unique_for_overwrite<std::byte[]>(total);
+  uint64_t at = 0;
+  for (const ForkSnapshot::Piece& piece : snapshot.pieces) {
+    std::memcpy(snapshot.bytes.get() + at, base_ + piece.offset, piece.size_bytes);
+    at += piece.size_bytes;
+  }
+  return snapshot;
+}
+
+void WritableSegment::DetachInForkChild(const ForkSnapshot& snapshot) {
+  void* mapped = mmap(base_, size_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  if (mapped != base_) {
+    // Not even anonymous memory: take the range away rather than leave the
+    // parent's file under the child's handles.
+    munmap(base_, size_bytes_);
+    return;
+  }
+  uint64_t at = 0;
+  for (const ForkSnapshot::Piece& piece : snapshot.pieces) {
+    std::memcpy(base_ + piece.offset, snapshot.bytes.get() + at, piece.size_bytes);
+    at += piece.size_bytes;
+  }
+}
+
+absl::Status WritableSegment::ReplaceInForkChild(const ForkSnapshot& snapshot) {
   const pid_t pid = getpid();
-  const SegmentHeader& parent = header();
-  const uint32_t parent_pid = parent.pid;
+  const uint64_t start_ticks = ProcessStartTicks(pid);
+  // The parent's file and lock are the parent's: this process lets go of
+  // its inherited descriptor whatever happens next.
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
+  published_ = false;
+
+  // The child's header, complete before anyone can see the file.
+  SegmentHeader h;
+  std::memcpy(&h, snapshot.bytes.get(), sizeof h);
+  const uint32_t parent_pid = h.pid;
+  h.pid = static_cast<uint32_t>(pid);
+  h.parent_pid = parent_pid;
+  h.process_start_ticks = start_ticks;
+  h.created_unix_ns = NowUnixNs();
+  h.state = static_cast<uint32_t>(SegmentState::kReady);
+  h.closed_unix_ns = 0;
+  h.lanes_high_water = 0;
+  h.series_overflow_count = 0;
+  h.lane_fallback_count = 0;
+  h.records_dropped = 0;
   char service[kServiceNameBytes + 1] = {};
-  std::memcpy(service, parent.service_name, kServiceNameBytes);
-  char path[4096];
-  snprintf(path, sizeof path, "%s/%s%s.%d.%llu.%u", directory_.c_str(), kFilePrefix.data(), service,
-           static_cast<int>(pid), static_cast<unsigned long long>(ProcessStartTicks(pid)), instance_);
+  std::memcpy(service, h.service_name, kServiceNameBytes);
+  path_ = absl::StrCat(directory_, "/", SegmentFileName(service, static_cast<uint32_t>(pid), start_ticks, instance_));
+  temp_path_ = absl::StrCat(directory_, "/", TempSegmentFileName(service, static_cast<uint32_t>(pid), start_ticks, instance_));
+
   int error = 0;
-  const int fd = CreateLockedFile(path, mode_, size_bytes_, &error);
-  absl::Status status;
+  const int fd = CreateLockedFile(temp_path_.c_str(), mode_, size_bytes_, &error);
   if (fd >= 0) {
-    // Copy the header and every metadata region (everything before the lane
-    // owner words) from the parent's mapping; lanes and rings start at zero.
-    const uint64_t metadata_bytes = parent.lane_owner_offset;
-    uint64_t done = 0;
-    while (done < metadata_bytes) {
-      const ssize_t n = pwrite(fd, base_ + done, metadata_bytes - done, static_cast<off_t>(done));
-      if (n <= 0) break;
-      done += static_cast<uint64_t>(n);
+    auto write_all = [fd](const void* data, uint64_t size, uint64_t offset) {
+      const auto* bytes = static_cast<const std::byte*>(data);
+      uint64_t done = 0;
+      while (done < size) {
+        const ssize_t n = pwrite(fd, bytes + done, size - done, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return n < 0 ? errno : EIO;
+        done += static_cast<uint64_t>(n);
+      }
+      return 0;
+    };
+    error = write_all(&h, sizeof h, 0);
+    uint64_t at = snapshot.pieces[0].size_bytes;
+    for (size_t i = 1; i < ForkSnapshot::kPieces && error == 0; ++i) {
+      const ForkSnapshot::Piece& piece = snapshot.pieces[i];
+      error = write_all(snapshot.bytes.get() + at, piece.size_bytes, piece.offset);
+      at += piece.size_bytes;
     }
-    void* mapped = done == metadata_bytes
-                       ? mmap(base_, size_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0)
-                       : MAP_FAILED;
-    if (mapped == base_) {
-      SegmentHeader& h = header();
-      h.pid = static_cast<uint32_t>(pid);
-      h.parent_pid = parent_pid;
-      h.process_start_ticks = ProcessStartTicks(pid);
-      h.created_unix_ns = NowUnixNs();
-      h.lanes_high_water = 0;
-      h.series_overflow_count = 0;
-      h.lane_fallback_count = 0;
-      h.closed_unix_ns = 0;
-      close(fd_);  // our copy of the parent's file and its lock reference
+    // Lanes, owner words and rings are zero: fresh from posix_fallocate.
+    if (error == 0 &&
+        mmap(base_, size_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) != base_) {
+      error = errno;
+    }
+    if (error == 0) error = RenameNoReplace(temp_path_.c_str(), path_.c_str());
+    if (error == 0) {
       fd_ = fd;
-      path_ = path;
-      MarkReady();
+      published_ = true;
       return absl::OkStatus();
     }
-    error = errno;
+    unlink(temp_path_.c_str());
     close(fd);
-    unlink(path);
   }
-  status = ErrnoStatus(error, absl::StrCat("create child segment ", path));
-  // Never let the child write into the parent's file.
-  mmap(base_, size_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-  close(fd_);
-  fd_ = -1;
-  return status;
+  DetachInForkChild(snapshot);
+  return ErrnoStatus(error, absl::StrCat("create child segment ", temp_path_));
 }
+
 
 // ---------------------------------------------------------------- reader side
 

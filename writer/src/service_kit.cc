@@ -7,7 +7,9 @@
 #include <mutex>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "shmetrics/shm/layout.h"
 
 namespace shmetrics {
 
@@ -61,6 +63,10 @@ Handle Cached(const std::string& key, Make make) {
   return handle;
 }
 
+// A label value as the kit records it: cut to the longest a segment takes,
+// at a character boundary.
+absl::string_view LabelValue(absl::string_view text) { return shm::Utf8Prefix(text, shm::kMaxLabelValueBytes); }
+
 absl::string_view StatusText(uint16_t status, char (&buffer)[8]) {
   const int n = std::snprintf(buffer, sizeof buffer, "%u", status);
   return absl::string_view(buffer, static_cast<size_t>(n));
@@ -113,6 +119,15 @@ absl::StatusOr<std::unique_ptr<ServiceKit>> ServiceKit::Create(Writer& writer, S
 
 ServiceKit::~ServiceKit() = default;
 
+size_t ServiceKit::thread_cached_endpoints() const {
+  const std::string prefix = absl::StrCat(id_, "\x1f");
+  size_t count = 0;
+  for (const auto& [key, handles] : ThreadCache<RequestScope::EndpointHandles*>()) {
+    count += absl::StartsWith(key, prefix);
+  }
+  return count;
+}
+
 std::string ServiceKit::GuardedEndpoint(absl::string_view endpoint) {
   std::lock_guard lock(families_->mu);
   auto& seen = families_->seen_endpoints;
@@ -131,9 +146,15 @@ std::string ServiceKit::GuardedModel(absl::string_view model) {
   return std::string(model);
 }
 
-RequestScope::EndpointHandles* ServiceKit::Endpoint(absl::string_view method, absl::string_view endpoint) {
-  return Cached<RequestScope::EndpointHandles*>(Key(id_, method, endpoint), [&] {
-    const std::string guarded = GuardedEndpoint(endpoint);
+RequestScope::EndpointHandles* ServiceKit::Endpoint(absl::string_view raw_method, absl::string_view raw_endpoint) {
+  const absl::string_view method = LabelValue(raw_method);
+  const absl::string_view endpoint = LabelValue(raw_endpoint);
+  auto& cache = ThreadCache<RequestScope::EndpointHandles*>();
+  if (auto it = cache.find(Key(id_, method, endpoint)); it != cache.end()) return it->second;
+  // Not met on this thread yet. The guard runs first: an endpoint beyond
+  // the limit becomes "other" before this thread keeps anything for it.
+  const std::string guarded = GuardedEndpoint(endpoint);
+  return Cached<RequestScope::EndpointHandles*>(Key(id_, method, guarded), [&] {
     std::lock_guard lock(families_->mu);
     auto& slot = families_->endpoints[absl::StrCat(method, "\x1f", guarded)];
     if (slot == nullptr) {
@@ -177,8 +198,9 @@ RequestScope::RequestScope(RequestScope&& other) noexcept
 
 void RequestScope::set_error(absl::string_view message) {
   error_ = true;
-  error_length_ = static_cast<uint8_t>(std::min(message.size(), sizeof error_message_));
-  std::memcpy(error_message_, message.data(), error_length_);
+  const absl::string_view kept = shm::Utf8Prefix(message, sizeof error_message_);
+  error_length_ = static_cast<uint8_t>(kept.size());
+  std::memcpy(error_message_, kept.data(), kept.size());
 }
 
 RequestScope::~RequestScope() {
@@ -199,21 +221,24 @@ RequestScope::~RequestScope() {
                      absl::string_view(error_message_, error_length_)});
 }
 
-void ServiceKit::record_cache_event(bool hit, absl::string_view operation) {
+void ServiceKit::record_cache_event(bool hit, absl::string_view raw_operation) {
+  const absl::string_view operation = LabelValue(raw_operation);
   const absl::string_view result = hit ? "hit" : "miss";
   Cached<Counter>(Key(id_, absl::string_view("cache"), operation, result), [&] {
     return families_->cache.WithLabels({operation, result}).value_or(Counter());
   }).inc();
 }
 
-void ServiceKit::record_db_query(absl::string_view query_type, double seconds) {
+void ServiceKit::record_db_query(absl::string_view raw_query_type, double seconds) {
+  const absl::string_view query_type = LabelValue(raw_query_type);
   const Histogram histogram = Cached<Histogram>(Key(id_, absl::string_view("db"), query_type), [&] {
     return families_->db.WithLabels({query_type}).value_or(Histogram());
   });
   if (histogram.valid()) histogram.observe(seconds);
 }
 
-DbQueryTimer ServiceKit::TimeDbQuery(absl::string_view query_type) {
+DbQueryTimer ServiceKit::TimeDbQuery(absl::string_view raw_query_type) {
+  const absl::string_view query_type = LabelValue(raw_query_type);
   return DbQueryTimer(Cached<Histogram>(Key(id_, absl::string_view("db"), query_type), [&] {
     return families_->db.WithLabels({query_type}).value_or(Histogram());
   }));
@@ -225,10 +250,12 @@ DbQueryTimer::~DbQueryTimer() {
   }
 }
 
-void ServiceKit::record_llm_usage(absl::string_view endpoint, absl::string_view model, uint64_t tokens,
-                                  std::optional<double> cost_usd, absl::string_view status) {
-  const std::string guarded_endpoint = GuardedEndpoint(endpoint);
-  const std::string guarded_model = GuardedModel(model);
+void ServiceKit::record_llm_usage(absl::string_view raw_endpoint, absl::string_view raw_model, uint64_t tokens,
+                                  std::optional<double> cost_usd, absl::string_view raw_status) {
+  const absl::string_view model = raw_model;  // the price table is keyed by the full name
+  const absl::string_view status = LabelValue(raw_status);
+  const std::string guarded_endpoint = GuardedEndpoint(LabelValue(raw_endpoint));
+  const std::string guarded_model = GuardedModel(LabelValue(model));
   const absl::string_view e = guarded_endpoint, m = guarded_model;
   double cost = 0;
   if (cost_usd.has_value()) {

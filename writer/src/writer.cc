@@ -19,17 +19,31 @@
 #include "absl/strings/str_join.h"
 #include "shmetrics/shm/names.h"
 #include "shmetrics/shm/segment_file.h"
+#include "realtime_clock.h"
 
 namespace shmetrics {
 namespace internal {
-WriterSlot g_writer_slots[kMaxWritersPerProcess];
-constinit thread_local ThreadLane t_lanes[kMaxWritersPerProcess];
+alignas(64) std::byte g_unset_cells[kUnsetCells * 8];
+namespace {
+const uint32_t g_unset_high_water = 0;
+uint64_t g_unset_records_dropped = 0;
+}  // namespace
+// Slot 0 is the unset handles' (see hot_path.h): its one lane is
+// g_unset_cells, and it has no ring.
+WriterSlot g_writer_slots[kSlotCount] = {
+    {.lanes_base = g_unset_cells, .lane_stride_bytes = sizeof g_unset_cells,
+     .lanes_high_water = &g_unset_high_water, .records_dropped = &g_unset_records_dropped}};
+constinit thread_local ThreadLane t_lanes[kSlotCount] = {kUnsetThreadLane};
 }  // namespace internal
 
 namespace {
 using internal::g_writer_slots;
 using internal::kMaxWritersPerProcess;
+using internal::kSlotCount;
 using internal::t_lanes;
+
+// Writers occupy slots 1 .. kMaxWritersPerProcess (slot 0 is the unset handles').
+constexpr uint32_t kFirstWriterSlot = 1;
 
 // One process-wide mutex guards every Writer's registration state, the
 // writer slots and lane ownership. It is a plain std::mutex rather than an
@@ -37,7 +51,7 @@ using internal::t_lanes;
 // the child, which is well defined for a pthread mutex and not documented
 // for absl::Mutex (whose waiter lists could name threads the child lacks).
 std::mutex g_registry_mu;
-Writer* g_writers[kMaxWritersPerProcess];  // guarded by g_registry_mu
+Writer* g_writers[kSlotCount];  // guarded by g_registry_mu; [0] stays null
 
 constexpr absl::string_view kOverflowValue = "shmetrics_overflow";
 
@@ -59,6 +73,19 @@ struct LaneReleaser {
 };
 thread_local LaneReleaser t_lane_releaser;
 
+// Set by ~LaneReleaser. A thread_local constructed before this thread's
+// first metric operation is destroyed after the releaser; if its
+// destructor uses a metric, the lane it would claim would never be given
+// back. Such late uses go to the shared lane instead. Trivial and
+// constant-initialized: no TLS guard.
+constinit thread_local bool t_lanes_released = false;
+
+// Every entry of this thread's t_lanes back to how a thread starts.
+void ResetThreadLanes(internal::ThreadLane* lanes) {
+  lanes[internal::kUnsetSlot] = internal::kUnsetThreadLane;
+  for (uint32_t s = kFirstWriterSlot; s < kSlotCount; ++s) lanes[s] = internal::ThreadLane{};
+}
+
 template <typename T>
 T LoadRelaxed(T& field) {
   return std::atomic_ref<T>(field).load(std::memory_order_relaxed);
@@ -74,7 +101,17 @@ struct Writer::Impl {
   WriterOptions options;
   std::unique_ptr<shm::WritableSegment> segment;
   uint32_t slot = 0;
+  bool registered = false;  // g_writers[slot] is this writer
   bool closed = false;
+  // After Close(): where this writer's handles write from then on, one
+  // lane and one ring region of private memory that nobody reads. Shared by
+  // every thread that binds after Close(); never resized.
+  std::vector<uint64_t> closed_sink;
+  // Taken by the fork() prepare handler, used by the child, freed by both.
+  shm::ForkSnapshot fork_snapshot;
+  // In a fork() child whose segment could not be made: why. Registration
+  // then fails with it; handles write into private memory.
+  absl::Status fork_error;
 
   struct FamilyInfo {
     shm::MetricType type;
@@ -101,6 +138,12 @@ struct Writer::Impl {
   bool full_reported = false;
 
   shm::SegmentHeader& header() const { return segment->header(); }
+
+  // What registration returns in a fork child without a segment.
+  absl::Status NoSegmentError() const {
+    return absl::FailedPreconditionError(absl::StrCat("fork child ", getpid(),
+                                                      " has no segment of its own: ", fork_error.message()));
+  }
   template <typename T>
   T* region(uint64_t offset) const {
     return reinterpret_cast<T*>(segment->base() + offset);
@@ -161,7 +204,8 @@ struct Writer::Impl {
 
 namespace {
 // Binds this thread in writer `slot_index`: claims a free exclusive lane,
-// else the shared lane. Takes the registry mutex.
+// else the shared lane; after Close(), the writer's private sink. Takes the
+// registry mutex.
 void BindLane(uint32_t slot_index) {
   std::lock_guard<std::mutex> lock(g_registry_mu);
   Writer* writer = g_writers[slot_index];
@@ -170,12 +214,28 @@ void BindLane(uint32_t slot_index) {
     std::fprintf(stderr, "shmetrics: metric handle used after its Writer was destroyed\n");
     std::abort();
   }
-  t_lane_releaser.Touch();  // registers this thread, once
   Writer::Impl& impl = writer->impl();
+  internal::ThreadLane& lane = t_lanes[slot_index];
+  if (impl.closed) {
+    // Values are final: from now on this thread's operations on the writer
+    // land in memory nobody reads.
+    if (!t_lanes_released) t_lane_releaser.Touch();  // registered: destroying the writer clears this entry
+    std::byte* sink = reinterpret_cast<std::byte*>(impl.closed_sink.data());
+    StoreRelaxed(lane.exclusive_base, sink);
+    if (slot.ring_stride_bytes > 0) StoreRelaxed(lane.ring_base, sink + slot.lane_stride_bytes);
+    return;
+  }
   shm::SegmentHeader& h = impl.header();
+  std::byte* const shared = slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes;
+  if (t_lanes_released) {
+    // A thread_local destructor after this thread's lane releaser: claim
+    // nothing (nobody would give it back); the shared lane is always there.
+    StoreRelaxed(lane.shared_base, shared);
+    return;
+  }
+  t_lane_releaser.Touch();  // registers this thread, once
   const uint32_t exclusive = h.lane_count - 1;
   shm::LaneOwnerWord* owners = impl.lane_owners();
-  internal::ThreadLane& lane = t_lanes[slot_index];
   for (uint32_t i = 0; i < exclusive; ++i) {
     std::atomic_ref<uint64_t> owner(owners[i]);
     if (owner.load(std::memory_order_relaxed) != 0) continue;
@@ -192,7 +252,7 @@ void BindLane(uint32_t slot_index) {
     return;
   }
   std::atomic_ref<uint64_t>(h.lane_fallback_count).fetch_add(1, std::memory_order_relaxed);
-  StoreRelaxed(lane.shared_base, slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes);
+  StoreRelaxed(lane.shared_base, shared);
 }
 
 template <typename T>
@@ -219,33 +279,93 @@ void UnbindSlotEverywhere(uint32_t slot) {
   }
 }
 
-// Copies `text` into a fixed field, cut at a UTF-8 character boundary, and
-// zeroes the rest (a variable-size memset: a fixed 88-byte one becomes
-// `rep stos`, which cost ~20 ns here).
-uint8_t CopyTruncated(char* field, size_t capacity, absl::string_view text) {
-  size_t n = std::min(capacity, text.size());
-  if (n < text.size()) {
-    while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;  // don't split a character
-  }
-  if (n > 0) std::memcpy(field, text.data(), n);  // an empty string_view may have no data()
-  std::memset(field + n, 0, capacity - n);
-  return static_cast<uint8_t>(n);
+// ------------------------------------------------------------ request log
+
+// A record is written straight into its ring slot as 16 words, each
+// computed in registers: no staging copy in memory, no library call, no
+// per-field memset, no loop with a data-dependent trip count.
+constexpr size_t kRecordWords = sizeof(shm::RequestRecord) / 8;
+constexpr size_t kLengthsWord = offsetof(shm::RequestRecord, status) / 8;
+constexpr size_t kMethodWord = offsetof(shm::RequestRecord, method) / 8;
+constexpr size_t kEndpointWord = offsetof(shm::RequestRecord, endpoint) / 8;
+constexpr size_t kErrorWord = offsetof(shm::RequestRecord, error) / 8;
+static_assert(kRecordWords == 16 && kLengthsWord == 4 && kMethodWord == 5 && kEndpointWord == 6 && kErrorWord == 12);
+static_assert(offsetof(shm::RequestRecord, timestamp_unix_ns) == 8 && offsetof(shm::RequestRecord, duration_ns) == 16 &&
+              offsetof(shm::RequestRecord, response_bytes) == 24);
+// Word 4: status (bytes 0-1), flags (2), method, endpoint and error lengths (3-5), reserved (6-7).
+static_assert(offsetof(shm::RequestRecord, flags) == 34 && offsetof(shm::RequestRecord, method_length) == 35 &&
+              offsetof(shm::RequestRecord, endpoint_length) == 36 && offsetof(shm::RequestRecord, error_length) == 37);
+
+inline uint64_t Load8(const char* p) {
+  uint64_t word;
+  std::memcpy(&word, p, 8);
+  return word;
 }
 
-// Appends one record to a ring: the seqlock write. Single producer.
-void WriteRecord(std::byte* slots, uint32_t slot_count, uint64_t* write_index, const shm::RequestRecord& record) {
-  const uint64_t k = LoadRelaxed(*write_index);  // only this thread writes it
-  auto* words = reinterpret_cast<uint64_t*>(slots + (k & (slot_count - 1)) * sizeof(shm::RequestRecord));
-  std::atomic_ref<uint64_t>(words[0]).store(2 * k + 1, std::memory_order_relaxed);
-  // release on each payload word (a plain store on x86): a reader whose
-  // acquire load sees any new word also sees the odd sequence stored
-  // before it, so it can tell the slot changed under it. Pairs with the
-  // acquire loads in Segment::ReadRing. (Not a release fence: TSan cannot
-  // model fences.)
-  const auto* source = reinterpret_cast<const uint64_t*>(&record);
-  for (size_t w = 1; w < sizeof(shm::RequestRecord) / 8; ++w) {
-    std::atomic_ref<uint64_t>(words[w]).store(source[w], std::memory_order_release);
+// Bytes p[0 .. n) (n < 8) in the low bytes of a word, the rest zero,
+// reading nothing outside p[0 .. n).
+inline uint64_t LoadShort(const char* p, size_t n) {
+  if (n >= 4) {  // two 4-byte loads that overlap on identical bytes
+    uint32_t low, high;
+    std::memcpy(&low, p, 4);
+    std::memcpy(&high, p + n - 4, 4);
+    return low | (uint64_t{high} << ((n - 4) * 8));
   }
+  if (n == 0) return 0;
+  const uint64_t first = static_cast<unsigned char>(p[0]), middle = static_cast<unsigned char>(p[n / 2]),
+                 last = static_cast<unsigned char>(p[n - 1]);
+  return first | (middle << (n / 2 * 8)) | (last << ((n - 1) * 8));
+}
+
+// How many bytes of `text` fit in `capacity`: all of it, or the longest
+// prefix that does not split a UTF-8 character (shm::Utf8Prefix, inline).
+inline size_t FittingBytes(absl::string_view text, size_t capacity) {
+  if (text.size() <= capacity) [[likely]] return text.size();
+  size_t n = capacity;
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;  // don't split a character
+  return n;
+}
+
+// release on each payload word (a plain store on x86): a reader whose
+// acquire load sees any new word also sees the odd sequence stored before
+// it, so it can tell the slot changed under it. Pairs with the acquire
+// loads in Segment::ReadRing. (Not a release fence: TSan cannot model
+// fences.)
+inline void StorePayload(uint64_t& word, uint64_t value) {
+  std::atomic_ref<uint64_t>(word).store(value, std::memory_order_release);
+}
+
+// Stores text[0 .. n) zero-padded into the kWords words of a field.
+template <size_t kWords>
+inline void StoreField(uint64_t* words, const char* text, size_t n) {
+  if (n < 8) {
+    StorePayload(words[0], LoadShort(text, n));
+#pragma GCC unroll 8
+    for (size_t i = 1; i < kWords; ++i) StorePayload(words[i], 0);
+    return;
+  }
+  // Branch-free: every load stays inside the text (its address is clamped
+  // to the last 8 bytes), and the word that holds the end is shifted down.
+#pragma GCC unroll 8
+  for (size_t i = 0; i < kWords; ++i) {
+    const size_t offset = 8 * i;
+    const uint64_t word = Load8(text + std::min(offset, n - 8));
+    const size_t past_end = offset + 8 > n ? offset + 8 - n : 0;  // bytes of this word beyond the text
+    StorePayload(words[i], past_end >= 8 ? 0 : word >> (8 * past_end));
+  }
+}
+
+// Slot `k mod slot_count` of a ring whose slots start at `slots`.
+inline uint64_t* RingSlot(std::byte* slots, uint32_t slot_count, uint64_t k) {
+  return reinterpret_cast<uint64_t*>(slots + (k & (slot_count - 1)) * sizeof(shm::RequestRecord));
+}
+
+// The seqlock write of record k into `words`: odd sequence, payload (by
+// `store_payload`), even sequence, write index. Single producer.
+template <typename StorePayloadWords>
+inline void WriteRecord(uint64_t* words, uint64_t k, uint64_t* write_index, StorePayloadWords store_payload) {
+  std::atomic_ref<uint64_t>(words[0]).store(2 * k + 1, std::memory_order_relaxed);
+  store_payload(words);
   // release: the payload is complete before the even sequence is seen.
   std::atomic_ref<uint64_t>(words[0]).store(2 * k + 2, std::memory_order_release);
   std::atomic_ref<uint64_t>(*write_index).store(k + 1, std::memory_order_release);
@@ -254,38 +374,53 @@ void WriteRecord(std::byte* slots, uint32_t slot_count, uint64_t* write_index, c
 
 void RequestLog::record(const RequestRecordInput& request) const {
   std::byte* ring = LoadRelaxed(t_lanes[slot_].ring_base);
-  if (ring == nullptr) {
+  if (ring == nullptr) [[unlikely]] {
     internal::EnsureBound(slot_);
     ring = LoadRelaxed(t_lanes[slot_].ring_base);
   }
   const internal::WriterSlot& slot = g_writer_slots[slot_];
-  if (ring == nullptr) {  // the shared lane has no ring, or rings are off
+  if (ring == nullptr) [[unlikely]] {  // the shared lane has no ring, or rings are off
     std::atomic_ref<uint64_t>(*slot.records_dropped).fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  shm::RequestRecord record;  // every byte is set below: no memset of 128 bytes
-  uint64_t timestamp = request.timestamp_unix_ns;
-  if (timestamp == 0) {
-    timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);  // vDSO: no system call
-    timestamp = uint64_t(now.tv_sec) * 1000000000u + uint64_t(now.tv_nsec);
-  }
-  record.sequence = 0;
-  record.timestamp_unix_ns = timestamp;
-  record.duration_ns = request.duration_ns;
-  record.response_bytes = request.response_bytes;
-  record.status = request.status;
-  record.flags = request.error ? shm::kRecordFlagError : 0;
-  record.reserved[0] = record.reserved[1] = 0;
-  record.method_length = CopyTruncated(record.method, sizeof record.method, request.method);
-  record.endpoint_length = CopyTruncated(record.endpoint, sizeof record.endpoint, request.endpoint);
-  record.error_length = CopyTruncated(record.error, sizeof record.error, request.error_message);
   auto* header = reinterpret_cast<shm::RingHeader*>(ring);
   std::byte* request_slots = ring + sizeof(shm::RingHeader);
-  if (slot.request_slots > 0) WriteRecord(request_slots, slot.request_slots, &header->request_write_index, record);
-  if (request.error && slot.error_slots > 0) {
-    WriteRecord(request_slots + uint64_t{slot.request_slots} * sizeof(shm::RequestRecord), slot.error_slots,
-                &header->error_write_index, record);
+  std::byte* error_slots = request_slots + uint64_t{slot.request_slots} * sizeof(shm::RequestRecord);
+  const bool to_errors = request.error && slot.error_slots > 0;
+  // The record is built in the request ring's slot, or in the error ring's
+  // when there is no request ring; an error is then copied to the error ring.
+  const bool to_requests = slot.request_slots > 0;
+  if (!to_requests && !to_errors) return;
+  uint64_t* const index = to_requests ? &header->request_write_index : &header->error_write_index;
+  const uint64_t k = LoadRelaxed(*index);  // only this thread writes it
+  uint64_t* const words = to_requests ? RingSlot(request_slots, slot.request_slots, k)
+                                      : RingSlot(error_slots, slot.error_slots, k);
+
+  const uint64_t timestamp = request.timestamp_unix_ns != 0 ? request.timestamp_unix_ns : internal::RealtimeNowNs();
+  const size_t method_bytes = FittingBytes(request.method, shm::kRecordMethodBytes);
+  const size_t endpoint_bytes = FittingBytes(request.endpoint, shm::kRecordEndpointBytes);
+  const size_t error_bytes = FittingBytes(request.error_message, shm::kRecordErrorBytes);
+  const uint64_t lengths = uint64_t{request.status} | uint64_t{request.error ? shm::kRecordFlagError : 0u} << 16 |
+                           uint64_t{method_bytes} << 24 | uint64_t{endpoint_bytes} << 32 |
+                           uint64_t{error_bytes} << 40;
+  WriteRecord(words, k, index, [&](uint64_t* w) {
+    StorePayload(w[1], timestamp);
+    StorePayload(w[2], request.duration_ns);
+    StorePayload(w[3], request.response_bytes);
+    StorePayload(w[kLengthsWord], lengths);
+    StoreField<shm::kRecordMethodBytes / 8>(w + kMethodWord, request.method.data(), method_bytes);
+    StoreField<shm::kRecordEndpointBytes / 8>(w + kEndpointWord, request.endpoint.data(), endpoint_bytes);
+    StoreField<shm::kRecordErrorBytes / 8>(w + kErrorWord, request.error_message.data(), error_bytes);
+  });
+  if (to_requests && to_errors) {
+    const uint64_t e = LoadRelaxed(header->error_write_index);
+    WriteRecord(RingSlot(error_slots, slot.error_slots, e), e, &header->error_write_index, [words](uint64_t* w) {
+#pragma GCC unroll 16
+      for (size_t i = 1; i < kRecordWords; ++i) {
+        // relaxed: our own stores, read back by the thread that made them.
+        StorePayload(w[i], std::atomic_ref<uint64_t>(words[i]).load(std::memory_order_relaxed));
+      }
+    });
   }
 }
 
@@ -304,23 +439,28 @@ void internal::EnsureBound(uint32_t slot) {
 namespace {
 LaneReleaser::~LaneReleaser() {
   std::lock_guard<std::mutex> lock(g_registry_mu);
-  for (uint32_t s = 0; s < kMaxWritersPerProcess; ++s) {
+  for (uint32_t s = kFirstWriterSlot; s < kSlotCount; ++s) {
     std::byte* base = LoadRelaxed(t_lanes[s].exclusive_base);
-    if (base == nullptr || g_writers[s] == nullptr) continue;
-    const internal::WriterSlot& slot = g_writer_slots[s];
-    const uint64_t index = uint64_t(base - slot.lanes_base) / slot.lane_stride_bytes;
-    // release: the cells this thread wrote are handed to the next owner
-    // (who also takes g_registry_mu, which alone would suffice in-process).
-    std::atomic_ref<uint64_t>(g_writers[s]->impl().lane_owners()[index]).store(0, std::memory_order_release);
+    if (base != nullptr && g_writers[s] != nullptr && !g_writers[s]->impl().closed) {
+      const internal::WriterSlot& slot = g_writer_slots[s];
+      const uint64_t index = uint64_t(base - slot.lanes_base) / slot.lane_stride_bytes;
+      // release: the cells this thread wrote are handed to the next owner
+      // (who also takes g_registry_mu, which alone would suffice in-process).
+      std::atomic_ref<uint64_t>(g_writers[s]->impl().lane_owners()[index]).store(0, std::memory_order_release);
+    }
     t_lanes[s] = internal::ThreadLane{};
   }
   std::erase(g_bound_threads, t_lanes);
+  t_lanes_released = true;
 }
 }  // namespace
 
 void Gauge::set(double value) const {
   internal::EnsureBound(slot_);
   const internal::WriterSlot& slot = g_writer_slots[slot_];
+  // relaxed: Close() stores it under the registry mutex before unbinding
+  // this thread, which then rebinds (EnsureBound) under the same mutex.
+  if (std::atomic_ref<uint32_t>(const_cast<uint32_t&>(slot.closed)).load(std::memory_order_relaxed) != 0) return;
   const uint32_t high_water =
       std::atomic_ref<uint32_t>(*const_cast<uint32_t*>(slot.lanes_high_water)).load(std::memory_order_acquire);
   const uint32_t lanes = std::min(high_water, slot.shared_lane);
@@ -344,17 +484,36 @@ void Gauge::set(double value) const {
 
 // ------------------------------------------------------------------- fork()
 
+// The registry lock is held across the whole fork(): the prepare handler
+// takes it (and copies each writer's descriptors while nothing can change
+// them), the parent and child handlers release it. A child therefore lays
+// out its segment from a private copy that nothing the parent does after
+// fork() can reach.
 struct WriterForkHandlers {
-  static void Prepare() { g_registry_mu.lock(); }
-  static void Parent() { g_registry_mu.unlock(); }
-  static void Child() {
-    for (uint32_t s = 0; s < kMaxWritersPerProcess; ++s) {
+  static void Prepare() {
+    g_registry_mu.lock();
+    for (uint32_t s = kFirstWriterSlot; s < kSlotCount; ++s) {
       Writer* writer = g_writers[s];
       if (writer == nullptr || writer->impl().closed) continue;
-      absl::Status status = writer->impl().segment->ReplaceInForkChild();
-      if (!status.ok()) {
+      writer->impl().fork_snapshot = writer->impl().segment->TakeForkSnapshot();
+    }
+  }
+  static void Parent() {
+    for (uint32_t s = kFirstWriterSlot; s < kSlotCount; ++s) {
+      if (g_writers[s] != nullptr) g_writers[s]->impl().fork_snapshot = shm::ForkSnapshot{};
+    }
+    g_registry_mu.unlock();
+  }
+  static void Child() {
+    for (uint32_t s = kFirstWriterSlot; s < kSlotCount; ++s) {
+      Writer* writer = g_writers[s];
+      if (writer == nullptr || writer->impl().closed) continue;
+      Writer::Impl& w = writer->impl();
+      w.fork_error = w.segment->ReplaceInForkChild(w.fork_snapshot);
+      w.fork_snapshot = shm::ForkSnapshot{};
+      if (!w.fork_error.ok()) {
         std::fprintf(stderr, "shmetrics: fork child %d has no segment of its own, its metrics are "
-                     "dropped: %s\n", static_cast<int>(getpid()), status.ToString().c_str());
+                     "dropped: %s\n", static_cast<int>(getpid()), w.fork_error.ToString().c_str());
       }
     }
     // Only this thread survives in the child, and the child's segments have
@@ -363,7 +522,7 @@ struct WriterForkHandlers {
                             g_bound_threads.end();
     g_bound_threads.clear();
     if (registered) g_bound_threads.push_back(t_lanes);
-    for (internal::ThreadLane& lane : t_lanes) lane = internal::ThreadLane{};
+    ResetThreadLanes(t_lanes);
     g_registry_mu.unlock();
   }
 };
@@ -416,6 +575,24 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& opti
   segment_options.instance = next_instance.fetch_add(1, std::memory_order_relaxed);
   segment_options.capacities = options.capacities;
   segment_options.group_readable = options.group_readable;
+
+  // Declared before the lock: on failure it is destroyed after the lock is
+  // released (its destructor takes the lock).
+  std::unique_ptr<Writer> writer;
+  // The whole creation holds the registry lock, so a fork() sees this
+  // writer complete and published, or not at all.
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  uint32_t slot = kSlotCount;
+  for (uint32_t s = kFirstWriterSlot; s < kSlotCount; ++s) {
+    if (g_writers[s] == nullptr) {
+      slot = s;
+      break;
+    }
+  }
+  if (slot == kSlotCount) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("at most ", kMaxWritersPerProcess, " writers per process"));
+  }
   absl::StatusOr<std::unique_ptr<shm::WritableSegment>> segment =
       shm::WritableSegment::Create(segment_options);
   if (!segment.ok()) return segment.status();
@@ -423,23 +600,9 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& opti
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->segment = *std::move(segment);
-  std::unique_ptr<Writer> writer(new Writer(std::move(impl)));
+  impl->slot = slot;
+  writer.reset(new Writer(std::move(impl)));
   Impl& w = *writer->impl_;
-
-  std::lock_guard<std::mutex> lock(g_registry_mu);
-  uint32_t slot = kMaxWritersPerProcess;
-  for (uint32_t s = 0; s < kMaxWritersPerProcess; ++s) {
-    if (g_writers[s] == nullptr) {
-      slot = s;
-      break;
-    }
-  }
-  if (slot == kMaxWritersPerProcess) {
-    (void)w.segment->Unlink();
-    return absl::ResourceExhaustedError(
-        absl::StrCat("at most ", kMaxWritersPerProcess, " writers per process"));
-  }
-  w.slot = slot;
   shm::SegmentHeader& h = w.header();
   internal::WriterSlot& ws = g_writer_slots[slot];
   ws.lanes_base = w.segment->base() + h.lanes_offset;
@@ -448,31 +611,51 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& opti
   ws.lanes_high_water = &h.lanes_high_water;
   ws.request_slots = h.ring_slots_per_lane;
   ws.error_slots = h.error_ring_slots_per_lane;
+  std::atomic_ref<uint32_t>(ws.closed).store(0, std::memory_order_relaxed);
   ws.rings_base = w.segment->base() + h.rings_offset;
   ws.ring_stride_bytes = shm::RingStrideBytes(options.capacities);
   ws.records_dropped = &h.records_dropped;
   UnbindSlotEverywhere(slot);  // no thread keeps a binding from the slot's last writer
-  g_writers[slot] = writer.get();
   // The overflow label value is interned up front so that using an overflow
   // series never needs arena space.
   if (absl::StatusOr<shm::StringRef> ref = w.Intern(kOverflowValue); !ref.ok()) return ref.status();
   w.segment->MarkReady();
+  // Complete, ready, locked: now readers may see it, under its final name.
+  if (absl::Status published = w.segment->Publish(); !published.ok()) return published;
+  g_writers[slot] = writer.get();
+  w.registered = true;
   return writer;
 }
 
 Writer::~Writer() {
   Close();
   std::lock_guard<std::mutex> lock(g_registry_mu);
+  if (!impl_->registered) return;
   g_writers[impl_->slot] = nullptr;
   UnbindSlotEverywhere(impl_->slot);
 }
 
 void Writer::Close() {
   std::lock_guard<std::mutex> lock(g_registry_mu);
-  if (impl_->closed) return;
-  impl_->closed = true;
-  impl_->segment->MarkClosed();
-  if (impl_->options.remove_on_close) (void)impl_->segment->Unlink();
+  Impl& w = *impl_;
+  if (w.closed) return;
+  w.closed = true;
+  if (!w.registered) return;  // a Create() that failed: nothing was shown
+  // The sink where handles write from now on (one lane and one ring),
+  // before any thread can rebind.
+  const internal::WriterSlot& ws = g_writer_slots[w.slot];
+  w.closed_sink.assign((ws.lane_stride_bytes + ws.ring_stride_bytes) / 8, 0);
+  std::atomic_ref<uint32_t>(g_writer_slots[w.slot].closed).store(1, std::memory_order_relaxed);
+  w.segment->MarkClosed();
+  // Every thread rebinds, to the sink; the lanes it held are free.
+  UnbindSlotEverywhere(w.slot);
+  shm::SegmentHeader& h = w.header();
+  for (uint32_t i = 0; i + 1 < h.lane_count; ++i) {
+    // release: pairs with a reader's acquire load of the owner word, like
+    // the lane releaser's.
+    std::atomic_ref<uint64_t>(w.lane_owners()[i]).store(0, std::memory_order_release);
+  }
+  if (w.options.remove_on_close) (void)w.segment->Unlink();
 }
 
 const std::string& Writer::path() const { return impl_->segment->path(); }
@@ -506,6 +689,7 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
 
   std::lock_guard<std::mutex> lock(g_registry_mu);
   Impl& w = *impl_;
+  if (!w.fork_error.ok()) return w.NoSegmentError();
   if (auto it = w.family_by_name.find(name); it != w.family_by_name.end()) {
     const Impl::FamilyInfo& existing = w.families[it->second];
     if (existing.type != type || existing.label_names != label_names || existing.bounds != bounds) {
@@ -594,6 +778,7 @@ absl::StatusOr<Writer::SeriesCells> Writer::AddSeries(uint32_t family,
                                                       std::vector<absl::string_view> values) {
   std::lock_guard<std::mutex> lock(g_registry_mu);
   Impl& w = *impl_;
+  if (!w.fork_error.ok()) return w.NoSegmentError();
   Impl::FamilyInfo& info = w.families[family];
   if (values.size() != info.label_names.size()) {
     return absl::InvalidArgumentError(absl::StrCat(

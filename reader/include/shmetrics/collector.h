@@ -64,6 +64,9 @@ struct CollectorOptions {
   std::string file_filter;      // only this segment file name; empty = all
   bool retire_dead = true;      // fold dead segments into the archive and remove them
   bool use_archive = true;      // false: live segments only (dump of one segment)
+  // A retiring collector removes a writer's temporary file (".shmetrics-tmp.*",
+  // its flock free: the writer died creating it) once it is this old.
+  double abandoned_temp_grace_seconds = 10;
   // Segments are refused (and reported) once the mapped ones add up to this.
   uint64_t max_mapped_bytes = uint64_t{64} << 30;
   Segment::Options segment;     // segment.mapping also says whose archive is trusted
@@ -101,6 +104,7 @@ struct CollectorCounters {
   uint64_t series = 0;                // aggregated series in the index
   uint64_t archived_series = 0;
   bool retiring = false;              // this collector holds the archive lock
+  uint64_t abandoned_removed_total = 0;  // temporary files of writers that died creating them
 };
 
 // A scalar sample of the aggregated view, for JSON views and tests.

@@ -7,6 +7,11 @@
 // that finds every exclusive lane taken uses the shared lane, whose cells
 // take atomic read-modify-write instead of a plain store.
 //
+// Unset handles: a default-constructed Counter, Gauge, Histogram or
+// RequestLog (valid() is false) changes nothing anywhere. Its operations
+// cost what a real handle's do and write into a static block of cells that
+// no reader sees (slot 0, below).
+//
 // Thread safety: handles are small values, thread-safe to use from any
 // number of threads at once. A handle must not outlive its Writer.
 //
@@ -28,6 +33,18 @@ class Writer;
 namespace internal {
 
 inline constexpr uint32_t kMaxWritersPerProcess = 16;
+// Slot 0 belongs to default-constructed handles; writers use slots 1 ..
+// kMaxWritersPerProcess. Slot 0's lane is a static block of cells that
+// belongs to no segment and that nobody reads, and every thread is bound to
+// it from its start, so an unset handle's inc() is the same load and store
+// as any other's and changes nothing anywhere: no branch on the hot path,
+// and never a write through cell 0 of a real lane.
+inline constexpr uint32_t kUnsetSlot = 0;
+inline constexpr uint32_t kSlotCount = kMaxWritersPerProcess + 1;
+// Cells an unset handle touches: 0 and 1 (a counter's or gauge's two
+// cells; an unset histogram has no bounds, so bucket 0 and its sum at 1).
+inline constexpr uint32_t kUnsetCells = 8;
+extern std::byte g_unset_cells[kUnsetCells * 8];
 
 // One entry per live Writer in this process, written under the registry
 // mutex. A multiple of 64 bytes, so that indexing is a shift.
@@ -38,18 +55,21 @@ struct alignas(64) WriterSlot {
   uint32_t shared_lane = 0;
   uint32_t request_slots = 0;                  // per lane ring; powers of two
   uint32_t error_slots = 0;
+  uint32_t closed = 0;                         // 1 after Writer::Close(); atomic (Gauge::set reads it)
   std::byte* rings_base = nullptr;
   uint64_t ring_stride_bytes = 0;
   uint64_t* records_dropped = nullptr;         // in the segment header
 };
-static_assert(sizeof(WriterSlot) % 64 == 0);
-extern WriterSlot g_writer_slots[kMaxWritersPerProcess];
+static_assert(sizeof(WriterSlot) == 64);
+extern WriterSlot g_writer_slots[kSlotCount];
 
 // This thread's lanes, one entry per writer slot. Trivial type,
-// constant-initialized, so access is a plain %fs-relative load with no TLS
-// init guard. The registry clears a thread's entry (relaxed atomic stores
-// under its mutex) when the Writer in that slot is destroyed, and a fork()
-// child clears its own; the owning thread reads it with relaxed loads.
+// constant-initialized (entry 0, the unset slot's, points at
+// g_unset_cells; the others are zero), so
+// access is a plain %fs-relative load with no TLS init guard. The registry
+// clears a thread's entry (relaxed atomic stores under its mutex) when the
+// Writer in that slot is closed or destroyed, and a fork() child clears its
+// own; the owning thread reads it with relaxed loads.
 struct ThreadLane {
   std::byte* exclusive_base = nullptr;  // this thread's own lane, or nullptr
   std::byte* shared_base = nullptr;     // the shared lane, when no own lane was free
@@ -57,10 +77,12 @@ struct ThreadLane {
   std::byte* unused = nullptr;          // pads to 32 bytes: indexing is a shift
 };
 static_assert(sizeof(ThreadLane) == 32);
-extern constinit thread_local ThreadLane t_lanes[kMaxWritersPerProcess];
+// The unset slot's entry, which every thread has from its start.
+inline constexpr ThreadLane kUnsetThreadLane{g_unset_cells, nullptr, nullptr, nullptr};
+extern constinit thread_local ThreadLane t_lanes[kSlotCount];
 
 // This thread's exclusive lane in writer `slot`, or nullptr when it has
-// none yet (first use, after fork()) or writes the shared lane.
+// none yet (first use, after fork() or Close()) or writes the shared lane.
 inline std::byte* ExclusiveLane(uint32_t slot) {
   // relaxed: the entry is set and cleared under the registry mutex, which
   // this thread also took when it obtained the handle it is using.
@@ -140,7 +162,7 @@ class Counter {
  private:
   friend class Writer;
   Counter(uint32_t slot, uint32_t cell) : slot_(slot), cell_(cell), valid_(true) {}
-  uint32_t slot_ = 0;
+  uint32_t slot_ = internal::kUnsetSlot;
   uint32_t cell_ = 0;
   bool valid_ = false;
 };
@@ -162,7 +184,7 @@ class Gauge {
  private:
   friend class Writer;
   Gauge(uint32_t slot, uint32_t cell) : slot_(slot), cell_(cell), valid_(true) {}
-  uint32_t slot_ = 0;
+  uint32_t slot_ = internal::kUnsetSlot;
   uint32_t cell_ = 0;
   bool valid_ = false;
 };
@@ -194,7 +216,7 @@ class Histogram {
                       internal::kBucketSearchWidth),
         bounds_(padded_bounds),
         valid_(true) {}
-  uint32_t slot_ = 0;
+  uint32_t slot_ = internal::kUnsetSlot;
   uint32_t cell_ = 0;
   uint32_t bucket_count_ = 0;
   uint32_t padded_count_ = 0;

@@ -3,7 +3,7 @@
 // dashboards) expect:
 //
 //   http_requests_total{method,endpoint,status}        counter
-//   http_request_duration_seconds{method,endpoint}     histogram, 0.01 .. 10 s
+//   http_request_duration_seconds{method,endpoint}     histogram, 0.25 ms .. 10 s
 //   http_requests_in_progress{method,endpoint}         gauge (live sum)
 //   cache_operations_total{operation,result}           counter (result: hit, miss)
 //   db_query_duration_seconds{query_type}              histogram, 1 ms .. 1 s
@@ -23,11 +23,20 @@
 //
 // Cardinality guard: at most max_endpoints distinct endpoints (and
 // max_models models) per kit; any further value is recorded as "other", so a
-// URL with ids in it cannot fill the segment.
+// URL with ids in it cannot fill the segment, nor the memory: an endpoint is
+// mapped to "other" before any per-endpoint state (series, cache entry) is
+// made, so each thread's handle cache holds at most max_endpoints + 1
+// endpoints per method.
+//
+// Strings: label values longer than 256 bytes are cut to 256, error
+// messages to 32 (the error field of a request record), always at a UTF-8
+// character boundary.
 //
 // Thread safety: thread-safe. Each thread keeps its own cache of handles, so
 // a request costs a couple of hash lookups and the handles' stores; the
-// kit's mutex is taken only the first time a thread meets a label set.
+// kit's mutex is taken the first time a thread meets a label set, and on
+// each request to an endpoint beyond max_endpoints (to find it is not one
+// of the admitted ones).
 #pragma once
 
 #include <chrono>
@@ -49,7 +58,10 @@ struct ServiceKitOptions {
   std::string version = "0.0.0";
   std::string environment = "production";
   std::string llm_prefix = "gemini";  // metric name prefix of the LLM families
-  std::vector<double> request_buckets = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  // Request latency bounds, in seconds: 0.25 ms to 10 s (15 bounds), so that
+  // sub-millisecond requests, a cached page say, are told apart.
+  std::vector<double> request_buckets = {0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                         0.1,     0.25,   0.5,   1,      2.5,    5,    10};
   std::vector<double> db_buckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1};
   uint32_t max_endpoints = 100;
   uint32_t max_models = 20;
@@ -70,7 +82,8 @@ class RequestScope {
   ~RequestScope();
 
   void set_status(uint16_t status) { status_ = status; }
-  // Marks the request failed (5xx or not); the message goes to the error ring.
+  // Marks the request failed (5xx or not); the message goes to the error
+  // ring, cut to 32 bytes at a character boundary.
   void set_error(absl::string_view message);
   void set_response_bytes(uint64_t bytes) { response_bytes_ = bytes; }
 
@@ -121,6 +134,10 @@ class ServiceKit {
                         std::optional<double> cost_usd, absl::string_view status);
 
   Gauge concurrent_users() const { return concurrent_users_; }
+
+  // Entries this kit holds in the calling thread's endpoint handle cache
+  // (for tests and diagnostics): at most max_endpoints + 1 per method.
+  size_t thread_cached_endpoints() const;
 
   struct Families;  // opaque
 

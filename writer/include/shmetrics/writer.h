@@ -14,7 +14,25 @@
 // fork(): a child process gets a segment of its own automatically (via
 // pthread_atfork), mapped at the parent's address, so every handle taken
 // before the fork keeps working and writes into the child's segment. A
-// pre-fork server (register, then fork N workers) needs nothing more.
+// pre-fork server (register, then fork N workers) needs nothing more. The
+// registry lock is held across the whole fork(), so the child's segment
+// holds exactly what the parent had registered when it forked, whatever
+// other threads register meanwhile. A child whose segment cannot be made
+// (a full tmpfs, say) says why on stderr, never touches its parent's file,
+// and then drops its metrics: handles write into private memory and every
+// registration returns FailedPrecondition with the reason. The child of a
+// closed writer gets no segment (see Close()).
+//
+// Creation is atomic: a segment is laid out under a temporary name that no
+// reader takes for a segment and published under its final name only when
+// complete (see shm/segment_file.h), so a process killed while creating
+// its writer leaves no half-made segment, only a temporary file that
+// shm::RemoveAbandonedTempFiles removes.
+//
+// Threads: a thread gives its lane back when it exits. A metric used from
+// a thread_local destructor that runs after that (one constructed before
+// the thread's first metric operation) goes to the shared lane, so thread
+// exits never leak lanes, whatever the order of destruction.
 //
 // Thread safety: Writer and the family handles are thread-safe.
 #pragma once
@@ -98,22 +116,25 @@ struct RequestRecordInput {
   uint64_t response_bytes = 0;
   bool error = false;               // also goes to the error ring
   absl::string_view error_message;
-  uint64_t timestamp_unix_ns = 0;   // when it ended; 0: read CLOCK_REALTIME (about 20-30 ns)
+  uint64_t timestamp_unix_ns = 0;   // when it ended; 0: read CLOCK_REALTIME (see
+                                    // writer/src/realtime_clock.h: ~10 ns where the
+                                    // kernel keeps time with the TSC, else the vDSO's ~25 ns)
 };
 
 // The recent-requests log: each thread writes its own ring in the segment
 // (the last 64 requests and, separately, the last 16 errors per thread by
 // default). record() is wait-free: no lock, no allocation, no syscall (the
-// timestamp comes from the vDSO clock). A thread that has no lane of its own
+// timestamp comes from a per-thread TSC anchor or the vDSO clock). A thread that has no lane of its own
 // (more threads than lanes) has no ring: its records are counted as dropped.
 // Thread-safe; cheap to copy.
 class RequestLog {
  public:
+  RequestLog() = default;  // records nothing (see "unset handles" in hot_path.h)
   void record(const RequestRecordInput& request) const;
 
  private:
   friend class Writer;
-  uint32_t slot_ = 0;
+  uint32_t slot_ = internal::kUnsetSlot;
 };
 
 // Default histogram bounds, in seconds: 5 ms .. 10 s (Prometheus' defaults).
@@ -127,7 +148,9 @@ class Writer {
   // ResourceExhausted (no space for the segment, or 16 writers in this
   // process already), AlreadyExists, PermissionDenied, NotFound (directory).
   static absl::StatusOr<std::unique_ptr<Writer>> Create(const WriterOptions& options);
-  ~Writer();  // Close(), then unmaps. Handles must not be used afterwards.
+  // Close(), then unmaps. Handles must not be used afterwards (a use that
+  // needs a lane aborts with a message).
+  ~Writer();
 
   // Registering the same name again with the same type, labels (and bounds)
   // returns the same family; anything else is AlreadyExists. Errors:
@@ -146,7 +169,14 @@ class Writer {
   // The recent-requests log of this writer's segment.
   RequestLog requests() const;
 
-  // Marks the segment closed (values final); the exporter then retires it.
+  // Marks the segment closed: its values are final, and the exporter folds
+  // them into its archive and removes the file (at once with
+  // remove_on_close). Close() means exactly that: from the moment it
+  // returns, operations on this writer's handles change nothing, in every
+  // thread and in fork() children: they write into private memory that
+  // nobody reads (Gauge::set does nothing, records are not kept). An
+  // operation that races with Close() on another thread may land either
+  // side. Destroying the writer closes it. Idempotent.
   void Close();
 
   const std::string& path() const;

@@ -1,9 +1,11 @@
 // Segment files: naming, creation, read-only mapping and writer liveness.
 //
-// A writer creates its file with O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600 (or
-// 0640) regardless of umask, allocates every byte up front with
-// posix_fallocate (so a full tmpfs fails here, never as SIGBUS later), and
-// holds an exclusive flock() on it for as long as it lives. The kernel drops
+// A writer creates its file under a temporary name with
+// O_CREAT|O_EXCL|O_NOFOLLOW, takes an exclusive flock() on it at once and
+// holds it for as long as it lives, sets mode 0600 (or 0640) regardless of
+// umask, allocates every byte up front with posix_fallocate (so a full
+// tmpfs fails here, never as SIGBUS later), lays the segment out and only
+// then renames it to its final name. The kernel drops
 // that lock when the process dies, kill -9 included, so "the lock is free"
 // means "the writer is gone", whatever happened to its pid since.
 //
@@ -18,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <vector>
+
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -56,6 +59,41 @@ std::string DirectoryFromEnvironment();
 uint64_t ProcessStartTicks(pid_t pid);
 uint64_t NowUnixNs();
 
+// Whether process `pid` started at `start_ticks` still runs: false when it
+// is gone, when the pid now names another process (another start time), and
+// when it has exited but is not reaped yet (a zombie, state Z or X in
+// /proc/<pid>/stat). Liveness of a writer is its flock; this is the answer
+// for the one case the flock cannot give (a writer that closed its
+// descriptors), and it must not count a dead, unreaped writer as running.
+bool ProcessRunning(uint32_t pid, uint64_t start_ticks);
+
+// Temporary files. A writer lays its segment out under
+// ".shmetrics-tmp.<service>.<pid>.<start_ticks>.<instance>" in the segment
+// directory, holding its flock from the start, and publishes it under its
+// final name with one rename (renameat2 RENAME_NOREPLACE). A reader never
+// takes a temporary file for a segment (ListSegments matches "shmetrics."
+// only), so it never sees a half-made segment. A writer killed before the
+// rename leaves its temporary file behind; RemoveAbandonedTempFiles removes
+// such files.
+inline constexpr absl::string_view kTempFilePrefix = ".shmetrics-tmp.";
+std::string TempSegmentFileName(absl::string_view service, uint32_t pid, uint64_t start_ticks,
+                                uint32_t instance);
+// True for exactly the names TempSegmentFileName makes.
+bool IsTempSegmentFileName(absl::string_view file_name);
+
+// Removes, from `directory`, the temporary files whose creator is gone: a
+// name of the exact temporary pattern, a regular file (never a symlink:
+// opened O_NOFOLLOW|O_NONBLOCK), owned by this process's effective uid,
+// unchanged for at least `grace_seconds` (by mtime and ctime), and whose
+// flock nobody holds (the creator takes it before anything else, and the
+// kernel drops it when the creator dies). The grace covers the moment
+// between a creator's open() and its flock(). Returns the paths removed.
+// A file that cannot be opened, locked or unlinked is left alone (it is not
+// an error). Errors: NotFound, PermissionDenied (the directory itself).
+// The exporter's collector and `shmetrics gc` call this on each scan.
+absl::StatusOr<std::vector<std::string>> RemoveAbandonedTempFiles(const std::string& directory,
+                                                                  double grace_seconds);
+
 // An errno as a Status whose code says what kind of failure it is
 // (NotFound, PermissionDenied, AlreadyExists, ResourceExhausted, ...),
 // with the message "<what>: <strerror>".
@@ -69,6 +107,22 @@ inline constexpr uint64_t kMaxSegmentBytes = uint64_t{1} << 30;
 // The ranges are in docs/segment-format.md ("Limits").
 absl::Status ValidateCapacities(const Capacities& capacities);
 
+// A private copy of what a fork() child needs to lay out its own segment:
+// the header and the published part of every metadata region (families,
+// series, strings, bounds). Taken in the parent while the writer's
+// registry lock is held (pthread_atfork prepare), so that nothing the
+// parent registers after fork() can reach the child's file; the child gets
+// it copy-on-write.
+struct ForkSnapshot {
+  struct Piece {
+    uint64_t offset;  // in the segment
+    uint64_t size_bytes;
+  };
+  static constexpr size_t kPieces = 5;  // header, families, series, arena, bounds
+  Piece pieces[kPieces];
+  std::unique_ptr<std::byte[]> bytes;   // the pieces, back to back
+};
+
 class WritableSegment {
  public:
   struct Options {
@@ -78,41 +132,64 @@ class WritableSegment {
     Capacities capacities;
     bool group_readable = false;  // 0640 instead of 0600
   };
-  // Creates, allocates, locks and maps a new segment, and writes the header
-  // with state kInitializing. The caller lays out its tables and then calls
-  // MarkReady(). Errors: InvalidArgument (bad service name or capacities),
-  // AlreadyExists, ResourceExhausted (no space: ENOSPC from posix_fallocate),
-  // PermissionDenied, NotFound (directory), Internal (anything else).
+  // Creates the segment under its temporary name (see kTempFilePrefix):
+  // creates the file (O_CREAT|O_EXCL|O_NOFOLLOW), takes the writer's flock,
+  // sets the mode, allocates every byte, maps it and writes the header with
+  // state kInitializing. The caller lays out its tables, calls MarkReady()
+  // and then Publish(). Errors: InvalidArgument (bad service name or
+  // capacities), AlreadyExists, ResourceExhausted (no space: ENOSPC from
+  // posix_fallocate), PermissionDenied, NotFound (directory), Internal
+  // (anything else).
   static absl::StatusOr<std::unique_ptr<WritableSegment>> Create(const Options& options);
 
-  ~WritableSegment();  // unlocks and unmaps; does not remove the file
+  // Unlocks and unmaps. Removes the file only if it was never published.
+  ~WritableSegment();
   WritableSegment(const WritableSegment&) = delete;
   WritableSegment& operator=(const WritableSegment&) = delete;
 
   std::byte* base() const { return base_; }
   uint64_t size_bytes() const { return size_bytes_; }
+  // The final name, "<directory>/shmetrics.<service>.<pid>.<start_ticks>.<instance>".
   const std::string& path() const { return path_; }
   SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }
 
   void MarkReady();
+  // Gives the file its final name in one step (renameat2 RENAME_NOREPLACE;
+  // link + unlink where the filesystem lacks it): readers see the complete
+  // segment or nothing. Errors: AlreadyExists (something has that name, a
+  // symlink say: never replaced), others as ErrnoStatus.
+  absl::Status Publish();
   void MarkClosed();
-  // Deletes the file (the mapping stays valid until destruction).
+  // Deletes the published file (the mapping stays valid until destruction).
+  // Does nothing when this process has no published file of its own (a
+  // fork child whose segment could not be made).
   absl::Status Unlink();
 
-  // Called in a fork() child: creates a segment for the child process with
-  // the same layout and the parent's descriptors, tables and strings (but no
-  // values), and maps it MAP_FIXED at the same address, so that every
-  // pointer and handle taken before the fork stays valid and writes into the
-  // child's own file. Uses raw syscalls only (no allocation beyond the path
-  // string), because the child of a multithreaded parent may only do that.
-  // On failure the range is replaced by an anonymous private mapping so the
-  // child can never write into its parent's segment.
-  absl::Status ReplaceInForkChild();
+  // In the parent, under the lock that fork() handlers hold: copies what a
+  // child needs. Allocates; call it from pthread_atfork's prepare handler.
+  ForkSnapshot TakeForkSnapshot() const;
+
+  // Called in a fork() child with the snapshot its parent took: lays out a
+  // complete segment for the child under a temporary name (header with the
+  // child's pid, start time, parent pid, zeroed per-process counters and
+  // state kReady; the parent's descriptors and strings; no values), maps it
+  // MAP_FIXED at the same address, so that every pointer and handle taken
+  // before the fork stays valid and writes into the child's own file, and
+  // publishes it. On failure the child never touches its parent's file: the
+  // range becomes a private anonymous copy of the snapshot (handles then
+  // write nowhere), the temporary file is removed, and the status names the
+  // child's file and the errno.
+  absl::Status ReplaceInForkChild(const ForkSnapshot& snapshot);
 
  private:
   WritableSegment() = default;
+  // Maps a private anonymous copy of `snapshot` over the range: the child's
+  // handles keep working and reach no file.
+  void DetachInForkChild(const ForkSnapshot& snapshot);
   std::string directory_;
   std::string path_;
+  std::string temp_path_;
+  bool published_ = false;
   int fd_ = -1;
   std::unique_ptr<boost::interprocess::mapped_region> region_;
   std::byte* base_ = nullptr;
