@@ -1,6 +1,7 @@
 #include "realtime_clock.h"
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -24,6 +25,18 @@ constexpr uint64_t kMaxPairTicks = 2'000;        // a pair read slower than this
 // same file. Plain open()/read(): fork children may ask too.
 std::atomic<int> g_tsc_keeps_kernel_time{-1};
 
+// CPUID 0x80000007 EDX bit 8: the TSC ticks at a constant rate in every
+// power state. A VM whose kernel keeps time with another clocksource
+// (kvm-clock) usually still has it. Should two CPUs' TSCs disagree, a
+// thread that moves between them is off by at most one window (1 ms): a
+// reading past the window, or behind the anchor, re-anchors.
+bool InvariantTsc() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0x80000000u, &eax, &ebx, &ecx, &edx) == 0 || eax < 0x80000007u) return false;
+  if (__get_cpuid(0x80000007u, &eax, &ebx, &ecx, &edx) == 0) return false;
+  return (edx & (1u << 8)) != 0;
+}
+
 bool TscKeepsKernelTime() {
   int known = g_tsc_keeps_kernel_time.load(std::memory_order_relaxed);
   if (known >= 0) return known == 1;
@@ -33,7 +46,7 @@ bool TscKeepsKernelTime() {
     if (read(fd, source, sizeof source - 1) < 0) source[0] = '\0';
     close(fd);
   }
-  known = std::strcmp(source, "tsc\n") == 0 ? 1 : 0;
+  known = std::strcmp(source, "tsc\n") == 0 || InvariantTsc() ? 1 : 0;
   g_tsc_keeps_kernel_time.store(known, std::memory_order_relaxed);
   return known == 1;
 }

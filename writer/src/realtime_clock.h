@@ -14,10 +14,13 @@
 // by more than 0.1% (CLOCK_REALTIME was stepped meanwhile) is thrown away
 // and measured again.
 //
-// The TSC is used only where the kernel itself keeps time with it
+// The TSC is used where the kernel itself keeps time with it
 // (/sys/devices/system/clocksource/clocksource0/current_clocksource is
-// "tsc": constant rate, synchronized across CPUs); elsewhere, and on other
-// architectures, every reading is clock_gettime(CLOCK_REALTIME).
+// "tsc") or where the CPU says its TSC is invariant (CPUID 0x80000007
+// EDX[8]; VMs that keep kernel time with kvm-clock): with TSCs that
+// disagree across CPUs, a reading is off by at most the 1 ms window.
+// Elsewhere, and on other architectures, every reading is
+// clock_gettime(CLOCK_REALTIME).
 //
 // Thread safety: each thread uses its own anchor; thread-safe.
 #pragma once
