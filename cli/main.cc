@@ -206,7 +206,7 @@ int Dump(const std::string& dir, const std::string& segment, const std::string& 
 // Full validation: open, refresh, read every value, and check invariants.
 absl::Status CheckOne(const std::string& path) {
   if (path.substr(path.rfind('/') + 1) == reader::kArchiveFileName) {
-    return reader::Archive::Load(path, g_trust).status();
+    return reader::Archive::Load(path).status();
   }
   auto segment = reader::Segment::Open(path, SegmentOptions());
   if (!segment.ok()) return segment.status();
@@ -359,7 +359,7 @@ std::string SeriesText(const reader::ArchivedSeries& a) {
 
 int ShowArchive(const std::string& dir, bool json) {
   const std::string path = dir + "/" + reader::kArchiveFileName;
-  absl::StatusOr<reader::Archive> archive = reader::Archive::Load(path, g_trust);
+  absl::StatusOr<reader::Archive> archive = reader::Archive::Load(path);
   if (!archive.ok()) return Fail(archive.status());
   std::map<std::string, size_t> per_service;
   for (const auto& [key, a] : archive->series()) ++per_service[a.service];
@@ -428,7 +428,7 @@ int DropService(const std::string& dir, const std::string& service, bool yes) {
   std::unique_ptr<reader::Collector> collector;
   if (const int code = OpenRetirer(dir, "stop it to drop a service's history", &collector); code != kOk) return code;
   const std::string path = dir + "/" + reader::kArchiveFileName;
-  absl::StatusOr<reader::Archive> archive = reader::Archive::Load(path, g_trust);
+  absl::StatusOr<reader::Archive> archive = reader::Archive::Load(path);
   if (!archive.ok()) return Fail(archive.status());
   size_t count = 0;
   for (const auto& [key, a] : archive->series()) count += a.service == service;

@@ -89,6 +89,10 @@ TEST_CASE("a segment truncated after it was mapped: the render that hits it comp
   CHECK(absl::StrContains(during, "steady_total{service=\"steady\"} 5\n"));
   CHECK_FALSE(absl::StrContains(during, "victim_total{"));  // no sample (its HELP may stay)
   CHECK(collector->Recent({}).empty());  // the victim's rings read as zeros: nothing intact
+  std::string again;  // same view, no scan yet: still no zeros served as its value
+  collector->Render(reader::ExpositionFormat::kPrometheusText, &again);
+  CHECK_FALSE(absl::StrContains(again, "victim_total{"));
+  CHECK(absl::StrContains(again, "steady_total{service=\"steady\"} 5\n"));
 
   REQUIRE(collector->Scan().ok());  // now reported and dropped
   const auto problems = collector->Problems();

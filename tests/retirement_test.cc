@@ -61,7 +61,7 @@ TEST_CASE("5,000 segments retired at once, crash before the unlinks: totals exac
   CHECK(dir.SegmentPaths().empty());
   // Names of files that are gone are forgotten, and only those.
   CHECK(Total(*restarted) == 3.0 * kSegments);
-  const auto archive = reader::Archive::Load(dir.path() + "/shmetrics-archive", {}).value();
+  const auto archive = reader::Archive::Load(dir.path() + "/shmetrics-archive").value();
   CHECK(archive.folded().empty());
   CHECK(archive.series().size() == 1);
 }

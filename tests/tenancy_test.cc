@@ -125,7 +125,7 @@ TEST_CASE("a gauge in one service and a counter of that name in another: only on
   Exporter exporter(dir);
   const auto text = HttpGet(exporter.url("/metrics"));
   const std::set<std::string> samples = Samples(dir, text.body, "text");
-  // (family, service) order decides: alpha's gauge keeps the name.
+  // The family registered first keeps the name: alpha's gauge.
   CHECK(absl::StrJoin(samples, "\n") == "alpha_jobs_total{service=\"alpha\"} 1.0\n"
                                         "beta_load{service=\"beta\"} 2.0\n"
                                         "queue_depth{service=\"alpha\"} 9.0");
@@ -137,9 +137,35 @@ TEST_CASE("a gauge in one service and a counter of that name in another: only on
   CHECK(absl::StrContains(health.body, "\"status\":\"degraded\",\"reasons\":[\"configuration conflict\"]"));
   CHECK(absl::StrContains(health.body, "\"kind\":\"conflict\",\"family\":\"queue_depth\",\"error\":\"family "
                                        "queue_depth (counter) of service beta cannot be exported beside the gauge "
-                                       "queue_depth of another service or process; it is skipped"));
+                                       "queue_depth of another service or process, registered before it; it is "
+                                       "skipped"));
   CHECK(absl::StrContains(exporter.Log(), "shmetrics: skipping (conflict) family queue_depth (counter) of service beta"));
   CheckValid(dir, exporter);
+}
+
+TEST_CASE("a newcomer cannot take a family's name, and a family only the archive remembers gives way to a live one") {
+  TempDir dir;
+  auto web = std::make_unique<WriterProcess>(dir.path(), "web", [](Writer& w) {
+    w.AddCounter("http_requests_total", "Web.").value().WithLabels({}).value().add(9);
+  });
+  // "api2" sorts before "web" and registers a gauge that takes the OpenMetrics name.
+  auto api2 = std::make_unique<WriterProcess>(dir.path(), "api2", [](Writer& w) {
+    w.AddGauge("http_requests", "Hijack.", {}, GaugeMerge::kSum).value().WithLabels({}).value().set(3);
+  });
+  reader::CollectorOptions options;
+  options.directory = dir.path();
+  auto collector = reader::Collector::Create(options).value();
+  auto families = [&] {
+    REQUIRE(collector->Scan().ok());
+    std::string seen;
+    for (const auto& series : collector->Snapshot()) absl::StrAppend(&seen, series.service, ":", series.family, " ");
+    return seen;
+  };
+  CHECK(families() == "web:http_requests_total ");
+  api2->Kill9();  // its sum gauge goes to the archive
+  CHECK(families() == "web:http_requests_total ");
+  web->Kill9();   // now both live only in the archive: name and service order
+  CHECK(families() == "api2:http_requests ");
 }
 
 TEST_CASE("processes of one service that disagree on a family's buckets: the disagreeing segment's family is skipped") {
@@ -253,7 +279,7 @@ TEST_CASE("forged segments, one per exposition rule: the forged family is report
        "hk_lat_createq", "hk_lat_created", "hk_lat_created", reader::ProblemKind::kConflict},
       {"totalbeside", [](Writer& w) { w.AddCounter("tb_foo_total", "C.").value().WithLabels({}).value().inc();
                                       w.AddGauge("tb_foq", "G.").value().WithLabels({}).value().set(1); },
-       "tb_foq", "tb_foo", "tb_foo_total", reader::ProblemKind::kConflict},
+       "tb_foq", "tb_foo", "tb_foo", reader::ProblemKind::kConflict},  // the counter was registered first
       {"twocounters", [](Writer& w) { w.AddCounter("tc_req", "C.").value().WithLabels({}).value().inc();
                                       w.AddCounter("tc_req_totaq", "C.").value().WithLabels({}).value().inc(); },
        "tc_req_totaq", "tc_req_total", "tc_req_total", reader::ProblemKind::kConflict},
@@ -279,7 +305,7 @@ TEST_CASE("forged segments, one per exposition rule: the forged family is report
   }
   CHECK(absl::StrJoin(served, ",") ==
         "good_total,hb_lat_bucket,hb_lat_count,hb_lat_sum,hc_lat_bucket,hc_lat_count,hc_lat_sum,hk_lat_bucket,"
-        "hk_lat_count,hk_lat_sum,hs_lat_bucket,hs_lat_count,hs_lat_sum,sn_one_total,tb_foo,tc_req_total");  // python names the counter tc_req's sample tc_req_total
+        "hk_lat_count,hk_lat_sum,hs_lat_bucket,hs_lat_count,hs_lat_sum,sn_one_total,tb_foo_total,tc_req_total");  // python names the counter tc_req's sample tc_req_total
   CHECK(samples.contains("good_total{service=\"good\"} 42.0"));
   CHECK_FALSE(absl::StrContains(text.body, "paid_total"));
   // The exporter's own family is there once, with one HELP line.

@@ -130,6 +130,58 @@ TEST_CASE("a planted archive (symlink, FIFO, mode 0644, another owner) is never 
   }
 }
 
+TEST_CASE("an archive owned by a uid trusted for segments is still not trusted") {
+  if (geteuid() != 0) {
+    MESSAGE("skipped: needs root to plant a file owned by another uid");
+    return;
+  }
+  TempDir dir;
+  WriterProcess writer(dir.path(), "batch", Jobs);
+  const std::string segment = dir.SegmentPaths().at(0);
+  const std::string archive = dir.path() + "/shmetrics-archive";
+  testing::WriteFile(archive, ForgedArchive(segment.substr(segment.rfind('/') + 1)));
+  REQUIRE(chmod(archive.c_str(), 0600) == 0);
+  REQUIRE(chown(archive.c_str(), kNobody, kNobody) == 0);
+  reader::CollectorOptions options;
+  options.directory = dir.path();
+  options.retire_dead = false;
+  options.segment.mapping.trusted_uids = {kNobody};
+  auto viewer = reader::Collector::Create(options).value();
+  const std::string seen = Render(*viewer);
+  CHECK(absl::StrContains(seen, "jobs_total{service=\"batch\"} 100\n"));  // the live segment is not dropped
+  CHECK_FALSE(absl::StrContains(seen, "forged_total"));
+  REQUIRE(viewer->Problems().size() == 1);
+  CHECK(viewer->Problems()[0].error ==
+        archive + ": untrusted archive: owned by uid 65534, not by this user (uid 0); not read");
+}
+
+TEST_CASE("a retirer whose lock file is removed stops retiring: a second one never races it") {
+  TempDir dir;
+  reader::CollectorOptions options;
+  options.directory = dir.path();
+  auto first = reader::Collector::Create(options).value();
+  REQUIRE(first->Counters().retiring);
+  REQUIRE(std::filesystem::remove(dir.path() + "/shmetrics-archive.lock"));
+  auto second = reader::Collector::Create(options).value();  // takes a new lock file
+  REQUIRE(second->Counters().retiring);
+  REQUIRE(first->Scan().ok());
+  CHECK_FALSE(first->Counters().retiring);
+  const auto problems = first->Problems();
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].error == dir.path() + "/shmetrics-archive.lock: removed or replaced while this collector held "
+                                          "it; dead writers are not retired by it any more (restart it to take the "
+                                          "lock again)");
+  {
+    WriterProcess writer(dir.path(), "batch", Jobs);
+    writer.Kill9();
+  }
+  REQUIRE(first->Scan().ok());
+  CHECK(first->Counters().segments_retired_total == 0);
+  REQUIRE(second->Scan().ok());
+  CHECK(second->Counters().segments_retired_total == 1);
+  CHECK(JobsTotal(*second) == 100);
+}
+
 TEST_CASE("a planted lock file turns retirement off: segments are served and never removed") {
   TempDir dir;
   WriterProcess writer(dir.path(), "batch", Jobs);

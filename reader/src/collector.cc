@@ -20,6 +20,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "collector_state.h"
+#include "shmetrics/shm/fault_guard.h"
 
 namespace shmetrics::reader {
 namespace {
@@ -106,6 +107,7 @@ void Collector::State::Publish() {
     for (const auto& [key, problem] : *map) view->problems.push_back(problem);
   }
   view->counters = counters;
+  view->faults_at_scan = faults_at_scan;
   std::shared_ptr<const View> old;
   {
     std::lock_guard lock(published_mu);
@@ -123,7 +125,7 @@ absl::Status Collector::State::LoadArchive() {
   if (!options.use_archive) return absl::OkStatus();
   const bool retiring = archive_lock_fd >= 0;
   archive_stamp = StampOf(archive_path);
-  absl::StatusOr<Archive> loaded = Archive::Load(archive_path, options.segment.mapping);
+  absl::StatusOr<Archive> loaded = Archive::Load(archive_path);
   if (loaded.ok()) {
     archive = std::make_shared<const Archive>(*std::move(loaded));
     return absl::OkStatus();
@@ -215,6 +217,7 @@ absl::Status Collector::Scan() {
                               std::chrono::steady_clock::now().time_since_epoch())
                               .count(),
                           std::memory_order_relaxed);
+  s.faults_at_scan = shm::GuardedFaultCount();
   absl::Status status = s.ScanLocked();
   s.scan_started_ns.store(0, std::memory_order_relaxed);
   return status;
@@ -226,6 +229,22 @@ absl::Status Collector::State::ScanLocked() {
   if (!entries.ok()) return entries.status();
   ++s.counters.scans;
   s.counters.segments_not_ready = 0;
+  // The lock protects only while its path still names the file we locked:
+  // once it is removed or replaced, another collector can take a new lock
+  // there, and two retirers would overwrite each other's archive.
+  if (s.archive_lock_fd >= 0) {
+    const std::string lock_path = s.archive_path + ".lock";
+    struct stat held {}, named {};
+    if (fstat(s.archive_lock_fd, &held) != 0 || lstat(lock_path.c_str(), &named) != 0 ||
+        held.st_dev != named.st_dev || held.st_ino != named.st_ino) {
+      close(s.archive_lock_fd);
+      s.archive_lock_fd = -1;
+      s.counters.retiring = false;
+      s.Report(s.archive_problems, lock_path, ProblemKind::kUntrusted, "",
+               absl::StrCat(lock_path, ": removed or replaced while this collector held it; dead writers are not "
+                                       "retired by it any more (restart it to take the lock again)"));
+    }
+  }
   const bool retiring = s.archive_lock_fd >= 0;
 
   bool changed = false;

@@ -80,6 +80,10 @@ struct Collector::State {
     std::shared_ptr<const Archive> archive;  // keeps the index's archived series
     std::vector<Problem> problems;
     CollectorCounters counters;
+    // shm::GuardedFaultCount() when the scan that made this view began: a
+    // render that sees another count knows some mapping faulted since, and
+    // leaves out whatever faulted (the next scan drops and reports it).
+    uint64_t faults_at_scan = 0;
   };
 
   // Scan side: guarded by scan_mu. std::mutex rather than absl::Mutex:
@@ -104,6 +108,7 @@ struct Collector::State {
   mutable std::mutex published_mu;  // guards `published` (the pointer only)
   std::shared_ptr<const View> published = std::make_shared<View>();
   std::atomic<int64_t> scan_started_ns{0};  // steady clock; 0 while no scan runs
+  uint64_t faults_at_scan = 0;              // scan side: GuardedFaultCount() as the scan began
   mutable std::atomic<size_t> last_render_bytes{0};
 
   std::shared_ptr<const View> Published() const {

@@ -159,12 +159,14 @@ void Collector::Render(ExpositionFormat format, std::string* out) const {
       State::RenderGroup(group, format, skip_faulted, out);
     }
   };
-  // A file truncated during the pass read as zeros from the truncation on
-  // (fault_guard.h): render again without it rather than serve those.
-  // The next Scan() drops and reports it.
+  // A file truncated under its mapping reads as zeros from the truncation
+  // on (fault_guard.h): leave it out rather than serve those, whether it
+  // faulted before this pass (since the scan that made this view) or
+  // during it (then render again). The next Scan() drops and reports it.
   const uint64_t faults_before = shm::GuardedFaultCount();
-  render(false);
-  if (shm::GuardedFaultCount() != faults_before) {
+  const bool faulted_since_scan = faults_before != view->faults_at_scan;
+  render(faulted_since_scan);
+  if (!faulted_since_scan && shm::GuardedFaultCount() != faults_before) {
     out->resize(start_size);
     render(true);
   }
@@ -200,8 +202,9 @@ std::vector<AggregatedSeries> Collector::Snapshot() const {
     }
   };
   const uint64_t faults_before = shm::GuardedFaultCount();  // as in Render()
-  take(false);
-  if (shm::GuardedFaultCount() != faults_before) take(true);
+  const bool faulted_since_scan = faults_before != view->faults_at_scan;
+  take(faulted_since_scan);
+  if (!faulted_since_scan && shm::GuardedFaultCount() != faults_before) take(true);
   return result;
 }
 

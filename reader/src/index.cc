@@ -1,7 +1,10 @@
 // The aggregated index: series grouped per (family, service), checked
 // against the exposition rules and against each other, with their line
 // starts pre-rendered. Rebuilt by Scan() when segments or series change.
+#include <algorithm>
+#include <cstdint>
 #include <map>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -28,6 +31,11 @@ struct Candidate {
   FamilyShape shape;
   std::string reference;  // the file whose shape the others must match
   std::map<std::vector<std::string>, Collector::State::OutSeries> series;  // by label values [, pid]
+  // Precedence when names clash: a family some segment still has beats one
+  // only the archive remembers, then the one registered first.
+  bool in_segments = false;
+  uint64_t created_unix_ns = UINT64_MAX;  // earliest registration among its segments
+  bool accepted = false;
 };
 
 }  // namespace
@@ -85,6 +93,8 @@ void Collector::State::RebuildIndex() {
       if (gauge && !open.alive && (shape.merge == shm::GaugeMerge::kLiveSum || per_process)) continue;
       Candidate* c = candidate_for(shape, open.service, segment.path());
       if (c == nullptr) continue;
+      c->in_segments = true;
+      c->created_unix_ns = std::min(c->created_unix_ns, family.created_unix_ns);
       std::vector<std::string> key = series.label_values;
       if (per_process) key.push_back(absl::StrCat(open.pid));
       OutSeries& out = c->series[key];
@@ -95,32 +105,48 @@ void Collector::State::RebuildIndex() {
   }
 
   // Across families: every name a family occupies in either output must be
-  // its own. The first family (by name, then service) to claim a name keeps
-  // it; a later one that meets it is skipped, with the family it met.
+  // its own. Families claim their names in order of precedence (in a
+  // segment before archive-only, then registered first, then by name and
+  // service), so a newcomer cannot take a name from a family that was
+  // there before it, and a family that is gone from every segment cannot
+  // keep one from a live family. One that meets a name already claimed is
+  // skipped, with the family it met.
+  std::vector<std::pair<const std::pair<std::string, std::string>*, Candidate*>> by_precedence;
+  for (auto& [key, c] : candidates) by_precedence.emplace_back(&key, &c);
+  std::stable_sort(by_precedence.begin(), by_precedence.end(), [](const auto& a, const auto& b) {
+    return std::make_tuple(!a.second->in_segments, a.second->created_unix_ns) <
+           std::make_tuple(!b.second->in_segments, b.second->created_unix_ns);
+  });
   std::map<std::string, std::pair<std::string, shm::MetricType>> owner_of_name;
-  index.clear();
-  counters.series = 0;
-  counters.archived_series = archive->series().size();
-  for (auto& [key, c] : candidates) {
-    const auto& [family_name, service] = key;
-    const std::vector<std::string> names = shm::ExpositionNames(family_name, c.shape.type);
+  for (auto& [key, c] : by_precedence) {
+    const auto& [family_name, service] = *key;
+    const std::vector<std::string> names = shm::ExpositionNames(family_name, c->shape.type);
     const std::pair<std::string, shm::MetricType>* met = nullptr;
     for (const std::string& name : names) {
       auto it = owner_of_name.find(name);
-      if (it != owner_of_name.end() && (it->second.first != family_name || it->second.second != c.shape.type)) {
+      if (it != owner_of_name.end() && (it->second.first != family_name || it->second.second != c->shape.type)) {
         met = &it->second;
         break;
       }
     }
     if (met != nullptr) {
-      Report(index_problems, c.reference, ProblemKind::kConflict, family_name,
-             absl::StrCat("family ", family_name, " (", shm::MetricTypeName(c.shape.type), ") of service ",
+      Report(index_problems, c->reference, ProblemKind::kConflict, family_name,
+             absl::StrCat("family ", family_name, " (", shm::MetricTypeName(c->shape.type), ") of service ",
                           service, " cannot be exported beside the ", shm::MetricTypeName(met->second), " ",
-                          met->first, " of another service or process; it is skipped (", c.reference, ")"));
+                          met->first, " of another service or process, registered before it; it is skipped (",
+                          c->reference, ")"));
       continue;
     }
-    for (const std::string& name : names) owner_of_name.try_emplace(name, family_name, c.shape.type);
+    for (const std::string& name : names) owner_of_name.try_emplace(name, family_name, c->shape.type);
+    c->accepted = true;
+  }
 
+  index.clear();
+  counters.series = 0;
+  counters.archived_series = archive->series().size();
+  for (auto& [key, c] : candidates) {
+    if (!c.accepted) continue;
+    const auto& [family_name, service] = key;
     OutGroup group;
     group.shape = std::move(c.shape);
     group.service = service;

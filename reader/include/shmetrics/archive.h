@@ -9,10 +9,11 @@
 // Trust. The archive decides what is served and which segment files get
 // removed, so it is only read when it is a regular file (never a symlink,
 // FIFO or device; opened O_NOFOLLOW | O_NONBLOCK), with one link, mode
-// 0600, owned by this user or a trusted uid. Anything else is reported as
-// untrusted and never read.
+// 0600, owned by this process's effective uid (the retirer's: uids trusted
+// for segments are not trusted with the archive). Anything else is
+// reported as untrusted and never read.
 //
-//   auto archive = shmetrics::reader::Archive::Load(path, {}).value();
+//   auto archive = shmetrics::reader::Archive::Load(path).value();
 //   for (const auto& [key, series] : archive.series()) ...
 //
 // Thread safety: thread-compatible.
@@ -80,7 +81,7 @@ class Archive {
   // PermissionDenied (untrusted: not a regular file, a symlink, another
   // owner, a mode other than 0600, extra links; or unreadable), DataLoss
   // (not an archive, or a malformed line), ResourceExhausted (over 1 GiB).
-  static absl::StatusOr<Archive> Load(const std::string& path, const shm::ReadOnlyMapping::Options& trust);
+  static absl::StatusOr<Archive> Load(const std::string& path);
   // Parses the text of an archive file; `path` names it in errors.
   // DataLoss on anything malformed.
   static absl::StatusOr<Archive> Parse(absl::string_view text, const std::string& path);

@@ -9,10 +9,11 @@
 // have other label names or buckets in each service. What cannot be
 // exported together is resolved deterministically and reported as a
 // conflict (ProblemKind::kConflict), skipping one family of one service:
-// families are taken in order of (family name, service), and one whose
-// names meet a family taken before (another type under the same name, a
-// counter `foo_total` beside a gauge `foo`, a histogram `x` beside a family
-// `x_count`) is skipped; within one service, a segment whose family has
+// families claim their names in order of precedence (held by a segment
+// before archive-only, then registered first, then name and service), and
+// one whose names meet a family taken before (another type under the same
+// name, a counter `foo_total` beside a gauge `foo`, a histogram `x` beside
+// a family `x_count`) is skipped; within one service, a segment whose family has
 // another type, labels or buckets than the service's first (the archive's,
 // then the segment whose file name sorts first) is skipped for that family.
 // A family that breaks an exposition rule (shm/names.h) is skipped alone
