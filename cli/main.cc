@@ -37,6 +37,7 @@
 #include "shmetrics/archive.h"
 #include "shmetrics/collector.h"
 #include "shmetrics/shm/names.h"
+#include "shmetrics/version.h"
 #include "terminal.h"
 
 namespace shmetrics::cli {
@@ -673,6 +674,7 @@ int Run(int argc, char** argv) {
   CLI::App app{"shmetrics: inspect shmetrics segments"};
   app.footer(kExitCodes);
   app.require_subcommand(1);
+  app.set_version_flag("--version", "shmetrics " SHMETRICS_VERSION_LINE);
   std::string dir = shm::DirectoryFromEnvironment();
   app.add_option("--dir", dir, "segment directory (default $SHMETRICS_DIR or /dev/shm)");
 
@@ -738,6 +740,8 @@ int Run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     app.exit(e);
