@@ -7,6 +7,8 @@ usage: deploy_manifests.py SOURCE_DIR
 """
 import os
 import re
+import shutil
+import subprocess
 import sys
 
 import yaml
@@ -114,9 +116,17 @@ def main():
     check_sidecar(os.path.join(deploy, "kubernetes", "sidecar.yaml"))
     check_daemonset(os.path.join(deploy, "kubernetes", "daemonset.yaml"))
     check_compose(os.path.join(deploy, "docker", "compose.yml"))
+    prometheus_dir = os.path.join(deploy, "prometheus")
     for name in ("agent.yml", "central.yml"):
-        with open(os.path.join(deploy, "prometheus", name)) as f:
+        with open(os.path.join(prometheus_dir, name)) as f:
             assert isinstance(yaml.safe_load(f), dict)
+    if shutil.which("promtool"):
+        for argv in (["promtool", "check", "config", "--agent", "agent.yml"],
+                     ["promtool", "check", "config", "central.yml"]):
+            result = subprocess.run(argv, cwd=prometheus_dir, capture_output=True, text=True)
+            assert result.returncode == 0, "%s:\n%s%s" % (" ".join(argv), result.stdout, result.stderr)
+    else:
+        print("deploy manifests: promtool not available: agent.yml and central.yml only parsed as YAML")
     print("deploy manifests: sidecar, daemonset, compose ok (YAML wiring only: kubectl is not available)")
 
 

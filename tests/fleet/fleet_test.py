@@ -6,7 +6,7 @@ with its storage in a temporary directory; the configs are deploy/prometheus/
 agent.yml and central.yml with only the addresses replaced. Passes when
 PromQL on the central Prometheus returns exactly the writers' counter sum.
 
-usage: fleet_test.py SOURCE_DIR EXPORTER_BIN FLEET_WRITER_BIN
+usage: fleet_test.py SOURCE_DIR EXPORTER_BIN FLEET_WRITER_BIN VERSION
 """
 import json
 import os
@@ -48,7 +48,7 @@ def stop(process):
 
 
 def main():
-    source_dir, exporter_bin, writer_bin = sys.argv[1:4]
+    source_dir, exporter_bin, writer_bin, version = sys.argv[1:5]
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         print("fleet test: Debian's prometheus is not installed (.ci/deps.sh installs it)", file=sys.stderr)
@@ -110,6 +110,10 @@ def main():
                     series = query(central_port, 'fleet_jobs_total{host="host-1"}')["data"]["result"]
                     if len(series) != 1:
                         raise RuntimeError("expected one fleet_jobs_total series with the agent's host label: %s" % series)
+                    build = query(central_port, 'shmetrics_exporter_build_info{version="%s"}' % version)
+                    build = build["data"]["result"]
+                    if len(build) != 1 or build[0]["value"][1] != "1":
+                        raise RuntimeError("shmetrics_exporter_build_info{version=%r}: %s" % (version, build))
                     print("fleet test: the central Prometheus returns sum(fleet_jobs_total) = %s "
                           "(scraped by the agent, remote-written)" % expected)
                     return 0
