@@ -33,10 +33,12 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/escaping.h"
 #include "shmetrics/archive.h"
 #include "shmetrics/collector.h"
 #include "shmetrics/shm/names.h"
+#include "shmetrics/version.h"
 #include "terminal.h"
 
 namespace shmetrics::cli {
@@ -103,7 +105,7 @@ std::string ResolveSegment(const std::string& dir, const std::string& argument) 
 
 // ------------------------------------------------------------------- ls
 
-int Ls(const std::string& dir, bool json) {
+int Ls(const std::string& dir, bool json, uint32_t pid) {
   auto entries = reader::ListSegments(dir);
   if (!entries.ok()) return Fail(entries.status());
   std::string out = json ? "[" : "";
@@ -113,6 +115,7 @@ int Ls(const std::string& dir, bool json) {
   }
   bool first = true;
   for (const reader::DirectoryEntry& entry : *entries) {
+    if (pid != 0 && entry.id.pid != pid) continue;
     auto segment = reader::Segment::Open(entry.path, SegmentOptions());
     if (json) {
       absl::StrAppend(&out, first ? "" : ",", "\n  {\"file\":");
@@ -163,7 +166,87 @@ int Ls(const std::string& dir, bool json) {
 
 // ----------------------------------------------------------------- dump
 
-int Dump(const std::string& dir, const std::string& segment, const std::string& service, bool openmetrics) {
+const char* TypeName(shm::MetricType type) {
+  switch (type) {
+    case shm::MetricType::kCounter: return "counter";
+    case shm::MetricType::kGauge: return "gauge";
+    case shm::MetricType::kHistogram: return "histogram";
+  }
+  return "unknown";
+}
+
+// dump --json: {"series":[...]}, one aggregated series per line, sorted as
+// the collector's snapshot is; histograms with bounds and non-cumulative
+// buckets (+Inf last), count and sum.
+std::string SnapshotJson(const std::vector<reader::AggregatedSeries>& snapshot) {
+  std::string out = "{\"series\":[";
+  bool first = true;
+  for (const reader::AggregatedSeries& s : snapshot) {
+    absl::StrAppend(&out, first ? "\n  " : ",\n  ", "{\"service\":");
+    first = false;
+    reader::AppendJsonString(&out, s.service);
+    out += ",\"family\":";
+    reader::AppendJsonString(&out, s.family);
+    absl::StrAppend(&out, ",\"type\":\"", TypeName(s.type), "\",\"labels\":{");
+    for (size_t i = 0; i < s.labels.size(); ++i) {
+      if (i) out += ",";
+      reader::AppendJsonString(&out, s.labels[i].first);
+      out += ":";
+      reader::AppendJsonString(&out, s.labels[i].second);
+    }
+    out += "}";
+    if (s.type == shm::MetricType::kHistogram) {
+      out += ",\"bounds\":[";
+      for (size_t i = 0; i < s.bounds.size(); ++i) {
+        if (i) out += ",";
+        reader::AppendJsonNumber(&out, s.bounds[i]);
+      }
+      out += "],\"buckets\":[";
+      uint64_t count = 0;
+      for (size_t i = 0; i < s.buckets.size(); ++i) {
+        absl::StrAppend(&out, i ? "," : "", s.buckets[i]);
+        count += s.buckets[i];
+      }
+      absl::StrAppend(&out, "],\"count\":", count, ",\"sum\":");
+      reader::AppendJsonNumber(&out, s.sum);
+    } else {
+      out += ",\"value\":";
+      reader::AppendJsonNumber(&out, s.value);
+    }
+    out += "}";
+  }
+  out += first ? "]}\n" : "\n]}\n";
+  return out;
+}
+
+// --pid: the file name of that process's one segment (of `service`, if set).
+absl::StatusOr<std::string> SegmentOfPid(const std::string& dir, uint32_t pid, const std::string& service) {
+  auto entries = reader::ListSegments(dir);
+  if (!entries.ok()) return entries.status();
+  std::vector<std::string> found;
+  for (const reader::DirectoryEntry& entry : *entries) {
+    if (entry.id.pid == pid && (service.empty() || entry.id.service == service)) found.push_back(entry.file_name);
+  }
+  if (found.empty()) return absl::NotFoundError(absl::StrCat("no segment of pid ", pid, " in ", dir));
+  if (found.size() > 1) {
+    return absl::FailedPreconditionError(absl::StrCat("pid ", pid, " has ", found.size(),
+                                                      " segments; name one (or use --service): ",
+                                                      absl::StrJoin(found, " ")));
+  }
+  return found.front();
+}
+
+int Dump(const std::string& dir, std::string segment, const std::string& service, bool openmetrics, bool json,
+         uint32_t pid) {
+  if (pid != 0) {
+    if (!segment.empty()) {
+      std::fprintf(stderr, "shmetrics: dump takes a segment or --pid, not both\n");
+      return kUsage;
+    }
+    auto found = SegmentOfPid(dir, pid, service);
+    if (!found.ok()) return Fail(found.status());
+    segment = *found;
+  }
   reader::CollectorOptions options;
   options.directory = dir;
   options.service_filter = service;
@@ -187,11 +270,15 @@ int Dump(const std::string& dir, const std::string& segment, const std::string& 
   if (absl::Status s = (*collector)->Scan(); !s.ok()) return Fail(s);
   const auto format = openmetrics ? reader::ExpositionFormat::kOpenMetrics : reader::ExpositionFormat::kPrometheusText;
   std::string out;
-  (*collector)->Render(format, &out);
-  if (openmetrics) out += "# EOF\n";
+  if (json) {
+    out = SnapshotJson((*collector)->Snapshot());  // JSON escapes control characters itself
+  } else {
+    (*collector)->Render(format, &out);
+    if (openmetrics) out += "# EOF\n";
+  }
   // The exposition escapes what it must (\\, \", newline); a terminal also
   // needs the other control characters made visible. A pipe gets it as is.
-  if (isatty(STDOUT_FILENO)) out = TerminalSafeLines(out);
+  if (!json && isatty(STDOUT_FILENO)) out = TerminalSafeLines(out);
   std::fputs(out.c_str(), stdout);
   int worst = kOk;
   for (const reader::Problem& p : (*collector)->Problems()) {
@@ -464,6 +551,31 @@ std::string FormatRecord(const std::string& service, uint32_t pid, const reader:
   return line + "\n";
 }
 
+// tail --json: one object per record, one per line (also with -f).
+std::string FormatRecordJson(const std::string& service, uint32_t pid, const reader::RequestRecordView& r) {
+  const time_t seconds = static_cast<time_t>(r.timestamp_unix_ns / 1000000000);
+  tm utc{};
+  gmtime_r(&seconds, &utc);
+  char when[32];
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &utc);
+  std::string line = absl::StrFormat("{\"time\":\"%s.%06uZ\",\"timestamp_unix_ns\":%u,\"service\":", when,
+                                     static_cast<unsigned>(r.timestamp_unix_ns % 1000000000 / 1000),
+                                     r.timestamp_unix_ns);
+  reader::AppendJsonString(&line, service);
+  absl::StrAppend(&line, ",\"pid\":", pid, ",\"lane\":", r.lane, ",\"method\":");
+  reader::AppendJsonString(&line, r.method);
+  line += ",\"endpoint\":";
+  reader::AppendJsonString(&line, r.endpoint);
+  absl::StrAppend(&line, ",\"status\":", r.status, ",\"duration_seconds\":");
+  reader::AppendJsonNumber(&line, r.duration_ns / 1e9);
+  absl::StrAppend(&line, ",\"response_bytes\":", r.response_bytes, ",\"error\":", r.error ? "true" : "false");
+  if (r.error) {
+    line += ",\"error_message\":";
+    reader::AppendJsonString(&line, r.error_message);
+  }
+  return line + "}\n";
+}
+
 struct TailSource {
   std::unique_ptr<reader::Segment> segment;
   std::string service;
@@ -471,7 +583,8 @@ struct TailSource {
   std::vector<uint64_t> cursors;  // per lane
 };
 
-int Tail(const std::string& dir, const std::string& service, bool errors, bool follow, int limit, double interval) {
+int Tail(const std::string& dir, const std::string& service, bool errors, bool follow, int limit, double interval,
+         bool json, uint32_t pid) {
   const reader::RingKind kind = errors ? reader::RingKind::kErrors : reader::RingKind::kRequests;
   std::map<std::string, TailSource> sources;
   signal(SIGINT, &OnSignal);
@@ -488,6 +601,7 @@ int Tail(const std::string& dir, const std::string& service, bool errors, bool f
     uint64_t budget = reader::kRecentScanBudget + 8 * static_cast<uint64_t>(limit);
     for (const auto& entry : *entries) {
       if (!service.empty() && entry.id.service != service) continue;
+      if (pid != 0 && entry.id.pid != pid) continue;
       auto it = sources.find(entry.file_name);
       if (it == sources.end()) {
         auto segment = reader::Segment::Open(entry.path, SegmentOptions());
@@ -512,7 +626,8 @@ int Tail(const std::string& dir, const std::string& service, bool errors, bool f
         if (!first) lost += read.overwritten + read.skipped;
         for (const auto& r : read.records) {
           batch.emplace_back(r.timestamp_unix_ns, source.service, source.pid, lane, r.index,
-                             FormatRecord(source.service, source.pid, r));
+                             json ? FormatRecordJson(source.service, source.pid, r)
+                                  : FormatRecord(source.service, source.pid, r));
         }
       }
     }
@@ -673,12 +788,15 @@ int Run(int argc, char** argv) {
   CLI::App app{"shmetrics: inspect shmetrics segments"};
   app.footer(kExitCodes);
   app.require_subcommand(1);
+  app.set_version_flag("--version", "shmetrics " SHMETRICS_VERSION_LINE);
   std::string dir = shm::DirectoryFromEnvironment();
   app.add_option("--dir", dir, "segment directory (default $SHMETRICS_DIR or /dev/shm)");
 
   bool json = false;
+  uint32_t pid = 0;
   auto* ls = app.add_subcommand("ls", "one line per segment: service, pid, state, age, size, use of capacity");
   ls->add_flag("--json", json, "JSON output");
+  ls->add_option("--pid", pid, "only this process's segments")->check(CLI::PositiveNumber);
   ls->add_option("--dir", dir, "segment directory");
 
   std::string segment, service;
@@ -687,6 +805,8 @@ int Run(int argc, char** argv) {
   dump->add_option("segment", segment, "a segment file name or path, or shmetrics-archive (default: all)");
   dump->add_option("--service", service, "only this service");
   dump->add_flag("--openmetrics", openmetrics, "OpenMetrics instead of Prometheus text");
+  dump->add_flag("--json", json, "JSON: {\"series\":[...]}, one aggregated series per line");
+  dump->add_option("--pid", pid, "only this process's segment (live values, no archive)")->check(CLI::PositiveNumber);
   dump->add_option("--dir", dir, "segment directory");
 
   double interval = 2;
@@ -706,6 +826,8 @@ int Run(int argc, char** argv) {
   tail->add_flag("-f,--follow", follow, "keep printing new records (Ctrl-C stops)");
   tail->add_option("-n,--limit", limit, "records shown at first")->check(CLI::Range(1, 100000));
   tail->add_option("--service", service, "only this service");
+  tail->add_flag("--json", json, "one JSON object per record and line (also with -f)");
+  tail->add_option("--pid", pid, "only this process's records")->check(CLI::PositiveNumber);
   tail->add_option("--poll", poll_interval, "seconds between polls with -f")->check(CLI::Range(0.01, 60.0));
   tail->add_option("--dir", dir, "segment directory");
 
@@ -739,15 +861,17 @@ int Run(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::ParseError& e) {
     app.exit(e);
     return kUsage;
   }
-  if (ls->parsed()) return Ls(dir, json);
-  if (dump->parsed()) return Dump(dir, segment, service, openmetrics);
+  if (ls->parsed()) return Ls(dir, json, pid);
+  if (dump->parsed()) return Dump(dir, segment, service, openmetrics, json, pid);
   if (top->parsed()) return Top(dir, service, interval, iterations, rows);
   if (check->parsed()) return Check(dir, check_segments, json);
-  if (tail->parsed()) return Tail(dir, service, errors, follow, limit, poll_interval);
+  if (tail->parsed()) return Tail(dir, service, errors, follow, limit, poll_interval, json, pid);
   if (gc->parsed()) return Gc(dir, yes, dry_run);
   if (archive->parsed()) return drop_service.empty() ? ShowArchive(dir, json) : DropService(dir, drop_service, yes);
   return kUsage;

@@ -30,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "shmetrics/collector.h"
+#include "shmetrics/version.h"
 #include "views.h"
 
 namespace shmetrics::exporter {
@@ -208,6 +209,7 @@ int Run(int argc, char** argv) {
   app.footer(
       "Exit codes: 0 stopped by signal, 2 bad flags, 3 directory unusable, 4 cannot listen,\n"
       "5 another exporter already retires segments in the directory (use --no-retire).");
+  app.set_version_flag("--version", "shmetrics-exporter " SHMETRICS_VERSION_LINE);
   std::string directory = shm::DirectoryFromEnvironment();
   std::string service;
   std::string listen = "127.0.0.1:9464";

@@ -113,6 +113,10 @@ void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self
         double(c.archived_series), true);
   gauge("shmetrics_exporter_start_time_seconds", "Unix time the exporter started.", "",
         self.start_unix_seconds, true);
+  gauge("shmetrics_exporter_build_info", "The exporter's version (CMakeLists.txt), git commit and compiler; always 1.",
+        "{version=\"" SHMETRICS_VERSION "\",commit=\"" SHMETRICS_GIT_COMMIT "\",compiler=\"" SHMETRICS_COMPILER
+        "\",build_type=\"" SHMETRICS_BUILD_TYPE "\"}",
+        1, true);
   gauge("shmetrics_exporter_scan_running_seconds",
         "How long the directory scan in progress has run (0: none runs); the last view is served meanwhile.", "",
         collector.ScanRunningSeconds(), true);

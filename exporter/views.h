@@ -6,6 +6,7 @@
 #include <string>
 
 #include "shmetrics/collector.h"
+#include "shmetrics/version.h"
 
 namespace shmetrics::exporter {
 
@@ -36,7 +37,7 @@ void RenderStats(const reader::Collector& collector, std::string* out);
 int RenderRecent(const reader::Collector& collector, reader::RingKind kind, const std::string& query_string,
                  std::string* out);
 
-inline constexpr const char* kVersion = "0.1.0";
+inline constexpr const char* kVersion = SHMETRICS_VERSION;  // CMakeLists.txt: project(VERSION)
 // A scan running longer than this is reported as stuck in /api/health.
 inline constexpr double kScanStuckSeconds = 5.0;
 

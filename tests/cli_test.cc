@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <regex>
 
 #include "absl/strings/match.h"
@@ -184,6 +185,62 @@ TEST_CASE("cli top shows series by rate, plain when piped and full-screen in a t
   CHECK(absl::StrContains(tty.output, "\x1b[?1049l"));
   Kill(idle);
   Kill(busy);
+}
+
+TEST_CASE("cli dump --json, tail --json and --pid select and print one process's values and records") {
+  TempDir dir;
+  const pid_t a = StartWriter(dir, "api", false);
+  const pid_t b = StartWriter(dir, "api", false);
+  // A third process records two requests (one an error) and exits.
+  const pid_t recorder = testing::Fork();
+  if (recorder == 0) {
+    auto writer = Writer::Create(testing::WriterIn(dir, "web")).value();
+    writer->requests().record({.method = "GET", .endpoint = "/a\"b", .status = 200, .duration_ns = 1500000,
+                               .response_bytes = 10, .error = false, .error_message = "",
+                               .timestamp_unix_ns = 1700000000000000000});
+    writer->requests().record({.method = "PUT", .endpoint = "/x", .status = 503, .duration_ns = 2000000,
+                               .response_bytes = 0, .error = true, .error_message = "down",
+                               .timestamp_unix_ns = 1700000001000000000});
+    _exit(0);
+  }
+  testing::WaitChild(recorder);
+
+  auto ls = RunCommand(Cli(dir, absl::StrCat("ls --json --pid ", a)));
+  CHECK(ls.exit_code == 0);
+  CHECK(absl::StrContains(ls.output, absl::StrCat("\"pid\":", a, ",")));
+  CHECK(!absl::StrContains(ls.output, absl::StrCat("\"pid\":", b, ",")));
+  CHECK(!absl::StrContains(ls.output, "\"web\""));
+
+  auto dump = RunCommand(Cli(dir, absl::StrCat("dump --json --pid ", a)));
+  CHECK(dump.exit_code == 0);
+  CHECK(absl::StartsWith(dump.output, "{\"series\":[\n"));
+  for (const char* line :
+       {"{\"service\":\"api\",\"family\":\"requests_total\",\"type\":\"counter\",\"labels\":{\"code\":\"200\"},\"value\":41}",
+        "{\"service\":\"api\",\"family\":\"workers\",\"type\":\"gauge\",\"labels\":{},\"value\":4}",
+        "{\"service\":\"api\",\"family\":\"latency_seconds\",\"type\":\"histogram\",\"labels\":{},"
+        "\"bounds\":[0.1,1],\"buckets\":[1,1,1],\"count\":3,\"sum\":5.55}"}) {
+    CHECK_MESSAGE(absl::StrContains(dump.output, line), dump.output);
+  }
+  // Both writers of "api" aggregated: 82, not one process's 41.
+  auto all = RunCommand(Cli(dir, "dump --json --service api"));
+  CHECK(absl::StrContains(all.output, "\"labels\":{\"code\":\"200\"},\"value\":82}"));
+  CHECK(RunCommand(Cli(dir, "dump --pid 999999999 2>&1")).exit_code != 0);
+
+  auto tail = RunCommand(Cli(dir, "tail --json --service web"));
+  CHECK(tail.exit_code == 0);
+  CHECK_MESSAGE(absl::StrContains(tail.output,
+                                  absl::StrCat("{\"time\":\"2023-11-14T22:13:20.000000Z\",\"timestamp_unix_ns\":"
+                                               "1700000000000000000,\"service\":\"web\",\"pid\":", recorder,
+                                               ",\"lane\":0,\"method\":\"GET\",\"endpoint\":\"/a\\\"b\",\"status\":200,"
+                                               "\"duration_seconds\":0.0015,\"response_bytes\":10,\"error\":false}\n")),
+                tail.output);
+  CHECK(absl::StrContains(tail.output, "\"status\":503,\"duration_seconds\":0.002,\"response_bytes\":0,"
+                                       "\"error\":true,\"error_message\":\"down\"}\n"));
+  CHECK(std::count(tail.output.begin(), tail.output.end(), '\n') == 2);
+  CHECK(RunCommand(Cli(dir, absl::StrCat("tail --json --pid ", a))).output.empty());
+  CHECK(RunCommand(Cli(dir, absl::StrCat("tail --json --pid ", recorder))).output == tail.output);
+  Kill(a);
+  Kill(b);
 }
 
 TEST_CASE("cli bad flags and missing directories get their exit codes") {
