@@ -55,10 +55,18 @@ enum ExitCode {
 };
 
 constexpr const char* kExitCodes =
-    "Exit codes: 0 ok, 1 problems found (a conflict, a family skipped) or declined, 2 bad flag\n"
-    "or argument, 3 no such segment or directory, 4 permission denied or untrusted file (another\n"
-    "owner, a link, not a regular file), 5 corrupt segment or archive, 6 an exporter already\n"
-    "retires segments in this directory.";
+    "EXIT STATUS\n"
+    "  0 ok, 1 problems found (a conflict, a family skipped) or declined, 2 bad flag or argument,\n"
+    "  3 no such segment or directory, 4 permission denied or untrusted file (another owner, a\n"
+    "  link, not a regular file), 5 corrupt segment or archive, 6 an exporter already retires\n"
+    "  segments in this directory\n"
+    "ENVIRONMENT\n"
+    "  SHMETRICS_DIR  the segment directory when --dir is not given (default /dev/shm)\n"
+    "OUTPUT\n"
+    "  Text from segments is escaped for a terminal (control characters as \\xNN); dump on a\n"
+    "  pipe is the exposition as is. Every listing has a --json form.\n"
+    "SEE ALSO\n"
+    "  shmetrics-exporter --help; docs/segment-format.md, docs/archive-format.md";
 
 // Whose files are read: set once from the flags.
 shm::ReadOnlyMapping::Options g_trust;

@@ -207,8 +207,20 @@ int OnLog(const mg_connection*, const char* message) {
 int Run(int argc, char** argv) {
   CLI::App app{"shmetrics-exporter: serves shmetrics segments as Prometheus/OpenMetrics and JSON"};
   app.footer(
-      "Exit codes: 0 stopped by signal, 2 bad flags, 3 directory unusable, 4 cannot listen,\n"
-      "5 another exporter already retires segments in the directory (use --no-retire).");
+      "ROUTES\n"
+      "  /metrics (Prometheus text 0.0.4, OpenMetrics 1.0 on Accept, gzip), /api/health, /api/stats,\n"
+      "  /api/recent, /api/errors\n"
+      "EXIT STATUS\n"
+      "  0 stopped by signal, 2 bad flags, 3 directory unusable (or not writable: --no-retire),\n"
+      "  4 cannot listen, 5 another exporter already retires segments in the directory (--no-retire)\n"
+      "ENVIRONMENT\n"
+      "  SHMETRICS_DIR  the segment directory when --dir is not given (default /dev/shm)\n"
+      "FILES\n"
+      "  DIR/shmetrics.SERVICE.PID.TICKS.N  segments (read-only; only this user's unless trusted)\n"
+      "  DIR/shmetrics-archive              totals of retired writers (this user's, mode 0600)\n"
+      "  DIR/shmetrics-archive.lock         held while this exporter retires dead writers\n"
+      "SEE ALSO\n"
+      "  shmetrics(1) --help; docs/segment-format.md, docs/archive-format.md, docs/naming-rules.md");
   app.set_version_flag("--version", "shmetrics-exporter " SHMETRICS_VERSION_LINE);
   std::string directory = shm::DirectoryFromEnvironment();
   std::string service;
@@ -225,8 +237,8 @@ int Run(int argc, char** argv) {
   app.add_flag("--no-retire", no_retire, "never fold or remove dead writers' segments");
   std::vector<uid_t> trusted_uids;
   app.add_flag("--allow-other-owners", allow_other_owners,
-               "read segments (and an archive) owned by any user; root included, only this user's are read "
-               "otherwise");
+               "read segments owned by any user (root included, only this user's are read otherwise; the "
+               "archive is always this user's own)");
   app.add_option("--trusted-uids", trusted_uids,
                  "uids whose segments are read besides this user's (comma-separated or repeated)")
       ->delimiter(',')
