@@ -545,14 +545,18 @@ void OnSignal(int) { g_quit.store(true); }
 
 // ----------------------------------------------------------------- tail
 
-std::string FormatRecord(const std::string& service, uint32_t pid, const reader::RequestRecordView& r) {
-  const time_t seconds = static_cast<time_t>(r.timestamp_unix_ns / 1000000000);
+// "2026-11-27T10:00:00.123456Z" (UTC, microseconds).
+std::string RecordTime(uint64_t timestamp_unix_ns) {
+  const time_t seconds = static_cast<time_t>(timestamp_unix_ns / 1000000000);
   tm utc{};
   gmtime_r(&seconds, &utc);
   char when[32];
   strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &utc);
-  std::string line = absl::StrFormat("%s.%06uZ %s %u %s %s %u %.3fms %uB", when,
-                                     static_cast<unsigned>(r.timestamp_unix_ns % 1000000000 / 1000), service, pid,
+  return absl::StrFormat("%s.%06uZ", when, static_cast<unsigned>(timestamp_unix_ns % 1000000000 / 1000));
+}
+
+std::string FormatRecord(const std::string& service, uint32_t pid, const reader::RequestRecordView& r) {
+  std::string line = absl::StrFormat("%s %s %u %s %s %u %.3fms %uB", RecordTime(r.timestamp_unix_ns), service, pid,
                                      TerminalSafe(r.method), TerminalSafe(r.endpoint), r.status,
                                      r.duration_ns / 1e6, r.response_bytes);
   if (r.error) absl::StrAppend(&line, " error", r.error_message.empty() ? "" : ": ", TerminalSafe(r.error_message));
@@ -561,14 +565,8 @@ std::string FormatRecord(const std::string& service, uint32_t pid, const reader:
 
 // tail --json: one object per record, one per line (also with -f).
 std::string FormatRecordJson(const std::string& service, uint32_t pid, const reader::RequestRecordView& r) {
-  const time_t seconds = static_cast<time_t>(r.timestamp_unix_ns / 1000000000);
-  tm utc{};
-  gmtime_r(&seconds, &utc);
-  char when[32];
-  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &utc);
-  std::string line = absl::StrFormat("{\"time\":\"%s.%06uZ\",\"timestamp_unix_ns\":%u,\"service\":", when,
-                                     static_cast<unsigned>(r.timestamp_unix_ns % 1000000000 / 1000),
-                                     r.timestamp_unix_ns);
+  std::string line = absl::StrFormat("{\"time\":\"%s\",\"timestamp_unix_ns\":%u,\"service\":",
+                                     RecordTime(r.timestamp_unix_ns), r.timestamp_unix_ns);
   reader::AppendJsonString(&line, service);
   absl::StrAppend(&line, ",\"pid\":", pid, ",\"lane\":", r.lane, ",\"method\":");
   reader::AppendJsonString(&line, r.method);

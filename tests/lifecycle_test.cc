@@ -375,13 +375,13 @@ TEST_CASE("a fork child that cannot create its segment never touches its parent'
 
 // ---------------------------------------------------------------- liveness
 
-TEST_CASE("a killed writer that is not reaped yet (a zombie) is not running") {
-  TempDir dir;
+// A forked process whose writer is ready and that then only waits to be killed.
+pid_t IdleWriter(const TempDir& dir, const char* service) {
   int ready[2];
   REQUIRE(pipe(ready) == 0);
   const pid_t child = testing::Fork();
   if (child == 0) {
-    auto writer = Writer::Create(testing::WriterIn(dir, "zombie")).value();
+    auto writer = Writer::Create(testing::WriterIn(dir, service)).value();
     if (write(ready[1], "x", 1) != 1) _exit(1);
     for (;;) pause();
   }
@@ -389,6 +389,12 @@ TEST_CASE("a killed writer that is not reaped yet (a zombie) is not running") {
   REQUIRE(read(ready[0], &byte, 1) == 1);
   close(ready[0]);
   close(ready[1]);
+  return child;
+}
+
+TEST_CASE("a killed writer that is not reaped yet (a zombie) is not running") {
+  TempDir dir;
+  const pid_t child = IdleWriter(dir, "zombie");
   auto segment = reader::Segment::Open(dir.SegmentPaths().at(0)).value();
   const reader::SegmentInfo info = segment->Info();
   CHECK(info.pid == static_cast<uint32_t>(child));
@@ -412,18 +418,7 @@ TEST_CASE("a killed writer that is not reaped yet (a zombie) is not running") {
 
 TEST_CASE("reader::WriterRunning says a zombie writer is dead") {
   TempDir dir;
-  int ready[2];
-  REQUIRE(pipe(ready) == 0);
-  const pid_t child = testing::Fork();
-  if (child == 0) {
-    auto writer = Writer::Create(testing::WriterIn(dir, "zombie")).value();
-    if (write(ready[1], "x", 1) != 1) _exit(1);
-    for (;;) pause();
-  }
-  char byte = 0;
-  REQUIRE(read(ready[0], &byte, 1) == 1);
-  close(ready[0]);
-  close(ready[1]);
+  const pid_t child = IdleWriter(dir, "zombie");
   auto segment = reader::Segment::Open(dir.SegmentPaths().at(0)).value();
   CHECK(reader::WriterRunning(*segment));
   kill(child, SIGKILL);
