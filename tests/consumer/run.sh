@@ -63,4 +63,13 @@ check subdirectory "$tmp/build-subdirectory/consumer"
 PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig:$(find "$tmp/prefix" -type d -name pkgconfig | tr '\n' ':')" \
   configure_and_build pkgconfig -DSHMETRICS_CONSUMER_MODE=pkgconfig
 check pkgconfig "$tmp/build-pkgconfig/consumer"
+
+# (c') the README's own two pkg-config lines, as a user pastes them
+(
+  export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
+  cd "$source_dir"
+  "$cxx" -O2 tests/consumer/main.cc $(pkg-config --cflags --libs shmetrics) -o "$tmp/readme-pkgconfig" \
+    >"$tmp/readme-pkgconfig.log" 2>&1
+) || { echo "consumer: the README's pkg-config lines failed:" >&2; cat "$tmp/readme-pkgconfig.log" >&2; exit 1; }
+check readme-pkgconfig "$tmp/readme-pkgconfig"
 echo "consumer: all three ways ok"
