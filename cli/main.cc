@@ -79,9 +79,9 @@ reader::Segment::Options SegmentOptions() {
 
 int ExitCodeFor(reader::ProblemKind kind) {
   switch (kind) {
-    case reader::ProblemKind::kCorrupt: return 5;
-    case reader::ProblemKind::kUntrusted: return 4;
-    default: return 1;
+    case reader::ProblemKind::kCorrupt: return kCorrupt;
+    case reader::ProblemKind::kUntrusted: return kPermissionDenied;
+    default: return kProblemsFound;
   }
 }
 
@@ -174,15 +174,6 @@ int Ls(const std::string& dir, bool json, uint32_t pid) {
 
 // ----------------------------------------------------------------- dump
 
-const char* TypeName(shm::MetricType type) {
-  switch (type) {
-    case shm::MetricType::kCounter: return "counter";
-    case shm::MetricType::kGauge: return "gauge";
-    case shm::MetricType::kHistogram: return "histogram";
-  }
-  return "unknown";
-}
-
 // dump --json: {"series":[...]}, one aggregated series per line, sorted as
 // the collector's snapshot is; histograms with bounds and non-cumulative
 // buckets (+Inf last), count and sum.
@@ -195,7 +186,7 @@ std::string SnapshotJson(const std::vector<reader::AggregatedSeries>& snapshot) 
     reader::AppendJsonString(&out, s.service);
     out += ",\"family\":";
     reader::AppendJsonString(&out, s.family);
-    absl::StrAppend(&out, ",\"type\":\"", TypeName(s.type), "\",\"labels\":{");
+    absl::StrAppend(&out, ",\"type\":\"", shm::MetricTypeName(s.type), "\",\"labels\":{");
     for (size_t i = 0; i < s.labels.size(); ++i) {
       if (i) out += ",";
       reader::AppendJsonString(&out, s.labels[i].first);

@@ -8,17 +8,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "shmetrics/shm/names.h"
 
 namespace shmetrics::exporter {
 namespace {
 using reader::AppendJsonNumber;
 using reader::AppendJsonString;
-
-const char* TypeName(shm::MetricType type) {
-  return type == shm::MetricType::kCounter ? "counter"
-         : type == shm::MetricType::kGauge ? "gauge"
-                                           : "histogram";
-}
 
 std::string LabelValue(const reader::AggregatedSeries& s, absl::string_view name) {
   for (const auto& [label, value] : s.labels) {
@@ -221,7 +216,7 @@ void RenderStats(const reader::Collector& collector, std::string* out) {
     absl::StrAppend(out, first ? "" : ",", "{\"name\":");
     first = false;
     AppendJsonString(out, name);
-    absl::StrAppend(out, ",\"type\":\"", TypeName(f.type), "\",\"series\":", f.series);
+    absl::StrAppend(out, ",\"type\":\"", shm::MetricTypeName(f.type), "\",\"series\":", f.series);
     if (f.type == shm::MetricType::kHistogram) {
       absl::StrAppend(out, ",\"count\":", Count(f), ",\"sum\":");
       AppendJsonNumber(out, f.sum);
