@@ -18,7 +18,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 "$bin/examples/shmetrics-demo" --dir "$dir" --workers 2 --threads 4 --duration "${DEMO_SECONDS:-0}" &
 demo_pid=$!
-"$bin/exporter/shmetrics-exporter" --dir "$dir" --listen "127.0.0.1:$port" &
+"$bin/exporter/shmetrics-exporter" --dir "$dir" --web.listen-address "127.0.0.1:$port" &
 exporter_pid=$!
 sleep 1
 cat <<MSG

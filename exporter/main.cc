@@ -1,217 +1,169 @@
-// shmetrics-exporter: serves every segment of a directory over HTTP.
+// shmetrics-exporter: serves every segment of a directory over HTTP (routes
+// in routes.h, the server in http_server.h), with TLS and basic auth from
+// an exporter-toolkit web config (web_config.h), reloaded on SIGHUP.
 //
-//   GET /metrics      Prometheus text 0.0.4, or OpenMetrics 1.0 when the
-//                     Accept header asks for it; gzip when accepted.
-//   GET /api/health   JSON; 503 when a segment is corrupt or unreadable.
-//   GET /api/stats    JSON statistics (totals, error rates, percentiles).
-//   GET /api/recent, /api/errors   the newest request (error) records,
-//                     ?limit=N&service=S&endpoint=E&status=C
-//
-// HTTP is civetweb's (the server prometheus-cpp's pull side is built on).
-// Exit codes: 0 clean stop, 2 bad flags, 3 directory unusable, 4 cannot
-// listen, 5 another exporter already retires segments in the directory.
-#include <civetweb.h>
+// Exit codes: 0 clean stop, 2 bad flags or web config, 3 directory
+// unusable, 4 cannot listen, 5 another exporter already retires segments in
+// the directory.
+#include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <atomic>
 #include <chrono>
-#include <cstdio>
-#include <fstream>
-#include <mutex>
+#include <cmath>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
 #include "CLI/CLI.hpp"
-#include "absl/strings/escaping.h"
-#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
+#include "absl/strings/str_join.h"
+#include "basic_auth.h"
+#include "http_server.h"
+#include "listen_address.h"
+#include "log.h"
+#include "routes.h"
 #include "shmetrics/collector.h"
 #include "shmetrics/version.h"
-#include "views.h"
+#include "tls_context.h"
+#include "web_config.h"
 
 namespace shmetrics::exporter {
 namespace {
 
+using tcp = boost::asio::ip::tcp;
+
 enum ExitCode { kOk = 0, kBadFlags = 2, kBadDirectory = 3, kCannotListen = 4, kArchiveLocked = 5 };
 
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop.store(true); }
-
-struct Server {
-  std::unique_ptr<reader::Collector> collector;
-  std::vector<std::string> credentials;  // "user:password" lines; empty = no auth
-  std::chrono::milliseconds min_scan_interval{100};
-
-  // std::mutex, not absl::Mutex: Debian's Abseil carries no TSan annotations.
-  std::mutex scan_mu;
-  std::chrono::steady_clock::time_point last_scan;  // guarded by scan_mu
-  std::mutex self_mu;
-  SelfStats self;  // guarded by self_mu
-
-  // Rescans at most every min_scan_interval. Never waits: while another
-  // thread scans (or a scan is stuck), the last view is served.
-  void MaybeScan() {
-    std::unique_lock lock(scan_mu, std::try_to_lock);
-    if (!lock.owns_lock()) return;
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_scan < min_scan_interval) return;
-    last_scan = now;
-    if (absl::Status s = collector->Scan(); !s.ok()) std::fprintf(stderr, "shmetrics-exporter: %s\n", s.ToString().c_str());
-  }
-};
-
-bool Gzip(const std::string& input, std::string* output) {
-  z_stream stream{};
-  // windowBits 15 + 16: a gzip wrapper rather than zlib's.
-  if (deflateInit2(&stream, Z_BEST_SPEED, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) return false;
-  output->resize(deflateBound(&stream, input.size()) + 32);
-  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(input.data()));
-  stream.avail_in = static_cast<uInt>(input.size());
-  stream.next_out = reinterpret_cast<Bytef*>(output->data());
-  stream.avail_out = static_cast<uInt>(output->size());
-  const int rc = deflate(&stream, Z_FINISH);
-  output->resize(stream.total_out);
-  deflateEnd(&stream);
-  return rc == Z_STREAM_END;
+// "10s", "500ms", "2m", "1h" (Prometheus durations, without days); false
+// for anything else.
+bool ParseDuration(const std::string& text, std::chrono::milliseconds* duration) {
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  uint64_t value = 0;
+  if (digits == 0 || digits > 9 || !absl::SimpleAtoi(text.substr(0, digits), &value)) return false;
+  const std::string unit = text.substr(digits);
+  const uint64_t scale = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60000 : unit == "h" ? 3600000 : 0;
+  if (scale == 0 || value == 0) return false;
+  *duration = std::chrono::milliseconds(value * scale);
+  return true;
 }
 
-void Send(mg_connection* conn, int status, const char* content_type, const std::string& body,
-          bool head_only, const char* extra_headers = "") {
-  const char* reason = status == 200 ? "OK" : status == 400 ? "Bad Request" : status == 401 ? "Unauthorized"
-                     : status == 404 ? "Not Found" : status == 405 ? "Method Not Allowed"
-                     : status == 501 ? "Not Implemented" : status == 503 ? "Service Unavailable" : "Error";
-  mg_printf(conn,
-            "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-store\r\n%s\r\n",
-            status, reason, content_type, body.size(), extra_headers);
-  if (!head_only) mg_write(conn, body.data(), body.size());
+CLI::Validator DurationValidator() {
+  return CLI::Validator(
+      [](std::string& text) {
+        std::chrono::milliseconds ignored;
+        return ParseDuration(text, &ignored) ? std::string() : "not a duration such as 500ms, 10s, 2m or 1h";
+      },
+      "DURATION");
 }
 
-void SendJsonError(mg_connection* conn, int status, absl::string_view message, bool head_only,
-                   const char* extra_headers = "") {
-  std::string body = "{\"error\":";
-  reader::AppendJsonString(&body, message);
-  body += "}\n";
-  Send(conn, status, "application/json", body, head_only, extra_headers);
-}
-
-// Compares without an early exit, so timing does not reveal the prefix.
-bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
-
-bool Authorized(const Server& server, mg_connection* conn) {
-  if (server.credentials.empty()) return true;
-  const char* header = mg_get_header(conn, "Authorization");
-  if (header == nullptr || !absl::StartsWith(header, "Basic ")) return false;
-  std::string decoded;
-  if (!absl::Base64Unescape(absl::string_view(header).substr(6), &decoded)) return false;
-  for (const std::string& line : server.credentials) {
-    if (ConstantTimeEquals(line, decoded)) return true;
-  }
-  return false;
-}
-
-int HandleRequest(mg_connection* conn, void* data) {
-  Server& server = *static_cast<Server*>(data);
-  const mg_request_info* request = mg_get_request_info(conn);
-  const std::string path = request->local_uri != nullptr ? request->local_uri : "";
-  const std::string method = request->request_method != nullptr ? request->request_method : "";
-  const bool head = method == "HEAD";
-  const bool known = path == "/" || path == "/metrics" || path == "/api/health" || path == "/api/stats" ||
-                     path == "/api/recent" || path == "/api/errors";
-  if (!known) {
-    SendJsonError(conn, 404, "not found: " + path, head);
-    return 404;
-  }
-  if (method != "GET" && !head) {
-    SendJsonError(conn, 405, "method " + method + " not allowed; use GET", false, "Allow: GET, HEAD\r\n");
-    return 405;
-  }
-  if (!Authorized(server, conn)) {
-    SendJsonError(conn, 401, "authentication required", head, "WWW-Authenticate: Basic realm=\"shmetrics\"\r\n");
-    return 401;
-  }
-  if (path == "/") {
-    Send(conn, 200, "text/plain; charset=utf-8",
-         "shmetrics exporter\n/metrics\n/api/health\n/api/stats\n/api/recent\n/api/errors\n", head);
-    return 200;
-  }
-  server.MaybeScan();
-  std::string body;
-  if (path == "/api/recent" || path == "/api/errors") {
-    const int status = RenderRecent(*server.collector,
-                                    path == "/api/errors" ? reader::RingKind::kErrors : reader::RingKind::kRequests,
-                                    request->query_string != nullptr ? request->query_string : "", &body);
-    Send(conn, status, "application/json", body, head);
-    return status;
-  }
-  if (path == "/api/health") {
-    SelfStats self;
-    {
-      std::lock_guard lock(server.self_mu);
-      self = server.self;
+// TLS and auth from the flags: the web config, or the deprecated
+// --basic-auth-file.
+absl::StatusOr<std::shared_ptr<const HttpSecurity>> LoadSecurity(const std::string& web_config_file,
+                                                                  const std::string& basic_auth_file) {
+  auto security = std::make_shared<HttpSecurity>();
+  if (!web_config_file.empty()) {
+    absl::StatusOr<WebConfig> config = LoadWebConfig(web_config_file);
+    if (!config.ok()) return config.status();
+    if (config->tls.has_value()) {
+      auto context = MakeTlsContext(*config->tls);
+      if (!context.ok()) return context.status();
+      security->tls = *std::move(context);
     }
-    const int status = RenderHealth(*server.collector, self, &body);
-    Send(conn, status, "application/json", body, head);
-    return status;
+    security->auth = std::make_shared<BasicAuth>(BasicAuth::FromWebConfig(*config));
+  } else if (!basic_auth_file.empty()) {
+    absl::StatusOr<BasicAuth> auth = BasicAuth::FromLegacyFile(basic_auth_file);
+    if (!auth.ok()) return auth.status();
+    security->auth = std::make_shared<BasicAuth>(*std::move(auth));
   }
-  if (path == "/api/stats") {
-    RenderStats(*server.collector, &body);
-    Send(conn, 200, "application/json", body, head);
-    return 200;
-  }
-  // /metrics
-  const char* accept = mg_get_header(conn, "Accept");
-  const auto format = accept != nullptr && absl::StrContains(accept, "application/openmetrics-text")
-                          ? reader::ExpositionFormat::kOpenMetrics
-                          : reader::ExpositionFormat::kPrometheusText;
-  const auto start = std::chrono::steady_clock::now();
-  body.reserve(1 << 16);
-  server.collector->Render(format, &body);
-  SelfStats self;
-  {
-    std::lock_guard lock(server.self_mu);
-    ++server.self.scrapes_total;
-    self = server.self;
-  }
-  RenderSelfMetrics(*server.collector, self, format, &body);
-  if (format == reader::ExpositionFormat::kOpenMetrics) body += "# EOF\n";
-  {
-    std::lock_guard lock(server.self_mu);
-    server.self.last_scrape_duration_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
-  const char* encoding = mg_get_header(conn, "Accept-Encoding");
-  std::string gz;
-  if (encoding != nullptr && absl::StrContains(encoding, "gzip") && Gzip(body, &gz)) {
-    Send(conn, 200, reader::ContentType(format), gz, head, "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n");
-  } else {
-    Send(conn, 200, reader::ContentType(format), body, head, "Vary: Accept-Encoding\r\n");
-  }
-  return 200;
+  return security;
 }
 
-// civetweb logs through this callback; keep its lines recognisable.
-int OnLog(const mg_connection*, const char* message) {
-  std::fprintf(stderr, "shmetrics-exporter: http: %s\n", message);
-  return 1;
+// Every endpoint an address names: itself when it is an IP, every address
+// of a host name.
+absl::StatusOr<std::vector<tcp::endpoint>> Resolve(const std::vector<std::string>& addresses) {
+  std::vector<tcp::endpoint> endpoints;
+  auto add = [&](const tcp::endpoint& endpoint) {
+    if (std::find(endpoints.begin(), endpoints.end(), endpoint) == endpoints.end()) endpoints.push_back(endpoint);
+  };
+  for (const std::string& text : addresses) {
+    absl::StatusOr<ListenAddress> address = ParseListenAddress(text);
+    if (!address.ok()) return address.status();
+    if (address->bare_port) {
+      Log(LogLevel::kInfo, "a listen address without a host means loopback only",
+          {{"address", text}, {"listening", FormatEndpoint(address->host, address->port)},
+           {"hint", absl::StrCat("give 0.0.0.0:", address->port, " or [::]:", address->port,
+                                 " to listen on every interface")}});
+    }
+    boost::system::error_code ec;
+    const auto ip = boost::asio::ip::make_address(address->host, ec);
+    if (!ec) {
+      add(tcp::endpoint(ip, address->port));
+      continue;
+    }
+    boost::asio::io_context io;
+    tcp::resolver resolver(io);
+    const auto results = resolver.resolve(address->host, std::to_string(address->port),
+                                          tcp::resolver::passive | tcp::resolver::address_configured, ec);
+    if (ec || results.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("listen address \"", text, "\": cannot resolve ",
+                                                     address->host, ": ", ec ? ec.message() : "no address"));
+    }
+    for (const auto& result : results) add(result.endpoint());
+  }
+  return endpoints;
+}
+
+// Idle and slow connections cost a descriptor each: take the hard limit,
+// as Go programs do, and keep max_connections below it.
+size_t RaiseDescriptorLimit(size_t max_connections) {
+  rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return max_connections;
+  if (limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    (void)setrlimit(RLIMIT_NOFILE, &limit);
+    (void)getrlimit(RLIMIT_NOFILE, &limit);
+  }
+  // Segments, the archive, logs and the listeners need descriptors too.
+  constexpr rlim_t kReserved = 256;
+  const rlim_t usable = limit.rlim_cur > kReserved * 2 ? limit.rlim_cur - kReserved : limit.rlim_cur / 2;
+  if (max_connections > usable) {
+    Log(LogLevel::kWarn, "--web.max-connections lowered to fit the descriptor limit",
+        {{"max_connections", std::to_string(usable)}, {"nofile", std::to_string(limit.rlim_cur)}});
+    return usable;
+  }
+  return max_connections;
+}
+
+void Deprecated(const char* flag, const char* instead) {
+  Log(LogLevel::kWarn, absl::StrCat(flag, " is deprecated and goes in the next release; use ", instead));
 }
 
 int Run(int argc, char** argv) {
   CLI::App app{"shmetrics-exporter: serves shmetrics segments as Prometheus/OpenMetrics and JSON"};
+  app.option_defaults()->always_capture_default();
+  app.get_formatter()->column_width(36);
   app.footer(
       "ROUTES\n"
-      "  /metrics (Prometheus text 0.0.4, OpenMetrics 1.0 on Accept, gzip), /api/health, /api/stats,\n"
-      "  /api/recent, /api/errors\n"
+      "  /metrics (text 0.0.4, or OpenMetrics 1.0.0 by Accept and q-values; gzip; streamed), /api/health,\n"
+      "  /api/stats, /api/recent, /api/errors\n"
+      "LISTEN ADDRESSES\n"
+      "  127.0.0.1:9464, [::1]:9464, localhost:9464 (every address it resolves to), 0.0.0.0:9464 or [::]:9464\n"
+      "  (every interface: only when given); :9464 or 9464 mean 127.0.0.1:9464\n"
+      "WEB CONFIG (--web.config.file, reread on SIGHUP; a bad one is refused at start and ignored on reload)\n"
+      "  tls_server_config: {cert_file, key_file, client_auth_type, client_ca_file, min_version, max_version}\n"
+      "  basic_auth_users: {USER: BCRYPT_HASH}          (the exporter-toolkit format; see README)\n"
+      "SIGNALS\n"
+      "  SIGTERM, SIGINT stop; SIGHUP rereads --web.config.file\n"
       "EXIT STATUS\n"
-      "  0 stopped by signal, 2 bad flags, 3 directory unusable (or not writable: --no-retire),\n"
+      "  0 stopped by signal, 2 bad flags or web config, 3 directory unusable (or not writable: --no-retire),\n"
       "  4 cannot listen, 5 another exporter already retires segments in the directory (--no-retire)\n"
       "ENVIRONMENT\n"
       "  SHMETRICS_DIR  the segment directory when --dir is not given (default /dev/shm)\n"
@@ -224,18 +176,40 @@ int Run(int argc, char** argv) {
   app.set_version_flag("--version", "shmetrics-exporter " SHMETRICS_VERSION_LINE);
   std::string directory = shm::DirectoryFromEnvironment();
   std::string service;
-  std::string listen = "127.0.0.1:9464";
+  std::vector<std::string> listen_addresses;
+  std::vector<std::string> legacy_listen;
   bool no_retire = false;
   bool allow_other_owners = false;
+  std::vector<uid_t> trusted_uids;
+  std::string web_config_file;
   std::string basic_auth_file;
   std::string tls_certificate;
-  int threads = 8;
+  std::string log_level = "info";
+  int threads = 2;
+  int legacy_threads = 0;
+  size_t max_connections = 1024;
+  std::string header_timeout = "10s", idle_timeout = "2m", write_timeout = "30s";
   int min_scan_interval_ms = 100;
-  app.add_option("--dir", directory, "segment directory (default $SHMETRICS_DIR or /dev/shm)");
-  app.add_option("--service", service, "serve only this service");
-  app.add_option("--listen", listen, "address:port to listen on (loopback by default)");
+  app.add_option("--dir", directory, "segment directory ($SHMETRICS_DIR, else /dev/shm)");
+  app.add_option("--service", service, "serve only this service (default: all)");
+  app.add_option("--web.listen-address", listen_addresses,
+                 "address to listen on, repeatable (default 127.0.0.1:9464; see LISTEN ADDRESSES)")
+      ->allow_extra_args(false);
+  app.add_option("--web.config.file", web_config_file, "TLS and basic auth, exporter-toolkit format (see WEB CONFIG)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--web.threads", threads, "threads running the HTTP event loop")->check(CLI::Range(1, 64));
+  app.add_option("--web.max-connections", max_connections, "connections open at once; beyond, closed at accept")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20));
+  app.add_option("--web.read-header-timeout", header_timeout,
+                 "a request's header must arrive within this of its first byte")
+      ->check(DurationValidator());
+  app.add_option("--web.idle-timeout", idle_timeout, "a kept-alive connection idle this long is closed")
+      ->check(DurationValidator());
+  app.add_option("--web.write-timeout", write_timeout, "a client that reads nothing for this long is dropped")
+      ->check(DurationValidator());
+  app.add_option("--log.level", log_level, "debug, info, warn or error")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
   app.add_flag("--no-retire", no_retire, "never fold or remove dead writers' segments");
-  std::vector<uid_t> trusted_uids;
   app.add_flag("--allow-other-owners", allow_other_owners,
                "read segments owned by any user (root included, only this user's are read otherwise; the "
                "archive is always this user's own)");
@@ -243,14 +217,15 @@ int Run(int argc, char** argv) {
                  "uids whose segments are read besides this user's (comma-separated or repeated)")
       ->delimiter(',')
       ->allow_extra_args(false);
+  app.add_option("--min-scan-interval-ms", min_scan_interval_ms, "rescan the directory at most this often")
+      ->check(CLI::Range(0, 60000));
+  // Deprecated: kept for one release.
+  app.add_option("--listen", legacy_listen, "deprecated: --web.listen-address")->allow_extra_args(false);
   app.add_option("--basic-auth-file", basic_auth_file,
-                 "file of user:password lines; requests must authenticate with HTTP basic auth")
+                 "deprecated: file of user:password lines; use basic_auth_users in --web.config.file")
       ->check(CLI::ExistingFile);
-  app.add_option("--tls-cert", tls_certificate,
-                 "not available in this build: terminate TLS in front of the exporter (see README)");
-  app.add_option("--threads", threads, "HTTP worker threads")->check(CLI::Range(1, 256));
-  app.add_option("--min-scan-interval-ms", min_scan_interval_ms,
-                 "rescan the directory at most this often")->check(CLI::Range(0, 60000));
+  app.add_option("--threads", legacy_threads, "deprecated: --web.threads")->check(CLI::Range(1, 64));
+  app.add_option("--tls-cert", tls_certificate, "removed: use tls_server_config in --web.config.file");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -261,90 +236,123 @@ int Run(int argc, char** argv) {
     app.exit(e);
     return kBadFlags;
   }
+  LogLevel level = LogLevel::kInfo;
+  ParseLogLevel(log_level, &level);
+  SetLogLevel(level);
+  auto fail = [](int code, absl::string_view message) {
+    Log(LogLevel::kError, message);
+    return code;
+  };
 
   if (!tls_certificate.empty()) {
-    // Debian 12's civetweb 1.15 loads OpenSSL 3 with a missing symbol and
-    // jumps to a null pointer on the first TLS request (seen here): refuse
-    // rather than crash later.
-    std::fprintf(stderr,
-                 "shmetrics-exporter: --tls-cert is not available: Debian's civetweb 1.15 crashes on TLS "
-                 "requests with OpenSSL 3; put a TLS terminator (stunnel, nginx) in front of the exporter and keep "
-                 "the exporter on loopback\n");
-    return kBadFlags;
+    return fail(kBadFlags, "--tls-cert is gone: put tls_server_config (cert_file, key_file) in a file given to "
+                           "--web.config.file");
   }
-  Server server;
-  server.min_scan_interval = std::chrono::milliseconds(min_scan_interval_ms);
+  if (!legacy_listen.empty()) {
+    Deprecated("--listen", "--web.listen-address");
+    listen_addresses.insert(listen_addresses.end(), legacy_listen.begin(), legacy_listen.end());
+  }
+  if (listen_addresses.empty()) listen_addresses.push_back("127.0.0.1:9464");
+  if (legacy_threads != 0) {
+    Deprecated("--threads", "--web.threads");
+    threads = legacy_threads;
+  }
   if (!basic_auth_file.empty()) {
-    std::ifstream in(basic_auth_file);
-    for (std::string line; std::getline(in, line);) {
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (!line.empty() && line[0] != '#') server.credentials.push_back(line);
+    if (!web_config_file.empty()) {
+      return fail(kBadFlags, "give --web.config.file or the deprecated --basic-auth-file, not both");
     }
-    if (server.credentials.empty()) {
-      std::fprintf(stderr, "shmetrics-exporter: %s holds no user:password line\n", basic_auth_file.c_str());
-      return kBadFlags;
-    }
+    Deprecated("--basic-auth-file", "basic_auth_users (bcrypt hashes) in --web.config.file");
   }
+  HttpServerOptions http;
+  http.threads = threads;
+  ParseDuration(header_timeout, &http.header_timeout);
+  ParseDuration(idle_timeout, &http.idle_timeout);
+  ParseDuration(write_timeout, &http.write_timeout);
+  absl::StatusOr<std::shared_ptr<const HttpSecurity>> security = LoadSecurity(web_config_file, basic_auth_file);
+  if (!security.ok()) return fail(kBadFlags, security.status().message());
+  absl::StatusOr<std::vector<tcp::endpoint>> endpoints = Resolve(listen_addresses);
+  if (!endpoints.ok()) return fail(kBadFlags, endpoints.status().message());
+
   reader::CollectorOptions options;
   options.directory = directory;
   options.service_filter = service;
   options.retire_dead = !no_retire;
   options.segment.mapping.allow_other_owners = allow_other_owners;
   options.segment.mapping.trusted_uids = trusted_uids;
+  options.log = [](absl::string_view sentence) { Log(LogLevel::kWarn, sentence); };
   auto collector = reader::Collector::Create(options);
   if (!collector.ok()) {
-    std::fprintf(stderr, "shmetrics-exporter: %s\n", std::string(collector.status().message()).c_str());
-    return collector.status().code() == absl::StatusCode::kFailedPrecondition ? kArchiveLocked : kBadDirectory;
+    return fail(collector.status().code() == absl::StatusCode::kFailedPrecondition ? kArchiveLocked : kBadDirectory,
+                collector.status().message());
   }
-  server.collector = *std::move(collector);
-  (void)server.collector->Scan();
-  {
-    std::lock_guard lock(server.self_mu);
-    server.self.start_unix_seconds = shm::NowUnixNs() * 1e-9;
-  }
+  (void)(*collector)->Scan();
+  http.max_connections = RaiseDescriptorLimit(max_connections);
 
-  mg_init_library(0);
-  const std::string thread_count = std::to_string(threads);
-  const char* mg_options[] = {"listening_ports", listen.c_str(), "num_threads", thread_count.c_str(),
-                              "request_timeout_ms", "10000", "enable_keep_alive", "yes", nullptr};
-  mg_callbacks callbacks{};
-  callbacks.log_message = &OnLog;
-  mg_context* context = mg_start(&callbacks, nullptr, mg_options);
-  if (context == nullptr) {
-    std::fprintf(stderr, "shmetrics-exporter: cannot listen on %s\n", listen.c_str());
-    mg_exit_library();
-    return kCannotListen;
-  }
-  mg_set_request_handler(context, "/", &HandleRequest, &server);
-  std::fprintf(stderr, "shmetrics-exporter %s: serving %s on http://%s/metrics\n", kVersion, directory.c_str(),
-               listen.c_str());
-
-  signal(SIGINT, &OnSignal);
-  signal(SIGTERM, &OnSignal);
+  // Signals are taken by this thread alone (sigwait below): block them
+  // before any other thread starts, so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+
+  Routes routes(*std::move(collector), std::chrono::milliseconds(min_scan_interval_ms), http.piece_bytes);
+  const bool tls = (*security)->tls != nullptr;
+  auto server = HttpServer::Start(*endpoints, http, *security,
+                                  [&routes](const HttpRequest& request) { return routes.Handle(request); });
+  if (!server.ok()) return fail(kCannotListen, server.status().message());
+  routes.SetServer(server->get());
+  for (const tcp::endpoint& endpoint : (*server)->LocalEndpoints()) {
+    Log(LogLevel::kInfo, "listening",
+        {{"address", FormatEndpoint(endpoint.address().to_string(), endpoint.port())},
+         {"url", absl::StrCat(tls ? "https://" : "http://", FormatEndpoint(endpoint.address().to_string(),
+                                                                          endpoint.port()), "/metrics")},
+         {"tls", tls ? "true" : "false"},
+         {"basic_auth", (*security)->auth != nullptr && (*security)->auth->enabled() ? "true" : "false"}});
+  }
+  Log(LogLevel::kInfo, "serving", {{"version", SHMETRICS_VERSION}, {"dir", directory}});
+
   // Scans in the background too, so dead writers are retired and problems
   // logged even while nobody scrapes. On its own thread: a scan stuck in
   // the kernel (a hung file system) must not keep a signal from stopping us.
+  std::atomic<bool> stop{false};
   std::atomic<bool> scanner_done{false};
   std::thread scanner([&] {
-    while (!g_stop.load()) {
-      server.MaybeScan();
+    while (!stop.load()) {
+      routes.MaybeScan();
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
     scanner_done.store(true);
   });
-  while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  mg_stop(context);  // prompt: request handlers never wait for a scan
-  mg_exit_library();
+  while (true) {
+    int signal_number = 0;
+    if (sigwait(&signals, &signal_number) != 0) continue;
+    if (signal_number != SIGHUP) break;
+    if (web_config_file.empty()) {
+      Log(LogLevel::kInfo, "SIGHUP: no --web.config.file to reload");
+      continue;
+    }
+    absl::StatusOr<std::shared_ptr<const HttpSecurity>> reloaded = LoadSecurity(web_config_file, "");
+    if (!reloaded.ok()) {
+      Log(LogLevel::kError, "web config not reloaded; the previous one stays in force",
+          {{"err", reloaded.status().message()}});
+      continue;
+    }
+    (*server)->SetSecurity(*std::move(reloaded));
+    Log(LogLevel::kInfo, "web config reloaded; new connections use it", {{"file", web_config_file}});
+  }
+  stop.store(true);
+  (*server)->Stop();  // prompt: request handlers never wait for a scan
   for (int i = 0; i < 20 && !scanner_done.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   if (!scanner_done.load()) {
-    std::fprintf(stderr, "shmetrics-exporter: stopped (a scan was still stuck after %.1f s)\n",
-                 server.collector->ScanRunningSeconds());
-    std::fflush(stderr);
+    Log(LogLevel::kWarn, "stopped; a scan was still stuck",
+        {{"scan_running_seconds", absl::StrCat(std::floor(routes.collector().ScanRunningSeconds() * 10) / 10)}});
     _exit(kOk);  // the stuck thread cannot be joined; nothing is left to flush
   }
   scanner.join();
-  std::fprintf(stderr, "shmetrics-exporter: stopped\n");
+  Log(LogLevel::kInfo, "stopped");
   return kOk;
 }
 

@@ -59,7 +59,7 @@ def check_sidecar(path):
     assert flag(exporter["args"], "--dir") == mount["mountPath"]
     env = {e["name"]: e["value"] for e in app["env"]}
     assert env["SHMETRICS_DIR"] == app_mount["mountPath"], "the service writes where the exporter reads"
-    assert flag(exporter["args"], "--listen").endswith(":9464")
+    assert flag(exporter["args"], "--web.listen-address").endswith(":9464")
     assert exporter["ports"][0]["containerPort"] == 9464
     assert spec["securityContext"]["runAsUser"], "one uid for both containers"
     check_resources(exporter)

@@ -180,7 +180,7 @@ TEST_CASE("a corrupt segment next to good ones: the good ones are served, health
   CHECK(absl::StrContains(health.body, "{\"path\":\"" + bad + "\",\"kind\":\"corrupt\",\"error\":\"" + bad +
                                            ": not a shmetrics segment (bad magic)\"}"));
   CHECK(absl::StrContains(exporter.Log(),
-                          "shmetrics: skipping (corrupt) " + bad + ": not a shmetrics segment (bad magic)"));
+                          "level=warn msg=\"skipping (corrupt) " + bad + ": not a shmetrics segment (bad magic)\""));
   CHECK(std::filesystem::exists(bad));  // never removed: it is not ours to judge
 }
 

@@ -24,7 +24,9 @@ namespace shmetrics::testing {
 // stopped (a clean exit without Close(): it reads as dead, like a crash).
 class WriterProcess {
  public:
-  WriterProcess(const std::string& dir, const std::string& service, std::function<void(Writer&)> work) {
+  // `configure`, when given, adjusts the options (capacities) before Create.
+  WriterProcess(const std::string& dir, const std::string& service, std::function<void(Writer&)> work,
+                std::function<void(WriterOptions&)> configure = nullptr) {
     int ready[2], stop[2];
     REQUIRE(pipe2(ready, O_CLOEXEC) == 0);  // the exporter (exec'd) must not keep a stop pipe open
     REQUIRE(pipe2(stop, O_CLOEXEC) == 0);
@@ -38,6 +40,7 @@ class WriterProcess {
       WriterOptions options;
       options.service = service;
       options.directory = dir;
+      if (configure) configure(options);
       auto writer = Writer::Create(options);
       if (!writer.ok()) _exit(3);
       work(**writer);
@@ -86,13 +89,13 @@ class Exporter {
  public:
   explicit Exporter(const TempDir& dir, std::vector<std::string> extra = {})
       : port_(FreePort()), log_(dir.path() + "/../" + std::filesystem::path(dir.path()).filename().string() + ".exporter.log") {
-    std::vector<std::string> argv = {SHMETRICS_EXPORTER_BIN, "--dir", dir.path(), "--listen",
+    std::vector<std::string> argv = {SHMETRICS_EXPORTER_BIN, "--dir", dir.path(), "--web.listen-address",
                                      absl::StrCat("127.0.0.1:", port_), "--min-scan-interval-ms", "0"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     process_ = std::make_unique<Subprocess>(argv, log_);
-    for (int i = 0; i < 100 && HttpGet(url("/api/health")).status == 0; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    // It scans once before it listens: a connection accepted means ready
+    // (plain HTTP or TLS alike).
+    for (int i = 0; i < 200 && !Listening(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
   }
   ~Exporter() {
     process_.reset();
@@ -105,6 +108,16 @@ class Exporter {
   std::string Log() const { return ReadFile(log_); }
 
  private:
+  bool Listening() const {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port_));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const bool connected = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+    close(fd);
+    return connected;
+  }
   int port_;
   std::string log_;
   std::unique_ptr<Subprocess> process_;

@@ -139,7 +139,7 @@ TEST_CASE("a gauge in one service and a counter of that name in another: only on
                                        "queue_depth (counter) of service beta cannot be exported beside the gauge "
                                        "queue_depth of another service or process, registered before it; it is "
                                        "skipped"));
-  CHECK(absl::StrContains(exporter.Log(), "shmetrics: skipping (conflict) family queue_depth (counter) of service beta"));
+  CHECK(absl::StrContains(exporter.Log(), "level=warn msg=\"skipping (conflict) family queue_depth (counter) of service beta"));
   CheckValid(dir, exporter);
 }
 

@@ -89,12 +89,17 @@ bool WriterRunning(const Segment& segment) {
   return info.process_start_ticks != 0 && shm::ProcessRunning(info.pid, info.process_start_ticks);
 }
 
+void Collector::State::Log(absl::string_view sentence) const {
+  if (options.log) return options.log(sentence);
+  std::fprintf(stderr, "shmetrics: %.*s\n", static_cast<int>(sentence.size()), sentence.data());
+}
+
 void Collector::State::Report(ProblemMap& into, const std::string& path, ProblemKind kind,
                               const std::string& family, const std::string& error) {
   into[{path, family}] = Problem{path, kind, family, error};
   if (logged[path].insert(error).second) {
     // CEscape: a hostile name or path must not write raw bytes to a terminal.
-    std::fprintf(stderr, "shmetrics: skipping (%s) %s\n", ProblemKindName(kind), absl::CEscape(error).c_str());
+    Log(absl::StrCat("skipping (", ProblemKindName(kind), ") ", absl::CEscape(error)));
   }
 }
 
@@ -377,8 +382,7 @@ absl::Status Collector::State::ScanLocked() {
         shm::RemoveAbandonedTempFiles(s.options.directory, s.options.abandoned_temp_grace_seconds);
     if (removed.ok()) {
       for (const std::string& path : *removed) {
-        std::fprintf(stderr, "shmetrics: removed %s: its writer died while creating it\n",
-                     absl::CEscape(path).c_str());
+        s.Log(absl::StrCat("removed ", absl::CEscape(path), ": its writer died while creating it"));
       }
       s.counters.abandoned_removed_total += removed->size();
     }

@@ -122,9 +122,13 @@ struct Collector::State {
   void Report(ProblemMap& into, const std::string& path, ProblemKind kind, const std::string& family,
               const std::string& error);
 
+  void Log(absl::string_view sentence) const;  // options.log, or stderr
   absl::Status LoadArchive();  // from archive_path, with the trust rules
   void RebuildIndex();         // index.cc
-  static void RenderGroup(const OutGroup& group, ExpositionFormat format, bool skip_faulted, std::string* out);
+  // Appends series `index` of `group` (nothing when it vanished and
+  // skip_faulted is set).
+  static void RenderSeries(const OutGroup& group, size_t index, ExpositionFormat format, bool skip_faulted,
+                           std::string* out);
   static double ScalarOf(const OutGroup& group, const Source* begin, const Source* end,
                          const ArchivedSeries* archived, bool skip_faulted);
   static double HistogramOf(const Source* begin, const Source* end, const ArchivedSeries* archived,

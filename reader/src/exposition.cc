@@ -85,90 +85,121 @@ bool Vanished(const Collector::State::Source* begin, const Collector::State::Sou
 }
 }  // namespace
 
-void Collector::State::RenderGroup(const OutGroup& group, ExpositionFormat format, bool skip_faulted,
-                                   std::string* out) {
+void Collector::State::RenderSeries(const OutGroup& group, size_t index, ExpositionFormat format,
+                                    bool skip_faulted, std::string* out) {
+  const HotSeries& series = group.hot[index];
+  const HotSeries* previous = index == 0 ? nullptr : &group.hot[index - 1];
+  const Source* begin = group.sources.data() + (previous != nullptr ? previous->source_end : 0);
+  const Source* end = group.sources.data() + series.source_end;
+  if (skip_faulted && Vanished(begin, end, series.archived)) return;
   const bool om_counter = format == ExpositionFormat::kOpenMetrics && group.shape.type == shm::MetricType::kCounter;
   const std::string& lines = om_counter ? group.om_lines : group.text_lines;
-  const Source* sources = group.sources.data();
-  uint32_t line_begin = 0, source_begin = 0;
   if (group.shape.type != shm::MetricType::kHistogram) {
-    for (const HotSeries& series : group.hot) {
-      const uint32_t line_end = om_counter ? series.om_end : series.text_end;
-      if (skip_faulted && Vanished(sources + source_begin, sources + series.source_end, series.archived)) {
-        line_begin = line_end;
-        source_begin = series.source_end;
-        continue;
-      }
-      out->append(lines.data() + line_begin, line_end - line_begin);
-      AppendDouble(out, ScalarOf(group, sources + source_begin, sources + series.source_end, series.archived,
-                                 skip_faulted));
-      out->push_back('\n');
-      line_begin = line_end;
-      source_begin = series.source_end;
-    }
+    const uint32_t line_begin = previous == nullptr ? 0 : om_counter ? previous->om_end : previous->text_end;
+    const uint32_t line_end = om_counter ? series.om_end : series.text_end;
+    out->append(lines.data() + line_begin, line_end - line_begin);
+    AppendDouble(out, ScalarOf(group, begin, end, series.archived, skip_faulted));
+    out->push_back('\n');
     return;
   }
+  // Each histogram series owns bucket_count + 2 line starts: its buckets,
+  // _sum and _count.
   const size_t bucket_count = group.shape.bounds.size() + 1;
-  uint64_t buckets[shm::kMaxBuckets + 1];
-  const uint32_t* line_end = group.line_ends.data();
+  const uint32_t* line_end = group.line_ends.data() + index * (bucket_count + 2);
+  uint32_t line_begin = index == 0 ? 0 : line_end[-1];
   auto line_start = [&]() {
     out->append(lines.data() + line_begin, *line_end - line_begin);
     line_begin = *line_end++;
   };
-  for (const HotSeries& series : group.hot) {
-    if (skip_faulted && Vanished(sources + source_begin, sources + series.source_end, series.archived)) {
-      source_begin = series.source_end;
-      line_begin = line_end[bucket_count + 1];  // past its buckets, _sum and _count
-      line_end += bucket_count + 2;
-      continue;
-    }
-    const double sum =
-        HistogramOf(sources + source_begin, sources + series.source_end, series.archived, buckets, bucket_count,
-                    skip_faulted);
-    source_begin = series.source_end;
-    // _count is the +Inf bucket: both come from the same bucket counts.
-    uint64_t cumulative = 0;
-    for (size_t b = 0; b < bucket_count; ++b) {
-      cumulative += buckets[b];
-      line_start();
-      AppendCount(out, cumulative);
-      out->push_back('\n');
-    }
-    line_start();
-    AppendDouble(out, sum);
-    out->push_back('\n');
+  uint64_t buckets[shm::kMaxBuckets + 1];
+  const double sum = HistogramOf(begin, end, series.archived, buckets, bucket_count, skip_faulted);
+  // _count is the +Inf bucket: both come from the same bucket counts.
+  uint64_t cumulative = 0;
+  for (size_t b = 0; b < bucket_count; ++b) {
+    cumulative += buckets[b];
     line_start();
     AppendCount(out, cumulative);
     out->push_back('\n');
   }
+  line_start();
+  AppendDouble(out, sum);
+  out->push_back('\n');
+  line_start();
+  AppendCount(out, cumulative);
+  out->push_back('\n');
+}
+
+struct ExpositionStream::Impl {
+  std::shared_ptr<const Collector::State::View> view;
+  ExpositionFormat format = ExpositionFormat::kPrometheusText;
+  size_t group = 0;        // next group of view->index
+  size_t series = 0;       // next series of that group
+  bool header_done = false;
+  // A file truncated under its mapping reads as zeros from the truncation
+  // on (fault_guard.h): such a segment is left out rather than served,
+  // whether it faulted before this stream began (since the scan that made
+  // the view) or during it. Once set, stays set for the rest of the stream.
+  bool skip_faulted = false;
+};
+
+ExpositionStream::ExpositionStream(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ExpositionStream::ExpositionStream(ExpositionStream&&) noexcept = default;
+ExpositionStream& ExpositionStream::operator=(ExpositionStream&&) noexcept = default;
+ExpositionStream::~ExpositionStream() = default;
+
+bool ExpositionStream::Next(std::string* out, size_t min_bytes) {
+  Impl& s = *impl_;
+  const std::vector<Collector::State::OutGroup>& index = *s.view->index;
+  const size_t start_size = out->size();
+  while (out->size() - start_size < min_bytes) {
+    if (s.group >= index.size()) return false;
+    const Collector::State::OutGroup& group = index[s.group];
+    if (!s.header_done) {
+      s.header_done = true;
+      if (group.first_of_family) {
+        const std::string& name = s.format == ExpositionFormat::kOpenMetrics ? group.om_name : group.shape.name;
+        absl::StrAppend(out, "# HELP ", name, " ");
+        AppendHelp(out, group.shape.help, s.format);
+        absl::StrAppend(out, "\n# TYPE ", name, " ", shm::MetricTypeName(group.shape.type), "\n");
+      }
+    }
+    if (s.series >= group.hot.size()) {
+      ++s.group;
+      s.series = 0;
+      s.header_done = false;
+      continue;
+    }
+    // A fault while reading this series (the handler counts it on this
+    // thread, synchronously) may have turned some of its reads into zeros:
+    // render it again without whatever faulted. Series before it were read
+    // before the fault, so they stand.
+    const size_t mark = out->size();
+    const uint64_t faults_before = shm::GuardedFaultCount();
+    Collector::State::RenderSeries(group, s.series, s.format, s.skip_faulted, out);
+    if (!s.skip_faulted && shm::GuardedFaultCount() != faults_before) {
+      out->resize(mark);
+      s.skip_faulted = true;
+      Collector::State::RenderSeries(group, s.series, s.format, true, out);
+    }
+    ++s.series;
+  }
+  return s.group < index.size();
+}
+
+ExpositionStream Collector::StreamExposition(ExpositionFormat format) const {
+  auto impl = std::make_unique<ExpositionStream::Impl>();
+  impl->view = state_->Published();
+  impl->format = format;
+  impl->skip_faulted = shm::GuardedFaultCount() != impl->view->faults_at_scan;
+  return ExpositionStream(std::move(impl));
 }
 
 void Collector::Render(ExpositionFormat format, std::string* out) const {
   const State& s = *state_;
-  const std::shared_ptr<const State::View> view = s.Published();
   out->reserve(out->size() + s.last_render_bytes.load(std::memory_order_relaxed) + 4096);
   const size_t start_size = out->size();
-  auto render = [&](bool skip_faulted) {
-    for (const State::OutGroup& group : *view->index) {
-      if (group.first_of_family) {
-        const std::string& name = format == ExpositionFormat::kOpenMetrics ? group.om_name : group.shape.name;
-        absl::StrAppend(out, "# HELP ", name, " ");
-        AppendHelp(out, group.shape.help, format);
-        absl::StrAppend(out, "\n# TYPE ", name, " ", shm::MetricTypeName(group.shape.type), "\n");
-      }
-      State::RenderGroup(group, format, skip_faulted, out);
-    }
-  };
-  // A file truncated under its mapping reads as zeros from the truncation
-  // on (fault_guard.h): leave it out rather than serve those, whether it
-  // faulted before this pass (since the scan that made this view) or
-  // during it (then render again). The next Scan() drops and reports it.
-  const uint64_t faults_before = shm::GuardedFaultCount();
-  const bool faulted_since_scan = faults_before != view->faults_at_scan;
-  render(faulted_since_scan);
-  if (!faulted_since_scan && shm::GuardedFaultCount() != faults_before) {
-    out->resize(start_size);
-    render(true);
+  ExpositionStream stream = StreamExposition(format);
+  while (stream.Next(out, SIZE_MAX)) {
   }
   s.last_render_bytes.store(out->size() - start_size, std::memory_order_relaxed);
 }

@@ -37,9 +37,40 @@ void AppendJsonNumber(std::string* out, double value) {
   AppendDouble(out, value);
 }
 
+namespace {
+// Length of the well-formed UTF-8 sequence at the start of `text`
+// (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF), or 0.
+size_t Utf8SequenceLength(absl::string_view text) {
+  const auto byte = [&](size_t i) { return static_cast<unsigned char>(text[i]); };
+  const unsigned char lead = byte(0);
+  size_t length;
+  unsigned char second_min = 0x80, second_max = 0xbf;
+  if (lead < 0x80) return 1;
+  if (lead >= 0xc2 && lead <= 0xdf) {
+    length = 2;
+  } else if (lead >= 0xe0 && lead <= 0xef) {
+    length = 3;
+    if (lead == 0xe0) second_min = 0xa0;
+    if (lead == 0xed) second_max = 0x9f;
+  } else if (lead >= 0xf0 && lead <= 0xf4) {
+    length = 4;
+    if (lead == 0xf0) second_min = 0x90;
+    if (lead == 0xf4) second_max = 0x8f;
+  } else {
+    return 0;
+  }
+  if (text.size() < length || byte(1) < second_min || byte(1) > second_max) return 0;
+  for (size_t i = 2; i < length; ++i) {
+    if ((byte(i) & 0xc0) != 0x80) return 0;
+  }
+  return length;
+}
+}  // namespace
+
 void AppendJsonString(std::string* out, absl::string_view text) {
   out->push_back('"');
-  for (char ch : text) {
+  for (size_t i = 0; i < text.size();) {
+    const char ch = text[i];
     switch (ch) {
       case '"': out->append("\\\""); break;
       case '\\': out->append("\\\\"); break;
@@ -52,10 +83,17 @@ void AppendJsonString(std::string* out, absl::string_view text) {
           out->append("\\u00");
           out->push_back(kHex[(ch >> 4) & 0xf]);
           out->push_back(kHex[ch & 0xf]);
+        } else if (const size_t length = Utf8SequenceLength(text.substr(i)); length == 0) {
+          // JSON must be UTF-8: a byte that starts no valid sequence (from a
+          // request path, or a writer's label) becomes U+FFFD.
+          out->append("\\ufffd");
         } else {
-          out->push_back(ch);
+          out->append(text.data() + i, length);
+          i += length;
+          continue;
         }
     }
+    ++i;
   }
   out->push_back('"');
 }

@@ -73,7 +73,7 @@ def main():
                 raise RuntimeError("writer %d did not start" % i)
 
         exporter_port, agent_port, central_port = free_port(), free_port(), free_port()
-        start("exporter", [exporter_bin, "--dir", segments, "--listen", "127.0.0.1:%d" % exporter_port])
+        start("exporter", [exporter_bin, "--dir", segments, "--web.listen-address", "127.0.0.1:%d" % exporter_port])
 
         deploy = os.path.join(source_dir, "deploy", "prometheus")
         with open(os.path.join(deploy, "agent.yml")) as f:

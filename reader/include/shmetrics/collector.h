@@ -43,6 +43,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -71,6 +72,10 @@ struct CollectorOptions {
   // Segments are refused (and reported) once the mapped ones add up to this.
   uint64_t max_mapped_bytes = uint64_t{64} << 30;
   Segment::Options segment;     // segment.mapping also says whose archive is trusted
+  // Where skipped files and removed temporaries are told, one sentence per
+  // call (hostile bytes already escaped). Default: "shmetrics: " + the
+  // sentence on stderr. Called from Scan(), so it must not call back.
+  std::function<void(absl::string_view sentence)> log;
 };
 
 // One segment as last seen by Scan().
@@ -137,6 +142,36 @@ struct RecentQuery {
   int status = -1;       // -1 = any
 };
 
+class Collector;
+
+// One exposition rendered in pieces, for a server that streams it: the
+// memory it needs is one piece, whatever the number of series. It pins the
+// view current when it began (the segments stay mapped until it is
+// destroyed) and reads each value when it renders it. Not thread-safe; one
+// stream per response.
+//
+//   ExpositionStream stream = collector.StreamExposition(format);
+//   std::string piece;
+//   bool more = true;
+//   while (more) { piece.clear(); more = stream.Next(&piece, 32 << 10); Send(piece); }
+class ExpositionStream {
+ public:
+  // Appends at least `min_bytes` (whole series at a time) unless the
+  // exposition ends first. Returns whether anything is left; what it
+  // appended is valid either way. Like Render(), without "# EOF".
+  bool Next(std::string* out, size_t min_bytes);
+
+  ExpositionStream(ExpositionStream&&) noexcept;
+  ExpositionStream& operator=(ExpositionStream&&) noexcept;
+  ~ExpositionStream();
+  struct Impl;  // opaque
+
+ private:
+  friend class Collector;
+  explicit ExpositionStream(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
 class Collector {
  public:
   // Errors: NotFound (directory), FailedPrecondition (another collector
@@ -158,6 +193,8 @@ class Collector {
   // Appends the exposition of every service (without the OpenMetrics
   // "# EOF" line, so that callers can add their own metrics first).
   void Render(ExpositionFormat format, std::string* out) const;
+  // The same exposition, in pieces (see ExpositionStream).
+  ExpositionStream StreamExposition(ExpositionFormat format) const;
 
   std::vector<SegmentReport> Segments() const;
   std::vector<Problem> Problems() const;
@@ -196,7 +233,7 @@ double EstimateQuantile(const std::vector<double>& bounds, const std::vector<uin
 
 // Text helpers shared by the exporter and the CLI.
 void AppendDouble(std::string* out, double value);       // Prometheus number syntax
-void AppendJsonString(std::string* out, absl::string_view text);
+void AppendJsonString(std::string* out, absl::string_view text);  // invalid UTF-8 becomes U+FFFD
 void AppendJsonNumber(std::string* out, double value);   // null for NaN and infinities
 
 }  // namespace shmetrics::reader
