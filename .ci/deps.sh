@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(
   g++ cmake ninja-build pkg-config
-  libboost-dev libabsl-dev libcli11-dev prometheus-cpp-dev libcivetweb-dev
+  libboost-dev libabsl-dev libcli11-dev prometheus-cpp-dev
   doctest-dev libbenchmark-dev zlib1g-dev clang-14 libfuzzer-14-dev
   python3 python3-prometheus-client python3-yaml prometheus curl bsdutils
   dpkg-dev file systemd

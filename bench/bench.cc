@@ -7,7 +7,6 @@
 // Writer cases: every thread hammers one shared handle (or, for the limit
 // and the hand-written histogram, its own padded slot) for --ms; a case's
 // figure is the median over --reps of the mean per-thread ns/op.
-#include <civetweb.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -16,6 +15,7 @@
 #include <sys/resource.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <array>
@@ -40,8 +40,10 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "shmetrics/collector.h"
 #include "shmetrics/writer.h"
+#include "http_client.h"  // tests/: a plain HTTP/1.1 client on one socket
 
 namespace {
 using Clock = std::chrono::steady_clock;
@@ -373,67 +375,134 @@ void WriterTable(const std::vector<int>& thread_counts, int ms, int reps, const 
   std::fflush(stdout);
 }
 
-// A real HTTP scrape through the exporter program: one client, then 16 at
-// once; civetweb's client does the HTTP. Returns milliseconds per scrape.
-std::string g_exporter;  // --exporter PATH
+// Real HTTP scrapes through exporter programs, side by side in one run:
+// --exporter "NAME=PATH [ARGS...]", repeatable (for example the civetweb
+// exporter of an older commit next to this one). Each cell starts a fresh
+// exporter on the same directory, so its RSS high-water is its own.
+std::vector<std::string> g_exporters;
 
-double HttpScrapeMs(int port, size_t* bytes) {
-  char error[256] = {};
-  const auto begin = Clock::now();
-  mg_connection* conn = mg_connect_client("127.0.0.1", port, 0, error, sizeof error);
-  if (conn == nullptr) return -1;
-  mg_printf(conn, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-  if (mg_get_response(conn, error, sizeof error, 30000) < 0) {
-    mg_close_connection(conn);
-    return -1;
-  }
-  char buffer[1 << 16];
-  size_t total = 0;
-  for (int n; (n = mg_read(conn, buffer, sizeof buffer)) > 0;) total += static_cast<size_t>(n);
-  mg_close_connection(conn);
-  if (bytes != nullptr) *bytes = total;
-  return std::chrono::duration<double, std::milli>(Clock::now() - begin).count();
+struct ExporterUnderTest {
+  std::string name, path;
+  std::vector<std::string> args;
+};
+
+ExporterUnderTest ParseExporter(const std::string& spec) {
+  ExporterUnderTest e;
+  std::vector<std::string> words = absl::StrSplit(spec, ' ', absl::SkipEmpty());
+  const size_t equals = words.at(0).find('=');
+  e.name = equals == std::string::npos ? "exporter" : words[0].substr(0, equals);
+  e.path = equals == std::string::npos ? words[0] : words[0].substr(equals + 1);
+  e.args.assign(words.begin() + 1, words.end());
+  return e;
 }
 
-uint64_t ProcessRssBytes(pid_t pid) {
-  std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/statm").c_str(), "r");
-  unsigned long pages = 0, resident = 0;
+uint64_t StatusKiB(pid_t pid, const char* field) {
+  std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/status").c_str(), "r");
+  uint64_t kib = 0;
   if (f != nullptr) {
-    if (std::fscanf(f, "%lu %lu", &pages, &resident) != 2) resident = 0;
+    char line[256];
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+      if (std::strncmp(line, field, std::strlen(field)) == 0) kib = std::strtoull(line + std::strlen(field), nullptr, 10);
+    }
     std::fclose(f);
   }
-  return uint64_t{resident} * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  return kib;
 }
 
-std::string HttpRow(const std::string& dir, int series, int reps) {
-  if (g_exporter.empty()) return "";
-  static const int port = 20000 + getpid() % 20000;
-  const std::string listen = absl::StrCat("127.0.0.1:", port);
-  const pid_t exporter = fork();
-  if (exporter == 0) {
-    execl(g_exporter.c_str(), g_exporter.c_str(), "--dir", dir.c_str(), "--listen", listen.c_str(), "--no-retire",
-          "--threads", "16", "--min-scan-interval-ms", "1000", static_cast<char*>(nullptr));
+struct HttpCell {
+  double p50_ms = 0, p99_ms = 0, scrapes_per_second = 0, idle_mib = 0, peak_mib = 0, body_bytes = 0;
+  int errors = 0;
+};
+
+HttpCell RunHttpCell(const ExporterUnderTest& e, const std::string& dir, int clients, bool keep_alive, bool gzip,
+                     double seconds) {
+  static int next_port = 20000 + getpid() % 20000;
+  const int port = next_port++;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<std::string> argv = {e.path, "--dir", dir, "--listen", absl::StrCat("127.0.0.1:", port),
+                                     "--no-retire", "--min-scan-interval-ms", "1000"};
+    argv.insert(argv.end(), e.args.begin(), e.args.end());
+    std::vector<char*> raw;
+    for (std::string& a : argv) raw.push_back(a.data());
+    raw.push_back(nullptr);
+    const int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 2);
+    execv(raw[0], raw.data());
     _exit(127);
   }
-  size_t bytes = 0;
-  for (int i = 0; i < 200 && HttpScrapeMs(port, &bytes) < 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  std::vector<double> single;
-  for (int r = 0; r < reps; ++r) single.push_back(HttpScrapeMs(port, nullptr));
-  std::vector<double> concurrent(16 * 3);
-  std::vector<std::thread> clients;
-  for (int c = 0; c < 16; ++c) {
-    clients.emplace_back([&, c] {
-      for (int r = 0; r < 3; ++r) concurrent[c * 3 + r] = HttpScrapeMs(port, nullptr);
+  HttpCell cell;
+  const std::string headers = absl::StrCat(gzip ? "Accept-Encoding: gzip\r\n" : "",
+                                           keep_alive ? "" : "Connection: close\r\n");
+  for (int i = 0; i < 400; ++i) {
+    shmetrics::testing::HttpConnection probe(port, false, 30);
+    const auto r = probe.Request("/metrics", headers);
+    if (r.status == 200) {
+      cell.body_bytes = static_cast<double>(r.body.size());
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  cell.idle_mib = StatusKiB(pid, "VmRSS:") / 1024.0;
+  std::vector<std::vector<double>> latencies(clients);
+  std::atomic<int> errors{0};
+  const auto until = Clock::now() + std::chrono::duration<double>(seconds);
+  std::vector<std::thread> threads;
+  const auto begin = Clock::now();
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      std::unique_ptr<shmetrics::testing::HttpConnection> connection;
+      do {
+        const auto start = Clock::now();
+        if (connection == nullptr) connection = std::make_unique<shmetrics::testing::HttpConnection>(port, false, 60);
+        const auto r = connection->Request("/metrics", headers);
+        if (r.status != 200) {
+          ++errors;
+          connection.reset();
+          continue;
+        }
+        if (!keep_alive) connection.reset();
+        latencies[c].push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+      } while (Clock::now() < until);
     });
   }
-  for (auto& t : clients) t.join();
-  const uint64_t rss = ProcessRssBytes(exporter);
-  kill(exporter, SIGTERM);
-  waitpid(exporter, nullptr, 0);
-  const int failures = static_cast<int>(std::count_if(concurrent.begin(), concurrent.end(), [](double ms) { return ms < 0; }));
-  return absl::StrFormat("| %d | %zu | %.2f | %.2f | %.2f | %d | %.1f MiB |\n", series, bytes, Median(single),
-                         Median(concurrent), *std::max_element(concurrent.begin(), concurrent.end()), failures,
-                         rss / 1048576.0);
+  for (auto& t : threads) t.join();
+  const double elapsed = std::chrono::duration<double>(Clock::now() - begin).count();
+  cell.peak_mib = StatusKiB(pid, "VmHWM:") / 1024.0;
+  kill(pid, SIGTERM);
+  waitpid(pid, nullptr, 0);
+  std::vector<double> all;
+  for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  std::sort(all.begin(), all.end());
+  if (!all.empty()) {
+    cell.p50_ms = all[all.size() / 2];
+    cell.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
+  }
+  cell.scrapes_per_second = all.size() / elapsed;
+  cell.errors = errors.load();
+  return cell;
+}
+
+// One table row per exporter and case, for the directory of `series`
+// series; render_ms is the in-process render of the same series.
+std::string HttpRows(const std::string& dir, int series, double render_ms, bool smoke) {
+  std::string rows;
+  for (const std::string& spec : g_exporters) {
+    const ExporterUnderTest e = ParseExporter(spec);
+    for (int clients : {1, 16}) {
+      for (bool keep_alive : {true, false}) {
+        for (bool gzip : {false, true}) {
+          const HttpCell c = RunHttpCell(e, dir, clients, keep_alive, gzip, smoke ? 0.2 : 2.0);
+          rows += absl::StrFormat("| %s | %d | %d | %s | %s | %.0f | %.2f | %.2f | %.1f | %.2f | %d | %.1f | %.1f |\n",
+                                  e.name, series, clients, keep_alive ? "yes" : "no", gzip ? "on" : "off",
+                                  c.body_bytes, c.p50_ms, c.p99_ms, c.scrapes_per_second, c.p50_ms / render_ms,
+                                  c.errors, c.idle_mib, c.peak_mib);
+          std::fflush(stdout);
+        }
+      }
+    }
+  }
+  return rows;
 }
 
 // Scrape: N series (10/11 counters, 1/11 histograms with 8 bounds) spread
@@ -506,14 +575,15 @@ void ScrapeTable(const std::vector<int>& sizes, int reps, const std::string& dir
     std::printf("| %d | %zu | %.3f | %.2f | %.0f | %.2f | %.0f | %.1fx |\n", n, bytes, Median(scans), our_ms,
                 our_ms * 1e6 / n, their_ms, their_ms * 1e6 / n, their_ms / our_ms);
     std::fflush(stdout);
-    http_rows += HttpRow(dir, n, reps);
+    if (!g_exporters.empty()) http_rows += HttpRows(dir, n, our_ms, reps == 1);
     writers.clear();
     std::filesystem::remove_all(dir);
   }
   if (!http_rows.empty()) {
-    std::printf("\n### HTTP scrape through shmetrics-exporter (gzip off, loopback)\n\n"
-                "| series | bytes | 1 client ms (median) | 16 clients ms (median) | 16 clients ms (max) | errors | "
-                "exporter RSS |\n|---|---|---|---|---|---|---|\n%s",
+    std::printf("\n### HTTP scrapes through the exporters (loopback; 2 s per cell)\n\n"
+                "| exporter | series | clients | keep-alive | gzip | body bytes | p50 ms | p99 ms | scrapes/s | "
+                "p50 / render | errors | idle RSS MiB | RSS high-water MiB |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n%s",
                 http_rows.c_str());
   }
 }
@@ -648,7 +718,7 @@ void ChurnTable(const std::vector<int>& dead_counts, int reps, const std::string
   }
 }
 
-uint64_t RssBytes() { return ProcessRssBytes(getpid()); }
+uint64_t RssBytes() { return StatusKiB(getpid(), "VmRSS:") * 1024; }
 
 // Writer memory is the segment: RSS and segment size after 10^4 and after
 // 10^8 operations are the same.
@@ -710,7 +780,8 @@ int main(int argc, char** argv) {
   app.add_flag("--smoke", smoke, "tiny run, for CI: proves the bench still works");
   app.add_option("--processes", processes, "writer process counts, comma separated");
   app.add_option("--churn", churn, "dead writer counts for the churn table, comma separated");
-  app.add_option("--exporter", g_exporter, "path of shmetrics-exporter: also time real HTTP scrapes");
+  app.add_option("--exporter", g_exporters,
+                 "\"NAME=PATH [ARGS...]\" of an exporter: also time real HTTP scrapes (repeatable: side by side)");
   app.add_option("--csv", csv, "also write the writer results as CSV (case,threads,ns_per_op)");
   app.add_option("--memory-ops", big_ops, "operations for the memory table")->check(CLI::Range(1e4, 1e10));
   CLI11_PARSE(app, argc, argv);
@@ -749,7 +820,6 @@ int main(int argc, char** argv) {
               std::thread::hardware_concurrency());
   const std::string dir = absl::StrCat(directory, "/shmetrics-bench-", getpid());
   std::filesystem::create_directories(dir);
-  mg_init_library(0);
   signal(SIGPIPE, SIG_IGN);
   WriterTable(ParseList(threads), ms, reps, dir);
   if (g_csv != nullptr) std::fclose(g_csv);

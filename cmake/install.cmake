@@ -48,6 +48,7 @@ install(CODE "
        RENAME shmetrics-exporter FILES \"${PROJECT_SOURCE_DIR}/deploy/systemd/shmetrics-exporter.default\")
 " COMPONENT runtime)
 install(FILES README.md CHANGELOG.md DESTINATION ${CMAKE_INSTALL_DOCDIR} COMPONENT runtime)
+install(FILES deploy/web-config.yml DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples COMPONENT runtime)
 
 # CPack: `cpack -G DEB` in the build directory makes both .debs.
 set(CPACK_PACKAGE_NAME shmetrics)

@@ -70,7 +70,7 @@ std::string FormatLogLine(int64_t unix_ns, LogLevel level, absl::string_view mes
   const time_t seconds = static_cast<time_t>(unix_ns / 1000000000);
   struct tm utc;
   gmtime_r(&seconds, &utc);
-  char stamp[40];
+  char stamp[64];
   std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900, utc.tm_mon + 1,
                 utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(unix_ns / 1000000 % 1000));
   std::string line = absl::StrCat("ts=", stamp, " level=", LevelName(level), " msg=");

@@ -176,7 +176,7 @@ int Run(int argc, char** argv) {
   app.set_version_flag("--version", "shmetrics-exporter " SHMETRICS_VERSION_LINE);
   std::string directory = shm::DirectoryFromEnvironment();
   std::string service;
-  std::vector<std::string> listen_addresses;
+  std::vector<std::string> listen_addresses = {"127.0.0.1:9464"};
   std::vector<std::string> legacy_listen;
   bool no_retire = false;
   bool allow_other_owners = false;
@@ -192,9 +192,9 @@ int Run(int argc, char** argv) {
   int min_scan_interval_ms = 100;
   app.add_option("--dir", directory, "segment directory ($SHMETRICS_DIR, else /dev/shm)");
   app.add_option("--service", service, "serve only this service (default: all)");
-  app.add_option("--web.listen-address", listen_addresses,
-                 "address to listen on, repeatable (default 127.0.0.1:9464; see LISTEN ADDRESSES)")
-      ->allow_extra_args(false);
+  CLI::Option* listen_option =
+      app.add_option("--web.listen-address", listen_addresses, "address to listen on, repeatable (see LISTEN ADDRESSES)")
+          ->allow_extra_args(false);
   app.add_option("--web.config.file", web_config_file, "TLS and basic auth, exporter-toolkit format (see WEB CONFIG)")
       ->check(CLI::ExistingFile);
   app.add_option("--web.threads", threads, "threads running the HTTP event loop")->check(CLI::Range(1, 64));
@@ -220,12 +220,14 @@ int Run(int argc, char** argv) {
   app.add_option("--min-scan-interval-ms", min_scan_interval_ms, "rescan the directory at most this often")
       ->check(CLI::Range(0, 60000));
   // Deprecated: kept for one release.
-  app.add_option("--listen", legacy_listen, "deprecated: --web.listen-address")->allow_extra_args(false);
+  const char* deprecated = "Deprecated (each logs a warning; gone in the next release)";
+  app.add_option("--listen", legacy_listen, "--web.listen-address")->allow_extra_args(false)->group(deprecated);
   app.add_option("--basic-auth-file", basic_auth_file,
-                 "deprecated: file of user:password lines; use basic_auth_users in --web.config.file")
-      ->check(CLI::ExistingFile);
-  app.add_option("--threads", legacy_threads, "deprecated: --web.threads")->check(CLI::Range(1, 64));
-  app.add_option("--tls-cert", tls_certificate, "removed: use tls_server_config in --web.config.file");
+                 "file of user:password lines: basic_auth_users in --web.config.file")
+      ->check(CLI::ExistingFile)
+      ->group(deprecated);
+  app.add_option("--threads", legacy_threads, "--web.threads")->check(CLI::Range(1, 64))->group(deprecated);
+  app.add_option("--tls-cert", tls_certificate, "removed: tls_server_config in --web.config.file")->group(deprecated);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -250,9 +252,9 @@ int Run(int argc, char** argv) {
   }
   if (!legacy_listen.empty()) {
     Deprecated("--listen", "--web.listen-address");
+    if (listen_option->count() == 0) listen_addresses.clear();  // not the default as well
     listen_addresses.insert(listen_addresses.end(), legacy_listen.begin(), legacy_listen.end());
   }
-  if (listen_addresses.empty()) listen_addresses.push_back("127.0.0.1:9464");
   if (legacy_threads != 0) {
     Deprecated("--threads", "--web.threads");
     threads = legacy_threads;

@@ -465,8 +465,9 @@ TEST_CASE("logfmt: every line has ts, level and msg; --log.level filters; old fl
   CHECK(absl::StrContains(quiet.output, "level=error"));
   CHECK(RunCommand(absl::StrCat(SHMETRICS_EXPORTER_BIN, " --log.level chatty 2>&1")).exit_code == 2);
   const auto help = RunCommand(absl::StrCat(SHMETRICS_EXPORTER_BIN, " --help"));
-  CHECK(absl::StrContains(help.output, "--web.threads INT:INT in [1 - 64] [2]"));
-  CHECK(absl::StrContains(help.output, "--web.read-header-timeout DURATION [10s]"));
+  CHECK(absl::StrContains(help.output, "--web.threads INT:INT in [1 - 64]=2\n"));
+  CHECK(absl::StrContains(help.output, "--web.read-header-timeout TEXT:DURATION=10s\n"));
+  CHECK(absl::StrContains(help.output, "--web.listen-address TEXT=[127.0.0.1:9464] ..."));
 }
 
 // A CA, a server certificate for 127.0.0.1 and a client certificate, made

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The consumer test: tests/consumer is configured and built against shmetrics
 # (a) installed into a temporary prefix, with find_package(shmetrics CONFIG)
-# (b) as add_subdirectory of the source tree, with prometheus-cpp, civetweb,
+# (b) as add_subdirectory of the source tree, with prometheus-cpp, yaml-cpp, OpenSSL,
 #     doctest, CLI11 and ZLIB hidden from find_package
 # (c) through pkg-config, against the same temporary prefix;
 # each program writes consumer_jobs_total 42, and `shmetrics dump` must show it.
@@ -48,7 +48,7 @@ check package "$tmp/build-package/consumer"
 # (b) add_subdirectory: only the libraries are built; the exporter's, the
 # tests' and the bench's dependencies must not be looked for.
 configure_and_build subdirectory -DSHMETRICS_CONSUMER_MODE=subdirectory -DSHMETRICS_SOURCE_DIR="$source_dir" \
-  -DCMAKE_DISABLE_FIND_PACKAGE_prometheus-cpp=ON -DCMAKE_DISABLE_FIND_PACKAGE_civetweb=ON \
+  -DCMAKE_DISABLE_FIND_PACKAGE_prometheus-cpp=ON -DCMAKE_DISABLE_FIND_PACKAGE_yaml-cpp=ON -DCMAKE_DISABLE_FIND_PACKAGE_OpenSSL=ON \
   -DCMAKE_DISABLE_FIND_PACKAGE_doctest=ON -DCMAKE_DISABLE_FIND_PACKAGE_CLI11=ON \
   -DCMAKE_DISABLE_FIND_PACKAGE_ZLIB=ON -DCMAKE_DISABLE_FIND_PACKAGE_benchmark=ON
 for part in exporter cli examples bench tests; do

@@ -24,7 +24,7 @@ field() { dpkg-deb --field "$1" "$2"; }
 [ "$(field "$dev" Package)" = libshmetrics-dev ] || fail "dev package name"
 [ "$(field "$runtime" Version)" = "$version-1" ] || fail "runtime version: $(field "$runtime" Version)"
 depends=$(field "$runtime" Depends)
-for dependency in libc6 libstdc++6 libcivetweb1 zlib1g adduser; do
+for dependency in libc6 libstdc++6 libssl3 libyaml-cpp0.7 libcrypt1 zlib1g adduser; do
   grep -q "\b$dependency\b" <<<"$depends" || fail "shmetrics Depends lacks $dependency: $depends"
 done
 grep -q 'libabsl-dev' <<<"$(field "$dev" Depends)" || fail "libshmetrics-dev Depends lacks libabsl-dev"
