@@ -7,7 +7,7 @@ packages=(
   libboost-dev libabsl-dev libcli11-dev prometheus-cpp-dev
   doctest-dev libbenchmark-dev zlib1g-dev clang-14 libfuzzer-14-dev
   python3 python3-prometheus-client python3-yaml prometheus curl bsdutils
-  dpkg-dev file systemd
+  dpkg-dev file systemd libyaml-cpp-dev libssl-dev libcrypt-dev openssl
 )
 missing=()
 for package in "${packages[@]}"; do
