@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Test helper: an independent HTTP client and exposition checker.
 
-  expo.py get URL [--accept A] [--gzip] [--method M] [--auth USER:PW]
+  expo.py get URL [--accept A] [--gzip] [--method M] [--auth USER:PW] [--max-time SECONDS]
       prints "STATUS n", "CONTENT-TYPE t", "ENCODING e", a blank line, then the body.
   expo.py samples FILE (text|openmetrics)
       parses FILE with python3-prometheus-client, checks histogram invariants,
@@ -16,7 +16,7 @@ import urllib.request
 
 
 def get(argv):
-    url, accept, want_gzip, method, auth = argv[0], None, False, "GET", None
+    url, accept, want_gzip, method, auth, timeout = argv[0], None, False, "GET", None, 20.0
     i = 1
     while i < len(argv):
         if argv[i] == "--accept":
@@ -27,6 +27,8 @@ def get(argv):
             method = argv[i + 1]; i += 2
         elif argv[i] == "--auth":
             auth = argv[i + 1]; i += 2
+        elif argv[i] == "--max-time":
+            timeout = float(argv[i + 1]); i += 2
         else:
             raise SystemExit("bad argument " + argv[i])
     request = urllib.request.Request(url, method=method)
@@ -37,7 +39,7 @@ def get(argv):
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     try:
-        response = urllib.request.urlopen(request, timeout=20)
+        response = urllib.request.urlopen(request, timeout=timeout)
         status, headers, body = response.status, response.headers, response.read()
     except urllib.error.HTTPError as e:
         status, headers, body = e.code, e.headers, e.read()
