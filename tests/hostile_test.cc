@@ -265,7 +265,7 @@ uint64_t RssKiB(pid_t pid) {
   return 0;
 }
 
-TEST_CASE("a sparse segment at the reader's caps costs a bounded read; one over them is refused") {
+TEST_CASE("a sparse segment at the reader's caps costs a bounded read, and one over them is refused") {
   TempDir dir;
   WriterProcess steady(dir.path(), "steady", Steady);
   // 1,024 lanes with 2,048 + 2,048 slots: 512 MiB of rings, a few KiB on disk,

@@ -373,7 +373,7 @@ TEST_CASE("HTTP: 16 concurrent scrapes of 100000 series keep the exporter's memo
 #endif
 }
 
-TEST_CASE("listen addresses: a bare port binds loopback only; [::1] works; bad ones exit 2") {
+TEST_CASE("listen addresses: a bare port binds loopback only, [::1] works, bad ones exit 2") {
   TempDir dir;
   const int port = testing::FreePort();
   testing::Subprocess bare({SHMETRICS_EXPORTER_BIN, "--dir", dir.path(), "--web.listen-address", std::to_string(port),
@@ -441,7 +441,7 @@ struct TakenPort {
   int port = 0;
 };
 
-TEST_CASE("logfmt: every line has ts, level and msg; --log.level filters; old flags say they are deprecated") {
+TEST_CASE("logfmt: every line has ts, level and msg, --log.level filters, old flags say they are deprecated") {
   TempDir dir;
   TakenPort taken;
   const auto run = RunCommand(absl::StrCat(SHMETRICS_EXPORTER_BIN, " --no-retire --dir ", dir.path(),
@@ -599,7 +599,7 @@ TEST_CASE("a bad web config is refused at start with its reason and exit 2") {
   CHECK(absl::StrContains(both.output, "give --web.config.file or the deprecated --basic-auth-file, not both"));
 }
 
-TEST_CASE("basic auth: a lowercase scheme is accepted; credentials without a colon are not") {
+TEST_CASE("basic auth: a lowercase scheme is accepted, credentials without a colon are not") {
   TempDir dir;
   const std::string web_config = dir.path() + "/web.yml";
   testing::WriteFile(web_config, absl::StrCat("basic_auth_users:\n  prom: ", kHashS3cret, "\n"));

@@ -324,7 +324,7 @@ TEST_CASE("web config TLS: a key of another certificate or a file that is not PE
                                                          ": cannot load the private key (unencrypted PEM): "));
 }
 
-TEST_CASE("web config basic auth: bcrypt users verify and are remembered; unknown users and wrong passwords fail") {
+TEST_CASE("web config basic auth: bcrypt users verify and are remembered, unknown users and wrong passwords fail") {
   absl::StatusOr<WebConfig> config = ParseWebConfig(
       absl::StrCat("basic_auth_users:\n  alice: ", kAliceHash, "\n  bob: ", kBobHash, "\n"), "/etc/x/web.yml");
   REQUIRE(config.ok());
