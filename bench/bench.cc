@@ -771,6 +771,7 @@ int main(int argc, char** argv) {
   std::string processes = "1,2";
   std::string churn = "0,100,400";
   std::string csv;
+  std::string tables = "writer,processes,memory,scrape,churn";
   double big_ops = 1e8;
   app.add_option("--threads", threads, "thread counts, comma separated");
   app.add_option("--series", series, "scrape sizes, comma separated");
@@ -782,6 +783,7 @@ int main(int argc, char** argv) {
   app.add_option("--churn", churn, "dead writer counts for the churn table, comma separated");
   app.add_option("--exporter", g_exporters,
                  "\"NAME=PATH [ARGS...]\" of an exporter: also time real HTTP scrapes (repeatable: side by side)");
+  app.add_option("--tables", tables, "which tables to run, comma separated (writer,processes,memory,scrape,churn)");
   app.add_option("--csv", csv, "also write the writer results as CSV (case,threads,ns_per_op)");
   app.add_option("--memory-ops", big_ops, "operations for the memory table")->check(CLI::Range(1e4, 1e10));
   CLI11_PARSE(app, argc, argv);
@@ -821,12 +823,14 @@ int main(int argc, char** argv) {
   const std::string dir = absl::StrCat(directory, "/shmetrics-bench-", getpid());
   std::filesystem::create_directories(dir);
   signal(SIGPIPE, SIG_IGN);
-  WriterTable(ParseList(threads), ms, reps, dir);
+  const std::vector<std::string> chosen = absl::StrSplit(tables, ',');
+  auto wanted = [&](const char* table) { return std::find(chosen.begin(), chosen.end(), table) != chosen.end(); };
+  if (wanted("writer")) WriterTable(ParseList(threads), ms, reps, dir);
   if (g_csv != nullptr) std::fclose(g_csv);
-  MultiProcessTable(ParseList(processes), ms, dir);
-  MemoryTable(dir, static_cast<uint64_t>(big_ops));
-  ScrapeTable(ParseList(series), smoke ? 1 : std::max(reps, 5), dir);
-  ChurnTable(ParseList(churn), smoke ? 1 : std::max(reps, 5), dir);
+  if (wanted("processes")) MultiProcessTable(ParseList(processes), ms, dir);
+  if (wanted("memory")) MemoryTable(dir, static_cast<uint64_t>(big_ops));
+  if (wanted("scrape")) ScrapeTable(ParseList(series), smoke ? 1 : std::max(reps, 5), dir);
+  if (wanted("churn")) ChurnTable(ParseList(churn), smoke ? 1 : std::max(reps, 5), dir);
   std::filesystem::remove_all(dir);
   return 0;
 }
