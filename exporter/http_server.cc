@@ -268,6 +268,10 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     if (gzip) gzip_ = std::make_unique<GzipStream>();
     raw_piece_ = std::move(response.body);
     more_ = true;
+    // One deadline for the whole response, not one per piece: a client that
+    // reads a trickle must not keep the view it pins (and its memory) for
+    // longer than this.
+    beast::get_lowest_layer(stream_).expires_after(shared_.options.write_timeout);
     WritePiece();
   }
 
@@ -300,7 +304,6 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     body.data = piece.empty() ? nullptr : piece.data();
     body.size = piece.size();
     body.more = more_;
-    beast::get_lowest_layer(stream_).expires_after(shared_.options.write_timeout);
     http::async_write(stream_, *streamed_serializer_, [self = this->shared_from_this()](beast::error_code ec, size_t) {
       if (ec == http::error::need_buffer) {
         // The piece is out; render the next.

@@ -16,7 +16,8 @@
 // closed at once and counted; a request's header must arrive whole within
 // header_timeout of its first byte (slowloris) and within max_header_bytes
 // (else 431); a keep-alive connection idle for idle_timeout is closed; a
-// client that stops reading is dropped after write_timeout. Requests with
+// response not written whole within write_timeout (a client that stops
+// reading, or reads a trickle) is cut and its connection closed. Requests with
 // a body are refused (413): every route is GET or HEAD.
 //
 // With TLS, a connection whose first byte is not a TLS handshake gets a
@@ -79,7 +80,7 @@ struct HttpServerOptions {
   size_t max_connections = 1024;
   std::chrono::milliseconds header_timeout{10'000};  // first byte of a request to the end of its header
   std::chrono::milliseconds idle_timeout{120'000};   // between requests on a kept-alive connection
-  std::chrono::milliseconds write_timeout{30'000};   // per write, for a client that stops reading
+  std::chrono::milliseconds write_timeout{60'000};   // a whole response, from its first byte to its last
   size_t max_header_bytes = 8192;
   size_t piece_bytes = 64 << 10;  // pieces of a streamed body, before compression
   size_t max_pending_auth = 64;   // bcrypt checks queued; beyond, 503

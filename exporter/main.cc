@@ -188,7 +188,7 @@ int Run(int argc, char** argv) {
   int threads = 2;
   int legacy_threads = 0;
   size_t max_connections = 1024;
-  std::string header_timeout = "10s", idle_timeout = "2m", write_timeout = "30s";
+  std::string header_timeout = "10s", idle_timeout = "2m", write_timeout = "1m";
   int min_scan_interval_ms = 100;
   app.add_option("--dir", directory, "segment directory ($SHMETRICS_DIR, else /dev/shm)");
   app.add_option("--service", service, "serve only this service (default: all)");
@@ -205,7 +205,7 @@ int Run(int argc, char** argv) {
       ->check(DurationValidator());
   app.add_option("--web.idle-timeout", idle_timeout, "a kept-alive connection idle this long is closed")
       ->check(DurationValidator());
-  app.add_option("--web.write-timeout", write_timeout, "a client that reads nothing for this long is dropped")
+  app.add_option("--web.write-timeout", write_timeout, "a response must be written whole within this (slow readers are cut)")
       ->check(DurationValidator());
   app.add_option("--log.level", log_level, "debug, info, warn or error")
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}));

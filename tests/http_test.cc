@@ -373,6 +373,24 @@ TEST_CASE("HTTP: 16 concurrent scrapes of 100000 series keep the exporter's memo
 #endif
 }
 
+TEST_CASE("HTTP: a client that stops reading a streamed /metrics is cut at --web.write-timeout") {
+  TempDir dir;
+  std::unique_ptr<WriterProcess> writer;
+  ManySeries(dir.path(), 100000, &writer);
+  Exporter exporter(dir, {"--web.write-timeout", "1s"});
+  HttpConnection stalled(exporter.port());
+  const int small = 4096;  // a tiny window: the 6 MB body cannot hide in socket buffers
+  setsockopt(stalled.fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  REQUIRE(stalled.Send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::string metrics;
+  for (int i = 0; i < 100; ++i) {  // cut after 1 s; give it up to 10
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    metrics = HttpGet(exporter.url("/metrics")).body;
+    if (absl::StrContains(metrics, "shmetrics_exporter_http_connections 1\n")) break;
+  }
+  CHECK(absl::StrContains(metrics, "shmetrics_exporter_http_connections 1\n"));
+}
+
 TEST_CASE("listen addresses: a bare port binds loopback only, [::1] works, bad ones exit 2") {
   TempDir dir;
   const int port = testing::FreePort();
