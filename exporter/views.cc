@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "process_metrics.h"
 #include "shmetrics/shm/names.h"
 
 namespace shmetrics::exporter {
@@ -62,6 +63,85 @@ uint64_t Count(const Family& f) {
   return count;
 }
 
+// One process's segments, summed (a process with several writers has a
+// segment per writer; the exporter merges per process elsewhere too).
+struct ProcessSegments {
+  uint64_t families_used = 0, families_capacity = 0;
+  uint64_t series_used = 0, series_capacity = 0;
+  uint64_t cells_used = 0, cells_capacity = 0;
+  uint64_t lanes_used = 0, lanes_capacity = 0;
+  uint64_t series_overflows = 0, lane_fallbacks = 0, records_dropped = 0;
+};
+
+// Live segments by (service, pid).
+std::map<std::pair<std::string, uint32_t>, ProcessSegments> LiveSegmentsByProcess(
+    const reader::Collector& collector) {
+  std::map<std::pair<std::string, uint32_t>, ProcessSegments> out;
+  for (const reader::SegmentReport& r : collector.Segments()) {
+    if (!r.alive) continue;
+    const reader::SegmentInfo& i = r.info;
+    ProcessSegments& p = out[{i.service, i.pid}];
+    p.families_used += i.family_count;
+    p.families_capacity += i.family_capacity;
+    p.series_used += i.series_count;
+    p.series_capacity += i.series_capacity;
+    p.cells_used += i.cells_used;
+    p.cells_capacity += i.cells_per_lane;
+    p.lanes_used += i.lanes_in_use;
+    p.lanes_capacity += i.exclusive_lanes;
+    p.series_overflows += i.series_overflow_count;
+    p.lane_fallbacks += i.lane_fallback_count;
+    p.records_dropped += i.records_dropped;
+  }
+  return out;
+}
+
+struct SegmentFamily {
+  const char* name;  // a counter's without _total
+  bool counter;
+  const char* help;
+  uint64_t ProcessSegments::*value;
+};
+
+// Names begin with shmetrics_exporter_, which writers cannot register
+// (shm/names.h), so they never clash with a service's families.
+constexpr SegmentFamily kSegmentFamilies[] = {
+    {"shmetrics_exporter_segment_families_used", false, "Families registered in the process's live segment.",
+     &ProcessSegments::families_used},
+    {"shmetrics_exporter_segment_families_capacity", false,
+     "Families the process's live segment can hold (shm::Capacities::families).",
+     &ProcessSegments::families_capacity},
+    {"shmetrics_exporter_segment_series_used", false,
+     "Series slots taken in the process's live segment, overflow series included; each family with labels keeps "
+     "one slot for its overflow series until it is taken.",
+     &ProcessSegments::series_used},
+    {"shmetrics_exporter_segment_series_capacity", false,
+     "Series slots in the process's live segment (shm::Capacities::series).", &ProcessSegments::series_capacity},
+    {"shmetrics_exporter_segment_cells_used", false,
+     "8-byte cells taken in each lane of the process's live segment (a series takes its cells in every lane).",
+     &ProcessSegments::cells_used},
+    {"shmetrics_exporter_segment_cells_capacity", false,
+     "8-byte cells per lane in the process's live segment (shm::Capacities::cells_per_lane).",
+     &ProcessSegments::cells_capacity},
+    {"shmetrics_exporter_segment_lanes_used", false,
+     "Exclusive (per-thread) lanes owned by a thread now in the process's live segment.",
+     &ProcessSegments::lanes_used},
+    {"shmetrics_exporter_segment_lanes_capacity", false,
+     "Exclusive (per-thread) lanes in the process's live segment (shm::Capacities::exclusive_lanes); threads "
+     "beyond them share one slower lane.",
+     &ProcessSegments::lanes_capacity},
+    {"shmetrics_exporter_segment_series_overflows", true,
+     "Requests for a new label set that found the segment full and got the family's overflow series (label "
+     "values shmetrics_overflow) instead, since the process started.",
+     &ProcessSegments::series_overflows},
+    {"shmetrics_exporter_segment_lane_fallbacks", true,
+     "Threads that found no free exclusive lane and write to the shared lane, since the process started.",
+     &ProcessSegments::lane_fallbacks},
+    {"shmetrics_exporter_segment_records_dropped", true,
+     "Request records not kept (no ring: written from a thread on the shared lane), since the process started.",
+     &ProcessSegments::records_dropped},
+};
+
 }  // namespace
 
 void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self,
@@ -77,15 +157,20 @@ void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self
     reader::AppendDouble(out, value);
     out->push_back('\n');
   };
-  auto counter = [&](const char* family, const char* help, double value) {
-    absl::StrAppend(out, "# HELP ", family, om ? "" : "_total", " ", help, "\n# TYPE ", family,
-                    om ? "" : "_total", " counter\n", family, "_total ");
+  // `family` is the name without _total: OpenMetrics names the family so,
+  // text 0.0.4 names it after its sample, family_total.
+  auto counter = [&](const char* family, const char* help, absl::string_view labels, double value, bool header) {
+    if (header) {
+      absl::StrAppend(out, "# HELP ", family, om ? "" : "_total", " ", help, "\n# TYPE ", family,
+                      om ? "" : "_total", " counter\n");
+    }
+    absl::StrAppend(out, family, "_total", labels, " ");
     reader::AppendDouble(out, value);
     out->push_back('\n');
   };
   gauge("shmetrics_exporter_scrape_duration_seconds", "Time the previous scrape took to render.", "",
         self.last_scrape_duration_seconds, true);
-  counter("shmetrics_exporter_scrapes", "Scrapes of /metrics served.", double(self.scrapes_total));
+  counter("shmetrics_exporter_scrapes", "Scrapes of /metrics served.", "", double(self.scrapes_total), true);
   gauge("shmetrics_exporter_segments", "Segments seen in the directory, by state.", "{state=\"alive\"}",
         double(c.segments_alive), true);
   gauge("shmetrics_exporter_segments", "", "{state=\"dead\"}", double(c.segments_dead), false);
@@ -101,20 +186,62 @@ void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self
           "family).",
           labels, double(by_kind[kind]), kind == 0);
   }
-  counter("shmetrics_exporter_segments_retired", "Dead writers' segments folded into the archive and removed.",
-          double(c.segments_retired_total));
+  counter("shmetrics_exporter_segments_retired", "Dead writers' segments folded into the archive and removed.", "",
+          double(c.segments_retired_total), true);
   gauge("shmetrics_exporter_series", "Aggregated series exported.", "", double(c.series), true);
   gauge("shmetrics_exporter_archived_series", "Series kept in the archive of retired writers.", "",
         double(c.archived_series), true);
   gauge("shmetrics_exporter_start_time_seconds", "Unix time the exporter started.", "",
         self.start_unix_seconds, true);
-  gauge("shmetrics_exporter_build_info", "The exporter's version (CMakeLists.txt), git commit and compiler; always 1.",
-        "{version=\"" SHMETRICS_VERSION "\",commit=\"" SHMETRICS_GIT_COMMIT "\",compiler=\"" SHMETRICS_COMPILER
-        "\",build_type=\"" SHMETRICS_BUILD_TYPE "\"}",
+  // revision is the Prometheus convention's name for the commit (kept as
+  // commit too, for existing queries).
+  gauge("shmetrics_exporter_build_info",
+        "The exporter's version (CMakeLists.txt), git commit (revision, commit) and compiler; always 1.",
+        "{version=\"" SHMETRICS_VERSION "\",revision=\"" SHMETRICS_GIT_COMMIT "\",commit=\"" SHMETRICS_GIT_COMMIT
+        "\",compiler=\"" SHMETRICS_COMPILER "\",build_type=\"" SHMETRICS_BUILD_TYPE "\"}",
         1, true);
   gauge("shmetrics_exporter_scan_running_seconds",
         "How long the directory scan in progress has run (0: none runs); the last view is served meanwhile.", "",
         collector.ScanRunningSeconds(), true);
+
+  // Capacity and losses of each live writer process's segment.
+  const auto processes = LiveSegmentsByProcess(collector);
+  std::vector<std::string> process_labels;
+  process_labels.reserve(processes.size());
+  for (const auto& [key, unused] : processes) {
+    std::string labels = "{service=\"";
+    reader::AppendLabelValue(&labels, key.first);
+    absl::StrAppend(&labels, "\",pid=\"", key.second, "\"}");
+    process_labels.push_back(std::move(labels));
+  }
+  for (const SegmentFamily& f : kSegmentFamilies) {
+    size_t i = 0;
+    for (const auto& [key, segments] : processes) {
+      const double value = double(segments.*f.value);
+      if (f.counter) {
+        counter(f.name, f.help, process_labels[i], value, i == 0);
+      } else {
+        gauge(f.name, f.help, process_labels[i], value, i == 0);
+      }
+      ++i;
+    }
+  }
+
+  // The standard process metrics of the client libraries; left out when
+  // /proc cannot be read.
+  const absl::StatusOr<ProcessStats> process = ReadProcessStats();
+  if (process.ok()) {
+    counter("process_cpu_seconds", "Total user and system CPU time spent in seconds.", "",
+            process->cpu_seconds_total, true);
+    gauge("process_open_fds", "Number of open file descriptors.", "", double(process->open_fds), true);
+    gauge("process_max_fds", "Maximum number of open file descriptors.", "", double(process->max_fds), true);
+    gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", "",
+          double(process->virtual_memory_bytes), true);
+    gauge("process_resident_memory_bytes", "Resident memory size in bytes.", "",
+          double(process->resident_memory_bytes), true);
+    gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", "",
+          process->start_time_seconds, true);
+  }
 }
 
 int RenderHealth(const reader::Collector& collector, const SelfStats& self, std::string* out) {

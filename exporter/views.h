@@ -18,6 +18,11 @@ struct SelfStats {
   double start_unix_seconds = 0;
 };
 
+// Appends the exporter's own metrics (README, "The exporter's own
+// metrics"): scrapes, segments and problems, build info, each live writer
+// process's segment capacity and losses ({service, pid}), and the client
+// libraries' process_* metrics of this process (left out when /proc cannot
+// be read).
 void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self,
                        reader::ExpositionFormat format, std::string* out);
 

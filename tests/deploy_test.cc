@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "process_support.h"
 #include "shmetrics/service_kit.h"
 #include "test_support.h"
 
@@ -21,22 +22,30 @@ const std::string kDeploy = SHMETRICS_TESTS_DIR "/../deploy";
 TEST_CASE("deploy: promtool checks the rules and their unit tests pass") {
   const auto check = RunCommand("cd " + kDeploy + "/prometheus && promtool check rules rules.yml 2>&1");
   CHECK_MESSAGE(check.exit_code == 0, check.output);
-  CHECK(absl::StrContains(check.output, "SUCCESS: 9 rules found"));
+  CHECK(absl::StrContains(check.output, "SUCCESS: 14 rules found"));
   const auto test = RunCommand("cd " + kDeploy + "/prometheus && promtool test rules rules_test.yml 2>&1");
   CHECK_MESSAGE(test.exit_code == 0, test.output);
   const auto config = RunCommand("cd " + kDeploy + "/prometheus && promtool check config prometheus.yml 2>&1");
   CHECK_MESSAGE(config.exit_code == 0, config.output);
 }
 
-// Names a scrape of the kit's segment (plus the exporter's own) contains.
+// Names a scrape of the kit's segment contains: every sample name of its
+// families, those the exporter adds about itself and its segments (read
+// from a real scrape), and Prometheus's own `up`.
 std::set<std::string> KitMetricNames(std::set<std::string>* families) {
   TempDir dir;
   WriterOptions options = testing::WriterIn(dir, "names");
   auto writer = Writer::Create(options).value();
   auto kit = ServiceKit::Create(*writer, {}).value();
   auto segment = reader::Segment::Open(writer->path()).value();
-  std::set<std::string> names = {"shmetrics_exporter_segments", "shmetrics_exporter_scrape_duration_seconds",
-                                 "shmetrics_exporter_scrapes_total", "shmetrics_exporter_series"};
+  std::set<std::string> names = {"up"};
+  testing::Exporter exporter(dir);
+  const auto scrape = testing::HttpGet(exporter.url("/metrics"));
+  REQUIRE(scrape.status == 200);
+  for (absl::string_view line : absl::StrSplit(scrape.body, '\n', absl::SkipEmpty())) {
+    if (!absl::StartsWith(line, "#")) names.emplace(line.substr(0, line.find_first_of("{ ")));
+  }
+  REQUIRE(names.contains("shmetrics_exporter_segment_series_used"));  // the kit's live segment
   for (const reader::FamilyView& f : segment->families()) {
     families->insert(f.name);
     if (f.type == shm::MetricType::kHistogram) {

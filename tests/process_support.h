@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "shmetrics/shm/names.h"
 #include "shmetrics/writer.h"
 #include "test_support.h"
 
@@ -123,6 +124,20 @@ class Exporter {
   std::unique_ptr<Subprocess> process_;
 };
 
+// True for a sample line of the exporter's own metrics: shmetrics_exporter_*
+// and the standard process_* metrics it adds about itself.
+inline bool IsExporterSample(absl::string_view line) {
+  if (absl::StartsWith(line, shm::kReservedFamilyPrefix)) return true;
+  const absl::string_view name = line.substr(0, line.find_first_of("{ "));
+  for (absl::string_view own : shm::kExporterProcessGauges) {
+    if (name == own) return true;
+  }
+  for (absl::string_view own : shm::kExporterProcessCounters) {
+    if (name == own) return true;  // the sample name, with _total, in either format
+  }
+  return false;
+}
+
 // Samples parsed by python3-prometheus-client, minus the exporter's own.
 inline std::vector<std::string> ParsedSamples(const TempDir& dir, const std::string& body, const std::string& kind,
                                        bool drop_service = false) {
@@ -133,7 +148,7 @@ inline std::vector<std::string> ParsedSamples(const TempDir& dir, const std::str
   REQUIRE(r.exit_code == 0);
   std::vector<std::string> lines;
   for (absl::string_view line : absl::StrSplit(r.output, '\n', absl::SkipEmpty())) {
-    if (absl::StartsWith(line, "shmetrics_exporter_")) continue;
+    if (IsExporterSample(line)) continue;
     std::string text(line);
     if (drop_service) {
       for (const char* pattern : {",service=\"web\"", "service=\"web\",", "service=\"web\""}) {

@@ -37,6 +37,15 @@ void AppendJsonNumber(std::string* out, double value) {
   AppendDouble(out, value);
 }
 
+void AppendLabelValue(std::string* out, absl::string_view value) {
+  for (char ch : value) {
+    if (ch == '\\') out->append("\\\\");
+    else if (ch == '"') out->append("\\\"");
+    else if (ch == '\n') out->append("\\n");
+    else out->push_back(ch);
+  }
+}
+
 namespace {
 // Length of the well-formed UTF-8 sequence at the start of `text`
 // (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF), or 0.

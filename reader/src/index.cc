@@ -16,16 +16,6 @@
 namespace shmetrics::reader {
 namespace {
 
-// Escaping for label values: backslash, double quote and newline.
-void AppendLabelValue(std::string* out, absl::string_view value) {
-  for (char ch : value) {
-    if (ch == '\\') out->append("\\\\");
-    else if (ch == '"') out->append("\\\"");
-    else if (ch == '\n') out->append("\\n");
-    else out->push_back(ch);
-  }
-}
-
 // One family of one service while the index is built.
 struct Candidate {
   FamilyShape shape;

@@ -16,6 +16,21 @@ const char* MetricTypeName(MetricType type) {
   return "unknown";
 }
 
+namespace {
+// True when `exposed` is a name that the exporter's process metrics occupy.
+bool IsExporterProcessName(absl::string_view exposed) {
+  for (absl::string_view counter : kExporterProcessCounters) {
+    for (const std::string& taken : ExpositionNames(counter, MetricType::kCounter)) {
+      if (exposed == taken) return true;
+    }
+  }
+  for (absl::string_view gauge : kExporterProcessGauges) {
+    if (exposed == gauge) return true;
+  }
+  return false;
+}
+}  // namespace
+
 absl::Status CheckFamilyRules(absl::string_view name, MetricType type, GaugeMerge merge,
                               const std::vector<std::string>& label_names) {
   auto broken = [&](absl::string_view why) {
@@ -28,6 +43,14 @@ absl::Status CheckFamilyRules(absl::string_view name, MetricType type, GaugeMerg
   if (absl::StartsWith(name, kReservedFamilyPrefix)) {
     return broken(absl::StrCat("names beginning with ", kReservedFamilyPrefix,
                                " are reserved for the exporter's own metrics"));
+  }
+  for (const std::string& taken : ExpositionNames(name, type)) {
+    if (IsExporterProcessName(taken)) {
+      return broken(absl::StrCat("the name '", taken,
+                                 "' is reserved for the exporter's own process metrics (process_cpu_seconds_total, "
+                                 "process_open_fds, process_max_fds, process_virtual_memory_bytes, "
+                                 "process_resident_memory_bytes, process_start_time_seconds)"));
+    }
   }
   if (!IsValidMetricName(OpenMetricsFamilyName(name, type))) {
     return broken("a counter needs a name before its _total suffix");

@@ -235,5 +235,7 @@ double EstimateQuantile(const std::vector<double>& bounds, const std::vector<uin
 void AppendDouble(std::string* out, double value);       // Prometheus number syntax
 void AppendJsonString(std::string* out, absl::string_view text);  // invalid UTF-8 becomes U+FFFD
 void AppendJsonNumber(std::string* out, double value);   // null for NaN and infinities
+// A label value for the exposition: backslash, double quote and newline escaped.
+void AppendLabelValue(std::string* out, absl::string_view value);
 
 }  // namespace shmetrics::reader

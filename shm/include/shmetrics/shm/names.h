@@ -29,6 +29,13 @@ namespace shmetrics::shm {
 
 // Family names beginning with this belong to the exporter's own metrics.
 inline constexpr absl::string_view kReservedFamilyPrefix = "shmetrics_exporter_";
+// The standard process metrics (the Prometheus client libraries' names)
+// that the exporter exports about itself, without a service label: no
+// family may occupy one of their names, in either output format.
+inline constexpr absl::string_view kExporterProcessCounters[] = {"process_cpu_seconds_total"};
+inline constexpr absl::string_view kExporterProcessGauges[] = {
+    "process_open_fds", "process_max_fds", "process_virtual_memory_bytes", "process_resident_memory_bytes",
+    "process_start_time_seconds"};
 // The exporter adds this label to every series: no family may declare it.
 inline constexpr absl::string_view kServiceLabel = "service";
 // The exporter adds this label to every series of a per-process gauge.
