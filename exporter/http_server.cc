@@ -43,6 +43,32 @@ struct HttpServer::Shared {
   std::mutex security_mu;
   std::shared_ptr<const HttpSecurity> security;  // guarded by security_mu
 
+  // Piece buffers kept between responses: a few per thread, so that a busy
+  // server allocates none and an idle connection holds none.
+  std::mutex pool_mu;
+  std::vector<std::string> pool;  // guarded by pool_mu
+
+  std::string TakeBuffer() {
+    {
+      std::lock_guard lock(pool_mu);
+      if (!pool.empty()) {
+        std::string buffer = std::move(pool.back());
+        pool.pop_back();
+        return buffer;
+      }
+    }
+    std::string buffer;
+    buffer.reserve(options.piece_bytes + (64 << 10));
+    return buffer;
+  }
+  void GiveBuffer(std::string&& buffer) {
+    const size_t capacity = buffer.capacity();
+    if (capacity < options.piece_bytes || capacity > 4 * options.piece_bytes) return;  // freed
+    buffer.clear();
+    std::lock_guard lock(pool_mu);
+    if (pool.size() < 4 * static_cast<size_t>(options.threads) + 4) pool.push_back(std::move(buffer));
+  }
+
   // Declared after everything a connection touches when it is destroyed:
   // destroying the io_context destroys the connections its queued
   // handlers still hold.
@@ -222,7 +248,11 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     request.accept = field(http::field::accept);
     request.accept_encoding = field(http::field::accept_encoding);
     gzip_accepted_ = AcceptsGzip(request.accept_encoding);
-    Send(shared_.handler(request));
+    std::string spare = shared_.TakeBuffer();
+    request.spare_body = &spare;
+    HttpResponse response = shared_.handler(request);
+    shared_.GiveBuffer(std::move(spare));  // back at once when the handler did not take it
+    Send(std::move(response));
   }
 
   void SendError(unsigned status, absl::string_view message) {
@@ -316,15 +346,19 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   }
 
   void OnResponseWritten(beast::error_code ec) {
-    // Let go of what the response held: its buffers and the view it pinned.
+    // Let go of what the response held: its buffers (to the pool) and the
+    // view it pinned.
     small_serializer_.reset();
+    if (small_.has_value()) shared_.GiveBuffer(std::move(small_->body()));
     small_.reset();
     streamed_serializer_.reset();
     streamed_.reset();
     next_piece_ = nullptr;
     gzip_.reset();
-    std::string().swap(raw_piece_);
-    std::string().swap(compressed_piece_);
+    shared_.GiveBuffer(std::move(raw_piece_));
+    shared_.GiveBuffer(std::move(compressed_piece_));
+    raw_piece_ = std::string();
+    compressed_piece_ = std::string();
     if (ec || !keep_alive_) return Close();
     ReadRequest();
   }

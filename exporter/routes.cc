@@ -88,6 +88,7 @@ HttpResponse Routes::Metrics(const HttpRequest& request) {
   // Content-Length in one write; a larger one is streamed, a piece at a
   // time, each rendered from the mappings when the previous one is out.
   auto stream = std::make_shared<reader::ExpositionStream>(collector_->StreamExposition(format));
+  if (request.spare_body != nullptr) response.body = std::move(*request.spare_body);
   response.body.reserve(piece_bytes_ + 4096);
   if (!stream->Next(&response.body, piece_bytes_)) {
     AppendTail(format, start, &response.body);
