@@ -1,5 +1,6 @@
 #include "http_server.h"
 
+#include <algorithm>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -13,6 +14,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gzip_stream.h"
 #include "listen_address.h"
@@ -39,6 +41,8 @@ struct HttpServer::Shared {
   std::atomic<uint64_t> tls_handshake_failures_total{0};
   std::atomic<uint64_t> auth_failures_total{0};
   std::atomic<size_t> pending_auth{0};
+  std::atomic<size_t> pending_handlers{0};
+  std::atomic<uint64_t> busy_total{0};
 
   std::mutex security_mu;
   std::shared_ptr<const HttpSecurity> security;  // guarded by security_mu
@@ -76,6 +80,11 @@ struct HttpServer::Shared {
   // Before io in destruction order: its queued checks hold connections
   // whose sockets belong to io.
   std::unique_ptr<net::thread_pool> auth_pool = std::make_unique<net::thread_pool>(1);
+  // Handlers run here, never on the event loop: a route may scan the
+  // directory or build a large JSON view (tens of milliseconds at 100,000
+  // series), and must not hold up other connections' I/O. Two threads: one
+  // stuck in a scan (a hung file system) leaves the other serving.
+  std::unique_ptr<net::thread_pool> handler_pool = std::make_unique<net::thread_pool>(2);
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
   std::vector<std::thread> threads;
   bool stopped = false;
@@ -88,7 +97,7 @@ struct HttpServer::Shared {
 
 namespace {
 
-constexpr absl::string_view kHttpToHttpsBody = "Client sent an HTTP request to an HTTPS server.\n";
+constexpr absl::string_view kHttpToHttpsBody = "{\"error\":\"Client sent an HTTP request to an HTTPS server.\"}\n";
 
 // One of max_connections, held from accept to close (moved along from the
 // TLS greeting to its connection).
@@ -157,16 +166,21 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     ReadRequest();
   }
 
-  // Waits for a request's first byte for up to idle_timeout, then gives
-  // the whole header header_timeout.
+  // Waits for a request's first byte, then gives the whole header
+  // header_timeout. The first request of a connection must start within
+  // header_timeout too (a connection that never speaks is a slowloris);
+  // later ones within idle_timeout of the previous response.
   void ReadRequest() {
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(shared_.options.max_header_bytes));
+    head_ = false;
+    keep_alive_ = false;
     if (buffer_.size() > 0) {
       ReadHeader();
       return;
     }
-    beast::get_lowest_layer(stream_).expires_after(shared_.options.idle_timeout);
+    beast::get_lowest_layer(stream_).expires_after(requests_read_ == 0 ? shared_.options.header_timeout
+                                                                        : shared_.options.idle_timeout);
     stream_.async_read_some(buffer_.prepare(1024),
                             [self = this->shared_from_this()](beast::error_code ec, size_t bytes) {
                               if (ec) return self->Close();  // idle timeout, or the client left
@@ -195,9 +209,15 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       return SendError(400, absl::StrCat("bad request: ", ec.message()));
     }
     shared_.requests_total.fetch_add(1, std::memory_order_relaxed);
+    ++requests_read_;
     const auto& message = parser_->get();
     keep_alive_ = message.keep_alive();
     head_ = message.method() == http::verb::head;
+    http10_ = message.version() < 11;
+    if (!http10_ && message.find(http::field::host) == message.end()) {
+      shared_.bad_requests_total.fetch_add(1, std::memory_order_relaxed);
+      return SendError(400, "bad request: HTTP/1.1 without a Host header");
+    }
     if (security_->auth != nullptr && security_->auth->enabled()) return Authenticate();
     Dispatch();
   }
@@ -211,6 +231,9 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     }
     if (!credentials) return Unauthorized();
     if (security_->auth->VerifiedBefore(*credentials)) return Dispatch();
+    // The same wrong credentials again (a misconfigured or hostile client
+    // retrying): no bcrypt, so they cannot crowd out other clients' checks.
+    if (security_->auth->FailedBefore(*credentials)) return Unauthorized();
     if (shared_.pending_auth.fetch_add(1, std::memory_order_relaxed) >= shared_.options.max_pending_auth) {
       shared_.pending_auth.fetch_sub(1, std::memory_order_relaxed);
       return SendError(503, "too many authentication checks in progress; retry later");
@@ -234,12 +257,37 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   }
 
   void Dispatch() {
+    if (shared_.pending_handlers.fetch_add(1, std::memory_order_relaxed) >= shared_.options.max_pending_handlers) {
+      shared_.pending_handlers.fetch_sub(1, std::memory_order_relaxed);
+      shared_.busy_total.fetch_add(1, std::memory_order_relaxed);
+      return SendError(503, "too many requests in progress; retry later");
+    }
+    // The parsed request stays put while the handler runs: this connection
+    // reads nothing until it has answered.
+    net::post(*shared_.handler_pool, [self = this->shared_from_this()]() {
+      HttpResponse response = self->RunHandler();
+      self->shared_.pending_handlers.fetch_sub(1, std::memory_order_relaxed);
+      net::post(self->stream_.get_executor(),
+                [self, response = std::move(response)]() mutable { self->Send(std::move(response)); });
+    });
+  }
+
+  // On a handler thread.
+  HttpResponse RunHandler() {
     const auto& message = parser_->get();
     HttpRequest request;
     request.method = absl::string_view(message.method_string().data(), message.method_string().size());
-    const absl::string_view target(message.target().data(), message.target().size());
+    absl::string_view target(message.target().data(), message.target().size());
+    // The absolute form (RFC 9112 section 3.2.2): the path is what follows
+    // the authority.
+    if (absl::StartsWithIgnoreCase(target, "http://") || absl::StartsWithIgnoreCase(target, "https://")) {
+      const size_t authority = target.find("//") + 2;
+      const size_t path = target.find_first_of("/?", authority);
+      target = path == absl::string_view::npos ? absl::string_view("/") : target.substr(path);
+    }
     const size_t question = target.find('?');
     request.path = target.substr(0, question);
+    if (request.path.empty()) request.path = "/";
     if (question != absl::string_view::npos) request.query = target.substr(question + 1);
     auto field = [&](http::field name) {
       const auto it = message.find(name);
@@ -252,7 +300,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     request.spare_body = &spare;
     HttpResponse response = shared_.handler(request);
     shared_.GiveBuffer(std::move(spare));  // back at once when the handler did not take it
-    Send(std::move(response));
+    return response;
   }
 
   void SendError(unsigned status, absl::string_view message) {
@@ -262,6 +310,10 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
 
   void Send(HttpResponse response) {
     const bool gzip = response.compressible && gzip_accepted_;
+    if (response.compressible && std::none_of(response.headers.begin(), response.headers.end(),
+                                              [](const auto& h) { return absl::EqualsIgnoreCase(h.first, "Vary"); })) {
+      response.headers.emplace_back("Vary", "Accept-Encoding");
+    }
     if (!response.next_piece) {
       small_.emplace(static_cast<http::status>(response.status), 11);
       SetFields(*small_, response, gzip);
@@ -269,7 +321,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
         GzipStream compressor;
         std::string compressed;
         if (compressor.Append(response.body, true, &compressed)) {
-          response.body = std::move(compressed);
+          shared_.GiveBuffer(std::exchange(response.body, std::move(compressed)));
         } else {
           small_->erase(http::field::content_encoding);
         }
@@ -283,9 +335,12 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       if (head_) return http::async_write_header(stream_, *small_serializer_, std::move(done));
       return http::async_write(stream_, *small_serializer_, std::move(done));
     }
+    // HTTP/1.0 has no chunked encoding (RFC 9112 section 7): the body then
+    // ends where the connection does.
+    if (http10_) keep_alive_ = false;
     streamed_.emplace(static_cast<http::status>(response.status), 11);
     SetFields(*streamed_, response, gzip);
-    streamed_->chunked(true);
+    if (!http10_) streamed_->chunked(true);
     streamed_serializer_.emplace(*streamed_);
     if (head_) {
       beast::get_lowest_layer(stream_).expires_after(shared_.options.write_timeout);
@@ -387,6 +442,8 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   std::optional<http::request_parser<http::empty_body>> parser_;
   bool keep_alive_ = false;
   bool head_ = false;
+  bool http10_ = false;
+  uint64_t requests_read_ = 0;
   bool gzip_accepted_ = false;
 
   std::optional<http::response<http::string_body>> small_;
@@ -410,7 +467,7 @@ void GreetTls(HttpServer::Shared& shared, ConnectionSlot slot, std::shared_ptr<c
     std::string answer;
   };
   auto greeting = std::make_shared<Greeting>(Greeting{std::move(slot), std::move(stream), beast::flat_buffer(), {}});
-  greeting->stream.expires_after(shared.options.idle_timeout);
+  greeting->stream.expires_after(shared.options.header_timeout);
   greeting->stream.async_read_some(
       greeting->buffer.prepare(1024), [&shared, security, greeting](beast::error_code ec, size_t bytes) {
         if (ec) return;
@@ -418,7 +475,7 @@ void GreetTls(HttpServer::Shared& shared, ConnectionSlot slot, std::shared_ptr<c
         const auto* first = static_cast<const unsigned char*>(greeting->buffer.data().data());
         if (*first != 0x16) {
           shared.tls_handshake_failures_total.fetch_add(1, std::memory_order_relaxed);
-          greeting->answer = absl::StrCat("HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: ",
+          greeting->answer = absl::StrCat("HTTP/1.0 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ",
                                           kHttpToHttpsBody.size(), "\r\nConnection: close\r\n\r\n", kHttpToHttpsBody);
           greeting->stream.expires_after(shared.options.write_timeout);
           net::async_write(greeting->stream, net::buffer(greeting->answer),
@@ -531,6 +588,7 @@ HttpCounters HttpServer::Counters() const {
   c.bad_requests_total = s.bad_requests_total.load(std::memory_order_relaxed);
   c.tls_handshake_failures_total = s.tls_handshake_failures_total.load(std::memory_order_relaxed);
   c.auth_failures_total = s.auth_failures_total.load(std::memory_order_relaxed);
+  c.busy_total = s.busy_total.load(std::memory_order_relaxed);
   return c;
 }
 
@@ -550,6 +608,8 @@ void HttpServer::Stop() {
   s.stopped = true;
   s.auth_pool->stop();
   s.auth_pool->join();
+  s.handler_pool->stop();
+  s.handler_pool->join();
   s.io.stop();
   for (std::thread& thread : s.threads) thread.join();
   s.threads.clear();
@@ -557,7 +617,8 @@ void HttpServer::Stop() {
     beast::error_code ignored;
     acceptor->close(ignored);
   }
-  s.auth_pool.reset();  // its queued checks hold connections: before io goes
+  s.auth_pool.reset();  // their queued work holds connections: before io goes
+  s.handler_pool.reset();
 }
 
 }  // namespace shmetrics::exporter

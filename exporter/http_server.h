@@ -21,8 +21,8 @@
 // a body are refused (413): every route is GET or HEAD.
 //
 // With TLS, a connection whose first byte is not a TLS handshake gets a
-// plain-text 400 ("Client sent an HTTP request to an HTTPS server.") and is
-// closed. Basic auth is checked before any route: bcrypt runs on a thread
+// 400 ({"error":"Client sent an HTTP request to an HTTPS server."}) and is
+// closed. Handlers run on two threads of their own, off the event loop. Basic auth is checked before any route: bcrypt runs on a thread
 // of its own, never on the event loop, and credentials verified once are
 // remembered (BasicAuth), so a password-guessing client cannot stall
 // scrapes or health probes.
@@ -75,8 +75,9 @@ struct HttpResponse {
 // valid UTF-8) whatever it echoes.
 HttpResponse JsonErrorResponse(unsigned status, absl::string_view message);
 
-// Runs on an event-loop thread: must not block (render a piece, not a
-// whole large body).
+// Runs on one of two handler threads, never on the event loop; may take a
+// while (scan, build a JSON view), but next_piece runs on the event loop and
+// must render a piece, not a whole large body.
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
 
 struct HttpServerOptions {
@@ -89,7 +90,8 @@ struct HttpServerOptions {
   // Pieces of a streamed body, before compression: a body that fits in one
   // (about 2,000 series) leaves in one write with a Content-Length.
   size_t piece_bytes = 256 << 10;
-  size_t max_pending_auth = 64;   // bcrypt checks queued; beyond, 503
+  size_t max_pending_auth = 64;       // bcrypt checks queued; beyond, 503
+  size_t max_pending_handlers = 256;  // requests waiting for a handler thread; beyond, 503
 };
 
 // What a connection is checked against; swapped whole (SetSecurity).
@@ -106,6 +108,7 @@ struct HttpCounters {
   uint64_t bad_requests_total = 0;          // malformed, oversized, with a body, timed out mid-header
   uint64_t tls_handshake_failures_total = 0;
   uint64_t auth_failures_total = 0;
+  uint64_t busy_total = 0;  // answered 503: max_pending_handlers were waiting
 };
 
 class HttpServer {

@@ -5,6 +5,7 @@
 // Exit codes: 0 clean stop, 2 bad flags or web config, 3 directory
 // unusable, 4 cannot listen, 5 another exporter already retires segments in
 // the directory.
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -66,8 +67,10 @@ CLI::Validator DurationValidator() {
 
 // TLS and auth from the flags: the web config, or the deprecated
 // --basic-auth-file.
+// `previous`: the settings in force, whose remembered logins carry over.
 absl::StatusOr<std::shared_ptr<const HttpSecurity>> LoadSecurity(const std::string& web_config_file,
-                                                                  const std::string& basic_auth_file) {
+                                                                  const std::string& basic_auth_file,
+                                                                  const HttpSecurity* previous = nullptr) {
   auto security = std::make_shared<HttpSecurity>();
   if (!web_config_file.empty()) {
     absl::StatusOr<WebConfig> config = LoadWebConfig(web_config_file);
@@ -78,6 +81,8 @@ absl::StatusOr<std::shared_ptr<const HttpSecurity>> LoadSecurity(const std::stri
       security->tls = *std::move(context);
     }
     security->auth = std::make_shared<BasicAuth>(BasicAuth::FromWebConfig(*config));
+    // Without this, a reload would send every client through bcrypt again.
+    if (previous != nullptr && previous->auth != nullptr) security->auth->InheritVerified(*previous->auth);
   } else if (!basic_auth_file.empty()) {
     absl::StatusOr<BasicAuth> auth = BasicAuth::FromLegacyFile(basic_auth_file);
     if (!auth.ok()) return auth.status();
@@ -107,6 +112,12 @@ absl::StatusOr<std::vector<tcp::endpoint>> Resolve(const std::vector<std::string
     if (!ec) {
       add(tcp::endpoint(ip, address->port));
       continue;
+    }
+    // "0", "127.1": getaddrinfo reads them as 0.0.0.0 and 127.0.0.1; an
+    // address that is not written out whole is more likely a mistake.
+    if (address->host.find_first_not_of("0123456789.") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("listen address \"", text, "\": \"", address->host,
+                                                     "\" is not an IPv4 address (write all four parts)"));
     }
     boost::asio::io_context io;
     tcp::resolver resolver(io);
@@ -238,6 +249,16 @@ int Run(int argc, char** argv) {
     app.exit(e);
     return kBadFlags;
   }
+  // Signals are taken by the main thread alone (sigwait below), blocked
+  // from the start: a SIGHUP sent while the exporter starts (a reload right
+  // after a start) must wait, not kill it; every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
   LogLevel level = LogLevel::kInfo;
   ParseLogLevel(log_level, &level);
   SetLogLevel(level);
@@ -290,16 +311,6 @@ int Run(int argc, char** argv) {
   (void)(*collector)->Scan();
   http.max_connections = RaiseDescriptorLimit(max_connections);
 
-  // Signals are taken by this thread alone (sigwait below): block them
-  // before any other thread starts, so every thread inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-
   Routes routes(*std::move(collector), std::chrono::milliseconds(min_scan_interval_ms), http.piece_bytes);
   const bool tls = (*security)->tls != nullptr;
   auto server = HttpServer::Start(*endpoints, http, *security,
@@ -322,12 +333,16 @@ int Run(int argc, char** argv) {
   std::atomic<bool> stop{false};
   std::atomic<bool> scanner_done{false};
   std::thread scanner([&] {
-    while (!stop.load()) {
+    for (uint64_t round = 1; !stop.load(); ++round) {
       routes.MaybeScan();
+      // Indexes of large directories, and the views slow clients pinned,
+      // are freed in big pieces that glibc would otherwise keep.
+      if (round % 50 == 0) malloc_trim(0);
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
     scanner_done.store(true);
   });
+  std::shared_ptr<const HttpSecurity> in_force = *security;
   while (true) {
     int signal_number = 0;
     if (sigwait(&signals, &signal_number) != 0) continue;
@@ -336,13 +351,15 @@ int Run(int argc, char** argv) {
       Log(LogLevel::kInfo, "SIGHUP: no --web.config.file to reload");
       continue;
     }
-    absl::StatusOr<std::shared_ptr<const HttpSecurity>> reloaded = LoadSecurity(web_config_file, "");
+    absl::StatusOr<std::shared_ptr<const HttpSecurity>> reloaded =
+        LoadSecurity(web_config_file, "", in_force.get());
     if (!reloaded.ok()) {
       Log(LogLevel::kError, "web config not reloaded; the previous one stays in force",
           {{"err", reloaded.status().message()}});
       continue;
     }
-    (*server)->SetSecurity(*std::move(reloaded));
+    in_force = *std::move(reloaded);
+    (*server)->SetSecurity(in_force);
     Log(LogLevel::kInfo, "web config reloaded; new connections use it", {{"file", web_config_file}});
   }
   stop.store(true);

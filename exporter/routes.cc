@@ -134,6 +134,8 @@ void RenderHttpMetrics(const HttpCounters& c, reader::ExpositionFormat format, s
   counter("shmetrics_exporter_http_tls_handshake_failures",
           "TLS handshakes that failed, plain HTTP sent to a TLS listener included.", c.tls_handshake_failures_total);
   counter("shmetrics_exporter_http_auth_failures", "Requests answered 401.", c.auth_failures_total);
+  counter("shmetrics_exporter_http_busy", "Requests answered 503: too many were waiting for a handler thread.",
+          c.busy_total);
 }
 
 }  // namespace shmetrics::exporter

@@ -119,7 +119,15 @@ class HttpConnection {
       }
     }
     size_t length = 0;
-    if (!absl::SimpleAtoi(response.Header("content-length"), &length)) return {};  // we always send one of the two
+    if (!absl::SimpleAtoi(response.Header("content-length"), &length)) {
+      // Neither framing: the body ends with the connection (HTTP/1.0).
+      if (response.Header("connection") != "close") return {};
+      while (Fill()) {
+      }
+      response.body = std::move(buffer_);
+      buffer_.clear();
+      return response;
+    }
     while (buffer_.size() < length) {
       if (!Fill()) return {};
     }

@@ -183,6 +183,12 @@ TEST_CASE("HTTP: a slowloris header is cut at --web.read-header-timeout and coun
   CHECK(seconds < 4.5);  // 1 s plus slack; the client's own timeout is 5 s
   const auto metrics = HttpGet(exporter.url("/metrics"));
   CHECK(absl::StrContains(metrics.body, "shmetrics_exporter_http_bad_requests_total 1\n"));
+  // A connection that never sends a byte gets no more time than a slow one
+  // (not --web.idle-timeout, which is for kept-alive connections).
+  HttpConnection silent(exporter.port());
+  const auto silent_start = Clock::now();
+  CHECK(silent.ClosedByPeer());
+  CHECK(std::chrono::duration<double>(Clock::now() - silent_start).count() < 4.5);
 }
 
 TEST_CASE("HTTP: beyond --web.max-connections a connection is closed at once and counted") {
@@ -241,6 +247,26 @@ TEST_CASE("HTTP limits: an oversized header gets 431, a body 413, garbage 400, a
     r = c.Request("/\xff\xfe\xc3\xa9");
     CHECK(r.status == 404);
     CHECK(r.body == "{\"error\":\"not found: /\\ufffd\\ufffd\xc3\xa9\"}\n");
+  }
+  {
+    // An error after a HEAD on the same connection still has its body.
+    HttpConnection c(exporter.port());
+    CHECK(c.Request("/", "", "HEAD").status == 200);
+    REQUIRE(c.Send("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"));
+    const RawResponse r = c.Read();
+    CHECK(r.status == 413);
+    CHECK(r.body == "{\"error\":\"requests with a body are not accepted\"}\n");
+  }
+  {
+    // HTTP/1.1 needs a Host; the absolute form of a target is accepted.
+    HttpConnection c(exporter.port());
+    REQUIRE(c.Send("GET /metrics HTTP/1.1\r\n\r\n"));
+    const RawResponse r = c.Read();
+    CHECK(r.status == 400);
+    CHECK(r.body == "{\"error\":\"bad request: HTTP/1.1 without a Host header\"}\n");
+    HttpConnection d(exporter.port());
+    CHECK(d.Request("http://127.0.0.1/api/health?x=1").status == 200);
+    CHECK(d.Request("http://127.0.0.1").status == 200);
   }
   {
     // Pipelined requests are answered in order on one connection.
@@ -338,6 +364,14 @@ TEST_CASE("HTTP /metrics streams 100000 series in chunks, plain and gzip, exactl
   CHECK(decoded.output == "100000\n");
   const auto tail = RunCommand("gzip -dc " + ShellQuote(file) + " | tail -n 1");
   CHECK(tail.output == "# EOF\n");
+  // HTTP/1.0 has no chunked encoding: the body ends with the connection.
+  HttpConnection old_client(exporter.port(), false, 30);
+  REQUIRE(old_client.Send("GET /metrics HTTP/1.0\r\n\r\n"));
+  const RawResponse old = old_client.Read();
+  CHECK(old.status == 200);
+  CHECK(old.Header("transfer-encoding") == "");
+  CHECK(old.Header("connection") == "close");
+  CHECK(absl::StrContains(old.body, "items_processed_total{shard=\"shard-99999\",service=\"big\"} 99999\n"));
   const std::string text = dir.path() + "/body.txt";
   testing::WriteFile(text, plain.body);
   const auto promtool = RunCommand("promtool check metrics < " + ShellQuote(text) + " 2>&1");
@@ -371,6 +405,36 @@ TEST_CASE("HTTP: 16 concurrent scrapes of 100000 series keep the exporter's memo
 #else
   CHECK(peak_kib < idle_kib + 64 * 1024);
 #endif
+}
+
+TEST_CASE("HTTP: clients looping on /api/stats do not hold up /metrics or the health probe") {
+  TempDir dir;
+  std::unique_ptr<WriterProcess> writer;
+  ManySeries(dir.path(), 100000, &writer);
+  Exporter exporter(dir);
+  std::atomic<bool> stop{false};
+  std::atomic<int> stats_served{0};
+  std::vector<std::thread> flood;
+  for (int i = 0; i < 4; ++i) {
+    flood.emplace_back([&] {
+      HttpConnection c(exporter.port(), false, 30);
+      while (!stop.load() && c.Request("/api/stats").status == 200) ++stats_served;
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  double slowest = 0;
+  for (int i = 0; i < 3; ++i) {
+    const auto start = Clock::now();
+    CHECK(HttpGet(exporter.url("/metrics"), "--max-time 20").status == 200);
+    CHECK(HttpGet(exporter.url("/api/health"), "--max-time 20").status == 200);
+    slowest = std::max(slowest, std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  stop.store(true);
+  for (std::thread& t : flood) t.join();
+  MESSAGE("scrape and health beside 4 /api/stats loops (", stats_served.load(), " stats served): slowest ", slowest,
+          " s");
+  CHECK(stats_served.load() > 0);
+  CHECK(slowest < 5);  // before: 10-20 s, stats built on the event loop
 }
 
 TEST_CASE("HTTP: a client that stops reading a streamed /metrics is cut at --web.write-timeout") {
@@ -438,6 +502,10 @@ TEST_CASE("listen addresses: a bare port binds loopback only, [::1] works, bad o
   CHECK(absl::StrContains(v6_unbracketed.output,
                           "msg=\"listen address \\\"::1:9464\\\": an IPv6 address goes in brackets: [ADDRESS]:PORT\""));
   CHECK(run("127.0.0.1:99999").exit_code == 2);
+  const auto zero = run("0:9464");  // getaddrinfo would read it as 0.0.0.0: every interface
+  CHECK(zero.exit_code == 2);
+  CHECK(absl::StrContains(zero.output, "\\\"0\\\" is not an IPv4 address (write all four parts)"));
+  CHECK(run("127.1:9464").exit_code == 2);
   CHECK(run("no-such-host.invalid:9464").exit_code == 2);
 }
 
@@ -535,7 +603,8 @@ TEST_CASE("TLS and basic auth from --web.config.file: a real Prometheus scrapes 
   HttpConnection plain(exporter.port());
   const RawResponse r = plain.Request("/metrics");
   CHECK(r.status == 400);
-  CHECK(r.body == "Client sent an HTTP request to an HTTPS server.\n");
+  CHECK(r.Header("content-type") == "application/json");
+  CHECK(r.body == "{\"error\":\"Client sent an HTTP request to an HTTPS server.\"}\n");
 
   const int port = testing::FreePort();
   const std::string config = dir.path() + "/prometheus.yml";
