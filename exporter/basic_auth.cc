@@ -6,22 +6,34 @@
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
+#include <chrono>
 #include <cstring>
-#include <fstream>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 
 namespace shmetrics::exporter {
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
 constexpr size_t kMaxRememberedCredentials = 1024;
+// Long enough that a client repeating a wrong password pays bcrypt about once
+// a minute; short enough that the entries do not outlive their use.
+constexpr Clock::duration kFailureMemory = std::chrono::seconds(60);
+constexpr size_t kMaxRememberedFailures = 4096;
+
+// Stands for the stored hash in the cache key of a user who does not exist:
+// it is no bcrypt hash, so it never matches a real user's key.
+constexpr absl::string_view kUnknownUser = "unknown user";
 
 using Sha256 = std::array<unsigned char, 32>;
 
@@ -39,8 +51,8 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
   return CRYPTO_memcmp(da.data(), db.data(), da.size()) == 0;
 }
 
-// What the cache remembers of accepted credentials: never the password itself.
-std::string CacheKey(const Credentials& credentials, const std::string& hash) {
+// What the cache remembers of credentials: never the password itself.
+std::string CacheKey(const Credentials& credentials, absl::string_view hash) {
   const Sha256 digest = Sha256Of(absl::StrCat(credentials.user, absl::string_view("\0", 1), credentials.password,
                                               absl::string_view("\0", 1), hash));
   return std::string(digest.begin(), digest.end());
@@ -64,7 +76,26 @@ int BcryptCost(const std::string& hash) {
 
 struct BasicAuth::Cache {
   mutable absl::Mutex mu;
-  absl::flat_hash_set<std::string> keys ABSL_GUARDED_BY(mu);
+  absl::flat_hash_set<std::string> verified ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<std::string, Clock::time_point> failed ABSL_GUARDED_BY(mu);  // key -> when Verify refused it
+
+  void AddVerified(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (verified.size() >= kMaxRememberedCredentials) verified.erase(verified.begin());
+    verified.insert(key);
+  }
+
+  bool FailedSince(const std::string& key, Clock::time_point since) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const auto it = failed.find(key);
+    return it != failed.end() && it->second > since;
+  }
+
+  void AddFailed(const std::string& key, Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (failed.size() >= kMaxRememberedFailures) {
+      absl::erase_if(failed, [&](const auto& entry) { return entry.second <= now - kFailureMemory; });
+    }
+    if (failed.size() >= kMaxRememberedFailures) failed.erase(failed.begin());
+    failed.insert_or_assign(key, now);
+  }
 };
 
 std::optional<Credentials> ParseBasicAuthorization(absl::string_view header_value) {
@@ -106,24 +137,25 @@ BasicAuth BasicAuth::FromWebConfig(const WebConfig& config) {
 }
 
 absl::StatusOr<BasicAuth> BasicAuth::FromLegacyFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("basic auth file ", path, ": ", std::strerror(errno)));
+  absl::StatusOr<std::string> text = ReadSmallRegularFile(path);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(), absl::StrCat("basic auth file ", path, ": ", text.status().message()));
+  }
   BasicAuth auth;
   int line_number = 0;
-  for (std::string line; std::getline(in, line);) {
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
     ++line_number;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
+    absl::ConsumeSuffix(&line, "\r");
     if (absl::StripAsciiWhitespace(line).empty() || line[0] == '#') continue;
     const size_t colon = line.find(':');
     const std::string where = absl::StrCat("basic auth file ", path, ": line ", line_number);
-    if (colon == std::string::npos) return absl::InvalidArgumentError(where + " is not user:password");
+    if (colon == absl::string_view::npos) return absl::InvalidArgumentError(where + " is not user:password");
     if (colon == 0) return absl::InvalidArgumentError(where + " has an empty user name");
-    const std::string user = line.substr(0, colon);
-    if (!auth.users_.emplace(user, User{line.substr(colon + 1), true}).second) {
+    const std::string user(line.substr(0, colon));
+    if (!auth.users_.emplace(user, User{std::string(line.substr(colon + 1)), true}).second) {
       return absl::InvalidArgumentError(absl::StrCat(where, " repeats user \"", user, "\""));
     }
   }
-  if (in.bad()) return absl::DataLossError(absl::StrCat("basic auth file ", path, ": ", std::strerror(errno)));
   if (auth.users_.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("basic auth file ", path, " holds no user:password line"));
   }
@@ -132,30 +164,77 @@ absl::StatusOr<BasicAuth> BasicAuth::FromLegacyFile(const std::string& path) {
 
 bool BasicAuth::enabled() const { return !users_.empty(); }
 
+std::optional<std::string> BasicAuth::CacheKeyOf(const Credentials& credentials) const {
+  const auto it = users_.find(credentials.user);
+  if (it == users_.end()) {
+    if (dummy_hash_.empty()) return std::nullopt;
+    return CacheKey(credentials, kUnknownUser);
+  }
+  if (it->second.plaintext) return std::nullopt;
+  return CacheKey(credentials, it->second.secret);
+}
+
 bool BasicAuth::VerifiedBefore(const Credentials& credentials) const {
   const auto it = users_.find(credentials.user);
-  if (it == users_.end()) return false;
-  if (it->second.plaintext) return ConstantTimeEquals(it->second.secret, credentials.password);
-  const std::string key = CacheKey(credentials, it->second.secret);
+  if (it != users_.end() && it->second.plaintext) return ConstantTimeEquals(it->second.secret, credentials.password);
+  const std::optional<std::string> key = CacheKeyOf(credentials);
+  if (!key) return false;
   absl::MutexLock lock(&cache_->mu);
-  return cache_->keys.contains(key);
+  return cache_->verified.contains(*key);
+}
+
+bool BasicAuth::FailedBefore(const Credentials& credentials) const {
+  const std::optional<std::string> key = CacheKeyOf(credentials);
+  if (!key) return false;
+  const Clock::time_point since = Clock::now() - kFailureMemory;
+  absl::MutexLock lock(&cache_->mu);
+  return cache_->FailedSince(*key, since);
 }
 
 bool BasicAuth::Verify(const Credentials& credentials) {
   const auto it = users_.find(credentials.user);
-  const bool has_nul = credentials.password.find('\0') != std::string::npos;
-  if (it == users_.end()) {
-    if (!dummy_hash_.empty()) CryptMatches(credentials.password, dummy_hash_, dummy_hash_);
-    return false;
+  if (it != users_.end() && it->second.plaintext) return ConstantTimeEquals(it->second.secret, credentials.password);
+  const std::optional<std::string> key = CacheKeyOf(credentials);
+  if (!key) return false;  // an unknown user, and no bcrypt user whose cost to imitate
+  {
+    absl::MutexLock lock(&cache_->mu);
+    if (cache_->verified.contains(*key)) return true;
+    if (cache_->FailedSince(*key, Clock::now() - kFailureMemory)) return false;
   }
-  const User& user = it->second;
-  if (user.plaintext) return ConstantTimeEquals(user.secret, credentials.password);
-  if (!CryptMatches(credentials.password, user.secret, user.secret) || has_nul) return false;
-  const std::string key = CacheKey(credentials, user.secret);
+  const bool known = it != users_.end();
+  const std::string& hash = known ? it->second.secret : dummy_hash_;
+  // Against the dummy setting, crypt's result never equals it: unknown users fail at the full cost.
+  const bool verified = CryptMatches(credentials.password, hash, hash) && known &&
+                        credentials.password.find('\0') == std::string::npos;
   absl::MutexLock lock(&cache_->mu);
-  if (cache_->keys.size() >= kMaxRememberedCredentials) cache_->keys.erase(cache_->keys.begin());
-  cache_->keys.insert(key);
-  return true;
+  if (verified) {
+    cache_->AddVerified(*key);
+  } else {
+    cache_->AddFailed(*key, Clock::now());
+  }
+  return verified;
+}
+
+void BasicAuth::InheritVerified(const BasicAuth& previous) {
+  if (&previous == this || previous.cache_ == nullptr) return;
+  // Copied out first, so that no thread ever holds both mutexes.
+  absl::flat_hash_set<std::string> verified;
+  absl::flat_hash_map<std::string, Clock::time_point> failed;
+  {
+    absl::MutexLock lock(&previous.cache_->mu);
+    verified = previous.cache_->verified;
+    failed = previous.cache_->failed;
+  }
+  const Clock::time_point since = Clock::now() - kFailureMemory;
+  absl::MutexLock lock(&cache_->mu);
+  for (const std::string& key : verified) {
+    if (cache_->verified.size() >= kMaxRememberedCredentials) break;
+    cache_->verified.insert(key);
+  }
+  for (const auto& [key, when] : failed) {
+    if (cache_->failed.size() >= kMaxRememberedFailures) break;
+    if (when > since) cache_->failed.try_emplace(key, when);
+  }
 }
 
 }  // namespace shmetrics::exporter

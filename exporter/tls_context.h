@@ -20,7 +20,9 @@ namespace shmetrics::exporter {
 // certificate; the Verify* modes verify against client_ca_file). No
 // compression, no renegotiation, no session resumption. An error names the
 // file and key at fault and carries OpenSSL's reasons. Encrypted keys are
-// refused (never prompts for a passphrase).
+// refused (never prompts for a passphrase). The files are read as
+// ReadSmallRegularFile does (web_config.h), so a FIFO or device in their
+// place is refused rather than waited on.
 //
 // The context is thread-compatible while being set up here, then safe to
 // share: OpenSSL allows any number of connections to use it at once.

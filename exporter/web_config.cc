@@ -6,10 +6,12 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <set>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 
@@ -69,18 +71,15 @@ const char* VersionName(int version) {
   return "?";
 }
 
-// "$2a$", "$2b$" or "$2y$", a two-digit cost 04..31, "$", then 22 characters
-// of salt and 31 of hash in bcrypt's base64 alphabet.
+// "$2a$", "$2b$" or "$2y$", a two-digit cost, "$", then 22 characters of
+// salt and 31 of hash in bcrypt's base64 alphabet. The cost's range is
+// checked apart, for a message of its own.
 bool LooksLikeBcrypt(absl::string_view hash) {
   if (hash.size() != 60 || hash.substr(0, 2) != "$2" || hash[3] != '$' || hash[6] != '$') return false;
   if (hash[2] != 'a' && hash[2] != 'b' && hash[2] != 'y') return false;
-  if (hash[4] < '0' || hash[4] > '3' || hash[5] < '0' || hash[5] > '9') return false;
-  const int cost = (hash[4] - '0') * 10 + (hash[5] - '0');
-  if (cost < 4 || cost > 31) return false;
+  if (!absl::ascii_isdigit(hash[4]) || !absl::ascii_isdigit(hash[5])) return false;
   for (char c : hash.substr(7)) {
-    const bool base64 =
-        (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '/';
-    if (!base64) return false;
+    if (!absl::ascii_isalnum(c) && c != '.' && c != '/') return false;
   }
   return true;
 }
@@ -179,9 +178,15 @@ class Parser {
     absl::StatusOr<std::string> text = String(value, name);
     if (!text.ok()) return text.status();
     for (const auto& [version_name, version] : kTlsVersionNames) {
-      if (*text == version_name) return version;
+      if (*text != version_name) continue;
+      if (version < TLS1_2_VERSION) {
+        return Error(absl::StrCat(name, " ", version_name,
+                                  " is refused: OpenSSL 3 no longer negotiates TLS 1.0 or 1.1 at its default "
+                                  "security level; use TLS12 or TLS13"));
+      }
+      return version;
     }
-    return Error(absl::StrCat(name, " \"", *text, "\" is not one of TLS10, TLS11, TLS12, TLS13"));
+    return Error(absl::StrCat(name, " \"", *text, "\" is not one of TLS12, TLS13"));
   }
 
   absl::Status ParseTls(const YAML::Node& node, TlsSettings& tls) const {
@@ -252,6 +257,16 @@ class Parser {
                                   "\" is not a bcrypt hash ($2a$, $2b$ or $2y$, a cost, 53 characters); "
                                   "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n'"));
       }
+      const int cost = (value.Scalar()[4] - '0') * 10 + (value.Scalar()[5] - '0');
+      if (cost < 4) {
+        return Error(absl::StrCat("basic_auth_users: the bcrypt hash of user \"", user, "\" has cost ", cost,
+                                  ", below bcrypt's minimum of 4"));
+      }
+      if (cost > kMaxBcryptCost) {
+        return Error(absl::StrCat("basic_auth_users: the bcrypt hash of user \"", user, "\" has cost ", cost,
+                                  "; costs above ", kMaxBcryptCost,
+                                  " are refused, as every check would take seconds or more (10 to 12 is usual)"));
+      }
       users.emplace_back(user, value.Scalar());
     }
     return absl::OkStatus();
@@ -270,34 +285,32 @@ class Parser {
   std::filesystem::path base_directory_;
 };
 
-// errno's text, or "" when `path` is a readable regular file.
-std::string ReadableFileProblem(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not block
-  if (fd < 0) return std::strerror(errno);
-  struct stat st;
-  const bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-  ::close(fd);
-  return regular ? "" : "not a regular file";
+absl::Status TooLarge() {
+  return absl::InvalidArgumentError(absl::StrCat("larger than the limit of ", kMaxWebConfigFileBytes >> 20, " MiB"));
 }
 
-absl::StatusOr<std::string> ReadConfigFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int open_errno = errno;
-    return absl::Status(absl::ErrnoToStatusCode(open_errno),
-                        absl::StrCat("web config ", path, ": ", std::strerror(open_errno)));
+absl::Status ErrnoError(int error) { return absl::Status(absl::ErrnoToStatusCode(error), std::strerror(error)); }
+
+// An open descriptor of `path`, once it is known to be a regular file of at
+// most kMaxWebConfigFileBytes. O_NONBLOCK: opening a FIFO would otherwise
+// wait for a writer (at start, or on the SIGHUP thread).
+absl::StatusOr<int> OpenSmallRegularFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return ErrnoError(errno);
+  struct stat st;
+  absl::Status problem;
+  if (fstat(fd, &st) != 0) {
+    problem = ErrnoError(errno);
+  } else if (S_ISDIR(st.st_mode)) {
+    problem = ErrnoError(EISDIR);
+  } else if (!S_ISREG(st.st_mode)) {
+    problem = absl::InvalidArgumentError("not a regular file");
+  } else if (static_cast<uint64_t>(st.st_size) > kMaxWebConfigFileBytes) {
+    problem = TooLarge();
   }
-  std::string text;
-  char buffer[16384];
-  ssize_t n;
-  while ((n = ::read(fd, buffer, sizeof buffer)) > 0) text.append(buffer, static_cast<size_t>(n));
-  const int read_errno = errno;
+  if (problem.ok()) return fd;
   ::close(fd);
-  if (n < 0) {
-    return absl::Status(absl::ErrnoToStatusCode(read_errno),
-                        absl::StrCat("web config ", path, ": ", std::strerror(read_errno)));
-  }
-  return text;
+  return problem;
 }
 
 }  // namespace
@@ -306,9 +319,34 @@ absl::StatusOr<WebConfig> ParseWebConfig(absl::string_view yaml_text, const std:
   return Parser(path).Parse(yaml_text);
 }
 
+absl::StatusOr<std::string> ReadSmallRegularFile(const std::string& path) {
+  absl::StatusOr<int> fd = OpenSmallRegularFile(path);
+  if (!fd.ok()) return fd.status();
+  // One byte more than the limit, to notice a file that grew since fstat.
+  std::string text(kMaxWebConfigFileBytes + 1, '\0');
+  size_t size = 0;
+  while (size < text.size()) {
+    const ssize_t n = ::read(*fd, text.data() + size, text.size() - size);
+    if (n == 0) break;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int read_errno = errno;
+      ::close(*fd);
+      return ErrnoError(read_errno);
+    }
+    size += static_cast<size_t>(n);
+  }
+  ::close(*fd);
+  if (size > kMaxWebConfigFileBytes) return TooLarge();
+  text.resize(size);
+  return text;
+}
+
 absl::StatusOr<WebConfig> LoadWebConfig(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadConfigFile(path);
-  if (!text.ok()) return text.status();
+  absl::StatusOr<std::string> text = ReadSmallRegularFile(path);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(), absl::StrCat("web config ", path, ": ", text.status().message()));
+  }
   absl::StatusOr<WebConfig> config = ParseWebConfig(*text, path);
   if (!config.ok() || !config->tls) return config;
   const std::pair<const char*, const std::string*> files[] = {{"cert_file", &config->tls->cert_file},
@@ -316,10 +354,12 @@ absl::StatusOr<WebConfig> LoadWebConfig(const std::string& path) {
                                                               {"client_ca_file", &config->tls->client_ca_file}};
   for (const auto& [key, file] : files) {
     if (file->empty()) continue;
-    if (std::string problem = ReadableFileProblem(*file); !problem.empty()) {
+    absl::StatusOr<int> fd = OpenSmallRegularFile(*file);
+    if (!fd.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("web config ", path, ": tls_server_config.", key, " ", *file, ": ", problem));
+          absl::StrCat("web config ", path, ": tls_server_config.", key, " ", *file, ": ", fd.status().message()));
     }
+    ::close(*fd);
   }
   return config;
 }

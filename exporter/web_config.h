@@ -19,6 +19,9 @@
 // silently ignored. Two keys that change nothing here are accepted:
 // prefer_server_cipher_suites (Go ignores it too) and http_server_config.http2
 // (the exporter speaks HTTP/1.1, which every HTTP/2 client falls back to).
+// Stricter than exporter-toolkit: TLS10 and TLS11 are refused (OpenSSL 3
+// fails those handshakes at its default security level), and so are bcrypt
+// costs above kMaxBcryptCost.
 //
 // Usage:
 //   absl::StatusOr<WebConfig> config = LoadWebConfig(path);
@@ -28,6 +31,7 @@
 
 #include <openssl/tls1.h>
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <utility>
@@ -56,9 +60,19 @@ struct TlsSettings {
   // PEM CA certificates for client certificates: required for the two
   // Verify* modes, refused with kNoClientCert (exporter-toolkit refuses it too).
   std::string client_ca_file;
-  int min_version = TLS1_2_VERSION;  // "TLS10".."TLS13"; exporter-toolkit's default is TLS12
+  int min_version = TLS1_2_VERSION;  // "TLS12" or "TLS13"; exporter-toolkit's default is TLS12
   int max_version = 0;               // 0: the library's maximum (TLS 1.3)
 };
+
+// The highest bcrypt cost accepted. Each step doubles the time of a check:
+// cost 10 takes ~50 ms on a current x86 core, 16 about 3 s, and 31 would take
+// days, for every request whose credentials are not remembered yet (and
+// shutdown waits for a check in progress). 10 to 12 is usual.
+inline constexpr int kMaxBcryptCost = 16;
+
+// The config file and each certificate, key and CA file it names may be at
+// most this large.
+inline constexpr size_t kMaxWebConfigFileBytes = size_t{1} << 20;
 
 struct WebConfig {
   std::optional<TlsSettings> tls;  // absent: plain HTTP
@@ -74,8 +88,17 @@ struct WebConfig {
 absl::StatusOr<WebConfig> ParseWebConfig(absl::string_view yaml_text, const std::string& path);
 
 // Reads and parses `path`, then checks that the certificate, key and client
-// CA files it names are readable regular files (MakeTlsContext loads them).
-// A missing or unreadable config file is an error.
+// CA files it names are readable regular files of at most
+// kMaxWebConfigFileBytes (MakeTlsContext loads them). A missing or unreadable
+// config file is an error, and so is one that is not a regular file (a FIFO,
+// /dev/zero) or is larger than kMaxWebConfigFileBytes.
 absl::StatusOr<WebConfig> LoadWebConfig(const std::string& path);
+
+// The contents of `path` (symbolic links followed), which must be a regular
+// file of at most kMaxWebConfigFileBytes. Never blocks on a FIFO or device:
+// it is opened with O_NONBLOCK and checked before anything is read. The
+// error's message is only the reason ("No such file or directory", "not a
+// regular file", "larger than the limit of 1 MiB"), for the caller to prefix.
+absl::StatusOr<std::string> ReadSmallRegularFile(const std::string& path);
 
 }  // namespace shmetrics::exporter

@@ -3,10 +3,21 @@
 // here with the openssl tool (and real handshakes through them), and basic
 // auth with bcrypt hashes and the legacy plaintext file.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <openssl/ssl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "basic_auth.h"
 #include "test_support.h"
 #include "tls_context.h"
@@ -22,6 +33,8 @@ using testing::WriteFile;
 // Made here with python3's crypt (cost 4, so the tests stay fast).
 constexpr const char* kAliceHash = "$2b$04$EbOZHGx8RE/fPZDqweOs1u0.olOQLG8NHxyVATShHnLuoWX2yn1Cy";  // s3cret
 constexpr const char* kBobHash = "$2y$04$VGqETuIn5Q3LNqiIYuMPF.Xzk2LGn/M2WELYJ8yvi7YKS5qcZI2Ia";  // hunter2:with:colons
+// s3cret again, with another salt (libxcrypt's crypt_gensalt_rn).
+constexpr const char* kAliceHashResalted = "$2b$04$q0MTpcnjiQj/gfqIJdB7D.Mouaw4uaYoNdHk6LaocuTaSR7kYf8f2";
 
 // The message of ParseWebConfig's error for `yaml`, read as the file /etc/x/web.yml.
 std::string ParseError(const std::string& yaml) {
@@ -29,6 +42,25 @@ std::string ParseError(const std::string& yaml) {
   REQUIRE_FALSE(config.ok());
   CHECK(config.status().code() == absl::StatusCode::kInvalidArgument);
   return std::string(config.status().message());
+}
+
+// The message of `read()`'s status. It runs on a thread of its own: should it
+// block on the FIFO `fifo`, the test fails after 5 s instead of hanging, and
+// a writer opened on the FIFO lets the read go.
+std::string MessageUnlessBlocked(const std::string& fifo, const std::function<absl::Status()>& read) {
+  std::future<absl::Status> done = std::async(std::launch::async, read);
+  if (done.wait_for(std::chrono::seconds(5)) == std::future_status::timeout) {
+    FAIL_CHECK("still blocked on the FIFO " << fifo << " after 5 s");
+    const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) ::close(fd);
+  }
+  return std::string(done.get().message());
+}
+
+BasicAuth AuthFor(const std::string& users_yaml) {
+  absl::StatusOr<WebConfig> config = ParseWebConfig("basic_auth_users:\n" + users_yaml, "/etc/x/web.yml");
+  REQUIRE(config.ok());
+  return BasicAuth::FromWebConfig(*config);
 }
 
 // A CA, a server certificate and key it signed, a client certificate it
@@ -173,9 +205,9 @@ TEST_CASE("web config: each mistake gets its exact message") {
         "web config /etc/x/web.yml: basic_auth_users: user name \"a:b\" contains ':', which basic auth cannot carry");
 
   CHECK(ParseError(tls + "  min_version: TLS1.2\n") ==
-        "web config /etc/x/web.yml: tls_server_config.min_version \"TLS1.2\" is not one of TLS10, TLS11, TLS12, TLS13");
-  CHECK(ParseError(tls + "  max_version: TLS11\n") ==
-        "web config /etc/x/web.yml: tls_server_config.min_version TLS12 is above max_version TLS11");
+        "web config /etc/x/web.yml: tls_server_config.min_version \"TLS1.2\" is not one of TLS12, TLS13");
+  CHECK(ParseError(tls + "  min_version: TLS13\n  max_version: TLS12\n") ==
+        "web config /etc/x/web.yml: tls_server_config.min_version TLS13 is above max_version TLS12");
   CHECK(ParseError("tls_server_config:\n  key_file: s.key\n") ==
         "web config /etc/x/web.yml: tls_server_config.cert_file is required");
   CHECK(ParseError("tls_server_config: {}\n") == "web config /etc/x/web.yml: tls_server_config.cert_file is required");
@@ -207,6 +239,53 @@ TEST_CASE("web config: each mistake gets its exact message") {
         "web config /etc/x/web.yml: YAML syntax error at line 3, column 2: end of map not found");
 }
 
+TEST_CASE("web config: TLS10 and TLS11 are refused, as min_version or max_version, with the reason") {
+  const std::string tls = "tls_server_config:\n  cert_file: s.crt\n  key_file: s.key\n";
+  for (const char* key : {"min_version", "max_version"}) {
+    for (const char* version : {"TLS10", "TLS11"}) {
+      CAPTURE(key);
+      CAPTURE(version);
+      CHECK(ParseError(absl::StrCat(tls, "  ", key, ": ", version, "\n")) ==
+            absl::StrCat("web config /etc/x/web.yml: tls_server_config.", key, " ", version,
+                         " is refused: OpenSSL 3 no longer negotiates TLS 1.0 or 1.1 at its default security level; "
+                         "use TLS12 or TLS13"));
+    }
+  }
+}
+
+TEST_CASE("web config: bcrypt costs above 16 or below 4 are refused, naming the user and never the hash") {
+  const auto with_cost = [](const char* cost) { return absl::StrCat("$2b$", cost, std::string(kAliceHash).substr(6)); };
+  for (const char* cost : {"17", "31", "99"}) {
+    CAPTURE(cost);
+    const std::string message = ParseError(absl::StrCat("basic_auth_users:\n  alice: ", kBobHash, "\n  bob: ",
+                                                        with_cost(cost), "\n"));
+    CHECK(message == absl::StrCat("web config /etc/x/web.yml: basic_auth_users: the bcrypt hash of user \"bob\" has "
+                                  "cost ", cost, "; costs above 16 are refused, as every check would take seconds or "
+                                  "more (10 to 12 is usual)"));
+    CHECK_FALSE(absl::StrContains(message, std::string(kAliceHash).substr(7)));
+  }
+  CHECK(ParseError(absl::StrCat("basic_auth_users:\n  alice: ", with_cost("03"), "\n")) ==
+        "web config /etc/x/web.yml: basic_auth_users: the bcrypt hash of user \"alice\" has cost 3, below bcrypt's "
+        "minimum of 4");
+  CHECK(ParseWebConfig(absl::StrCat("basic_auth_users:\n  alice: ", with_cost("16"), "\n"), "/etc/x/web.yml").ok());
+}
+
+TEST_CASE("web config: the shipped deploy/web-config.yml is refused until its placeholder is a bcrypt hash") {
+  const std::string shipped = testing::ReadFile(SHMETRICS_TESTS_DIR "/../deploy/web-config.yml");
+  REQUIRE(absl::StrContains(shipped, "REPLACE_WITH_A_BCRYPT_HASH"));
+  CHECK(ParseError(shipped) ==
+        "web config /etc/x/web.yml: basic_auth_users: the password of user \"prometheus\" is not a bcrypt hash "
+        "($2a$, $2b$ or $2y$, a cost, 53 characters); make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n'");
+
+  const absl::StatusOr<WebConfig> config =
+      ParseWebConfig(absl::StrReplaceAll(shipped, {{"REPLACE_WITH_A_BCRYPT_HASH", kAliceHash}}), "/etc/x/web.yml");
+  REQUIRE(config.ok());
+  REQUIRE(config->tls.has_value());
+  CHECK(config->tls->cert_file == "/etc/shmetrics/tls/server.crt");
+  const std::vector<std::pair<std::string, std::string>> users = {{"prometheus", kAliceHash}};
+  CHECK(config->basic_auth_users == users);
+}
+
 TEST_CASE("web config: LoadWebConfig refuses a missing config file and certificate files it cannot read") {
   TempDir dir;
   const std::string path = dir.path() + "/web.yml";
@@ -228,12 +307,75 @@ TEST_CASE("web config: LoadWebConfig refuses a missing config file and certifica
   config = LoadWebConfig(path);
   REQUIRE_FALSE(config.ok());
   CHECK(config.status().message() ==
-        "web config " + path + ": tls_server_config.key_file " + dir.path() + "/keys: not a regular file");
+        "web config " + path + ": tls_server_config.key_file " + dir.path() + "/keys: Is a directory");
 
   WriteFile(path, "{}\n");
   config = LoadWebConfig(path);
   REQUIRE(config.ok());
   CHECK_FALSE(config->tls.has_value());
+}
+
+TEST_CASE("web config files: a FIFO, /dev/zero or a file over 1 MiB is refused at once as config, cert, key or CA") {
+  TempDir dir;
+  MakeCertificates(dir.path());
+  const std::string fifo = dir.path() + "/fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const std::string big = dir.path() + "/big";
+  WriteFile(big, std::string(2 << 20, '#'));
+  const std::string zero_link = dir.path() + "/zero";
+  std::filesystem::create_symlink("/dev/zero", zero_link);
+
+  const auto load_error = [&](const std::string& path) {
+    return MessageUnlessBlocked(fifo, [path] { return LoadWebConfig(path).status(); });
+  };
+  CHECK(load_error(fifo) == "web config " + fifo + ": not a regular file");
+  CHECK(load_error("/dev/zero") == "web config /dev/zero: not a regular file");
+  CHECK(load_error(zero_link) == "web config " + zero_link + ": not a regular file");
+  CHECK(load_error(big) == "web config " + big + ": larger than the limit of 1 MiB");
+  CHECK(MessageUnlessBlocked(fifo, [&] { return BasicAuth::FromLegacyFile(fifo).status(); }) ==
+        "basic auth file " + fifo + ": not a regular file");
+
+  // MakeTlsContext reads the files itself: one swapped for a FIFO after LoadWebConfig looked is refused too.
+  const std::string path = dir.path() + "/web.yml";
+  for (const std::string& bad : {fifo, zero_link, big}) {
+    for (const std::string key : {"cert_file", "key_file", "client_ca_file"}) {
+      CAPTURE(bad);
+      CAPTURE(key);
+      TlsSettings tls;
+      tls.cert_file = key == "cert_file" ? bad : dir.path() + "/server.crt";
+      tls.key_file = key == "key_file" ? bad : dir.path() + "/server.key";
+      tls.client_ca_file = key == "client_ca_file" ? bad : dir.path() + "/ca.crt";
+      tls.client_auth = ClientAuth::kRequireAndVerifyClientCert;
+      const std::string problem = bad == big ? "larger than the limit of 1 MiB" : "not a regular file";
+      CHECK(MessageUnlessBlocked(fifo, [&] { return MakeTlsContext(tls).status(); }) ==
+            absl::StrCat("tls_server_config.", key, " ", bad, ": ", problem));
+      WriteFile(path, absl::StrCat("tls_server_config:\n  cert_file: ", tls.cert_file, "\n  key_file: ", tls.key_file,
+                                   "\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ",
+                                   tls.client_ca_file, "\n"));
+      CHECK(load_error(path) ==
+            absl::StrCat("web config ", path, ": tls_server_config.", key, " ", bad, ": ", problem));
+    }
+  }
+}
+
+TEST_CASE("web config files: exactly 1 MiB is read, through symbolic links as Kubernetes mounts a ConfigMap") {
+  TempDir dir;
+  std::filesystem::create_directory(dir.path() + "/..2024_01_01");
+  std::filesystem::create_directory_symlink("..2024_01_01", dir.path() + "/..data");
+  std::filesystem::create_symlink("..data/web.yml", dir.path() + "/web.yml");
+  const std::string users = absl::StrCat("basic_auth_users:\n  alice: ", kAliceHash, "\n#");
+  const std::string text = users + std::string((1 << 20) - users.size() - 1, '#') + "\n";
+  REQUIRE(text.size() == 1 << 20);
+  WriteFile(dir.path() + "/..2024_01_01/web.yml", text);
+  absl::StatusOr<WebConfig> config = LoadWebConfig(dir.path() + "/web.yml");
+  REQUIRE(config.ok());
+  REQUIRE(config->basic_auth_users.size() == 1);
+  CHECK(config->basic_auth_users[0].first == "alice");
+
+  WriteFile(dir.path() + "/..2024_01_01/web.yml", text + "\n");
+  config = LoadWebConfig(dir.path() + "/web.yml");
+  REQUIRE_FALSE(config.ok());
+  CHECK(config.status().message() == "web config " + dir.path() + "/web.yml: larger than the limit of 1 MiB");
 }
 
 TEST_CASE("web config TLS: certificates made by openssl load and each client_auth_type admits exactly its clients") {
@@ -252,6 +394,21 @@ TEST_CASE("web config TLS: certificates made by openssl load and each client_aut
 
   auto context = context_for("");
   CHECK(Handshake(context->native_handle(), dir.path(), ""));
+  STACK_OF(X509)* chain = nullptr;
+  REQUIRE(SSL_CTX_get0_chain_certs(context->native_handle(), &chain) == 1);
+  CHECK((chain == nullptr || sk_X509_num(chain) == 0));
+
+  // The certificates after the first in cert_file are its chain.
+  TlsSettings chained;
+  chained.cert_file = dir.path() + "/chain.crt";
+  chained.key_file = dir.path() + "/server.key";
+  WriteFile(chained.cert_file,
+            testing::ReadFile(dir.path() + "/server.crt") + testing::ReadFile(dir.path() + "/ca.crt"));
+  absl::StatusOr<std::shared_ptr<boost::asio::ssl::context>> with_chain = MakeTlsContext(chained);
+  REQUIRE(with_chain.ok());
+  REQUIRE(SSL_CTX_get0_chain_certs((*with_chain)->native_handle(), &chain) == 1);
+  CHECK(sk_X509_num(chain) == 1);
+  CHECK(Handshake((*with_chain)->native_handle(), dir.path(), ""));
   CHECK(Handshake(context->native_handle(), dir.path(), "rogue"));  // not asked for, so never sent
   CHECK_FALSE(Handshake(context->native_handle(), dir.path(), "", TLS1_1_VERSION));
 
@@ -299,7 +456,7 @@ TEST_CASE("web config TLS: a key of another certificate or a file that is not PE
   REQUIRE_FALSE(context.ok());
   CHECK(context.status().message() == "tls_server_config.cert_file " + tls.cert_file +
                                           ": cannot load the certificate chain: error:0480006C:PEM routines::no "
-                                          "start line; error:0A080009:SSL routines::PEM lib");
+                                          "start line");
 
   tls.cert_file = dir.path() + "/server.crt";
   tls.client_auth = ClientAuth::kRequireAndVerifyClientCert;
@@ -307,8 +464,7 @@ TEST_CASE("web config TLS: a key of another certificate or a file that is not PE
   context = MakeTlsContext(tls);
   REQUIRE_FALSE(context.ok());
   CHECK(context.status().message() == "tls_server_config.client_ca_file " + tls.client_ca_file +
-                                          ": cannot load the CA certificates: error:05800088:x509 certificate "
-                                          "routines::no certificate or crl found");
+                                          ": cannot load the CA certificates: no PEM certificate in it");
 
   // An encrypted key fails instead of prompting for its passphrase.
   const std::string encrypted = dir.path() + "/encrypted.key";
@@ -361,6 +517,99 @@ TEST_CASE("web config basic auth: bcrypt users verify and are remembered, unknow
 
   CHECK_FALSE(BasicAuth().enabled());
   CHECK_FALSE(BasicAuth::FromWebConfig(WebConfig{}).enabled());
+}
+
+TEST_CASE("web config basic auth: failed credentials are remembered for FailedBefore and the right ones still verify") {
+  BasicAuth auth = AuthFor(absl::StrCat("  alice: ", kAliceHash, "\n"));
+  const Credentials wrong{"alice", "s3cre"};
+  CHECK_FALSE(auth.FailedBefore(wrong));
+  CHECK_FALSE(auth.Verify(wrong));
+  CHECK(auth.FailedBefore(wrong));
+  CHECK_FALSE(auth.VerifiedBefore(wrong));
+  CHECK_FALSE(auth.Verify(wrong));  // answered from memory
+  CHECK(auth.FailedBefore(wrong));
+
+  const Credentials right{"alice", "s3cret"};
+  CHECK_FALSE(auth.FailedBefore(right));
+  CHECK(auth.Verify(right));
+  CHECK_FALSE(auth.FailedBefore(right));
+  CHECK(auth.VerifiedBefore(right));
+
+  // An unknown user, and a password that only crypt(3) would read as the right one.
+  const Credentials unknown{"mallory", "s3cret"}, with_nul{"alice", std::string("s3cret\0x", 8)};
+  for (const Credentials& refused : {unknown, with_nul}) {
+    CAPTURE(refused.user);
+    CHECK_FALSE(auth.FailedBefore(refused));
+    CHECK_FALSE(auth.Verify(refused));
+    CHECK(auth.FailedBefore(refused));
+  }
+  CHECK(auth.Verify(right));
+  CHECK_FALSE(auth.FailedBefore(right));
+
+  // Plaintext users are checked at once: nothing to remember.
+  TempDir dir;
+  WriteFile(dir.path() + "/users", "ops:0ps\n");
+  absl::StatusOr<BasicAuth> legacy = BasicAuth::FromLegacyFile(dir.path() + "/users");
+  REQUIRE(legacy.ok());
+  CHECK_FALSE(legacy->Verify({"ops", "0p"}));
+  CHECK_FALSE(legacy->FailedBefore({"ops", "0p"}));
+  CHECK_FALSE(legacy->Verify({"nobody", "0p"}));
+  CHECK_FALSE(legacy->FailedBefore({"nobody", "0p"}));
+}
+
+TEST_CASE("web config basic auth: InheritVerified carries both verdicts to a reload, but not for a changed hash") {
+  const std::string users = absl::StrCat("  alice: ", kAliceHash, "\n  bob: ", kBobHash, "\n");
+  BasicAuth previous = AuthFor(users);
+  const Credentials alice{"alice", "s3cret"}, bob{"bob", "hunter2:with:colons"}, wrong{"alice", "s3cre"},
+      mallory{"mallory", "s3cret"};
+  REQUIRE(previous.Verify(alice));
+  REQUIRE(previous.Verify(bob));
+  REQUIRE_FALSE(previous.Verify(wrong));
+  REQUIRE_FALSE(previous.Verify(mallory));
+
+  BasicAuth same = AuthFor(users);
+  CHECK_FALSE(same.VerifiedBefore(alice));
+  CHECK_FALSE(same.FailedBefore(wrong));
+  same.InheritVerified(previous);
+  CHECK(same.VerifiedBefore(alice));
+  CHECK(same.VerifiedBefore(bob));
+  CHECK(same.FailedBefore(wrong));
+  CHECK(same.FailedBefore(mallory));
+  same.InheritVerified(same);
+  CHECK(same.VerifiedBefore(alice));
+
+  // alice's password hashed anew: nothing remembered of her matches, so bcrypt decides again.
+  BasicAuth rehashed = AuthFor(absl::StrCat("  alice: ", kAliceHashResalted, "\n  bob: ", kBobHash, "\n"));
+  rehashed.InheritVerified(previous);
+  CHECK_FALSE(rehashed.VerifiedBefore(alice));
+  CHECK_FALSE(rehashed.FailedBefore(wrong));
+  CHECK(rehashed.VerifiedBefore(bob));
+  CHECK(rehashed.Verify(alice));
+
+  // mallory added (with the password she tried) and bob removed.
+  BasicAuth changed = AuthFor(absl::StrCat("  alice: ", kAliceHash, "\n  mallory: ", kAliceHash, "\n"));
+  changed.InheritVerified(previous);
+  CHECK_FALSE(changed.FailedBefore(mallory));
+  CHECK(changed.Verify(mallory));
+  CHECK_FALSE(changed.VerifiedBefore(bob));
+  CHECK(changed.VerifiedBefore(alice));
+
+  // The previous instance stays in use by other threads meanwhile.
+  std::atomic<bool> stop{false};
+  bool answers_held = true;
+  std::thread user([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      answers_held &= previous.Verify(alice) && previous.FailedBefore(wrong);
+    }
+  });
+  for (int i = 0; i < 100; ++i) {
+    BasicAuth next = AuthFor(users);
+    next.InheritVerified(previous);
+    CHECK(next.VerifiedBefore(bob));
+  }
+  stop.store(true, std::memory_order_relaxed);
+  user.join();
+  CHECK(answers_held);
 }
 
 TEST_CASE("web config basic auth: Authorization headers parse only as Basic with base64 of user:password") {
