@@ -703,3 +703,49 @@ TEST_CASE("basic auth: a lowercase scheme is accepted, credentials without a col
 
 }  // namespace
 }  // namespace shmetrics
+
+namespace shmetrics {
+namespace {
+
+TEST_CASE("basic auth: clients repeating a wrong password do not lock out the right one, before or after a reload") {
+  TempDir dir;
+  // Cost 10: about 50 ms a check here, as deployed hashes cost.
+  const std::string hash = "$2b$10$ecZCMWLgzeTMHyiRpv9pDuKclTs4ie.WE5pJVU6.Po3vGLwZhlXWC";
+  const std::string web_config = dir.path() + "/web.yml";
+  testing::WriteFile(web_config, "basic_auth_users:\n  prom: " + hash + "\n");
+  Exporter exporter(dir, {"--web.config.file", web_config});
+  std::atomic<bool> stop{false};
+  std::atomic<int> refused{0};
+  std::vector<std::thread> flood;
+  for (int i = 0; i < 32; ++i) {
+    flood.emplace_back([&] {
+      HttpConnection c(exporter.port(), false, 30);
+      const std::string wrong = "Authorization: Basic " + absl::Base64Escape("prom:guess") + "\r\n";
+      while (!stop.load()) {
+        const RawResponse r = c.Request("/metrics", wrong);
+        if (r.status != 401) break;
+        ++refused;
+      }
+    });
+  }
+  const std::string right = "Authorization: Basic " + absl::Base64Escape("prom:s3cret") + "\r\n";
+  for (int round = 0; round < 2; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    HttpConnection c(exporter.port(), false, 10);
+    const auto start = Clock::now();
+    const RawResponse r = c.Request("/api/health", right);
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    CHECK(r.status == 200);
+    const std::string which = round == 0 ? "first login" : "login after SIGHUP";
+    MESSAGE(which, " beside 32 clients repeating a wrong password: ", seconds, " s");
+    CHECK(seconds < 5);  // before: 503 for as long as the flood lasted
+    if (round == 0) kill(exporter.pid(), SIGHUP);
+  }
+  stop.store(true);
+  for (std::thread& t : flood) t.join();
+  CHECK(refused.load() > 32);
+  CHECK(exporter.Stop() == 0);
+}
+
+}  // namespace
+}  // namespace shmetrics
