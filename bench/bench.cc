@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 #include <fcntl.h>
+#include <spawn.h>
 #include <unistd.h>
 
 #include <array>
@@ -418,20 +419,26 @@ HttpCell RunHttpCell(const ExporterUnderTest& e, const std::string& dir, int cli
                      double seconds) {
   static int next_port = 20000 + getpid() % 20000;
   const int port = next_port++;
-  const pid_t pid = fork();
-  if (pid == 0) {
-    std::vector<std::string> argv = {e.path, "--dir", dir, "--listen", absl::StrCat("127.0.0.1:", port),
-                                     "--no-retire", "--min-scan-interval-ms", "1000"};
-    argv.insert(argv.end(), e.args.begin(), e.args.end());
-    std::vector<char*> raw;
-    for (std::string& a : argv) raw.push_back(a.data());
-    raw.push_back(nullptr);
-    const int devnull = open("/dev/null", O_WRONLY);
-    dup2(devnull, 2);
-    execv(raw[0], raw.data());
-    _exit(127);
-  }
+  // posix_spawn, not fork: a forked child of this process (which holds
+  // writers) would get segments of its own, copies of every series, and
+  // each later exporter would read those too.
+  std::vector<std::string> argv = {e.path, "--dir", dir, "--listen", absl::StrCat("127.0.0.1:", port),
+                                   "--no-retire", "--min-scan-interval-ms", "1000"};
+  argv.insert(argv.end(), e.args.begin(), e.args.end());
+  std::vector<char*> raw;
+  for (std::string& a : argv) raw.push_back(a.data());
+  raw.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  pid_t pid = -1;
+  if (posix_spawn(&pid, raw[0], &actions, nullptr, raw.data(), environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
   HttpCell cell;
+  if (pid <= 0) {
+    cell.errors = -1;  // could not start it
+    return cell;
+  }
   const std::string headers = absl::StrCat(gzip ? "Accept-Encoding: gzip\r\n" : "",
                                            keep_alive ? "" : "Connection: close\r\n");
   for (int i = 0; i < 400; ++i) {
