@@ -363,13 +363,19 @@ int Run(int argc, char** argv) {
     Log(LogLevel::kInfo, "web config reloaded; new connections use it", {{"file", web_config_file}});
   }
   stop.store(true);
-  (*server)->Stop();  // prompt: request handlers never wait for a scan
-  for (int i = 0; i < 20 && !scanner_done.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  if (!scanner_done.load()) {
+  routes.StopScanning();
+  // A scan in progress (on the scanner or a handler thread) gets a second
+  // to finish; one stuck in the kernel (a hung file system) cannot be
+  // joined, so then we leave without stopping the server's threads.
+  for (int i = 0; i < 20 && (!scanner_done.load() || routes.collector().ScanRunningSeconds() > 0); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!scanner_done.load() || routes.collector().ScanRunningSeconds() > 0) {
     Log(LogLevel::kWarn, "stopped; a scan was still stuck",
         {{"scan_running_seconds", absl::StrCat(std::floor(routes.collector().ScanRunningSeconds() * 10) / 10)}});
     _exit(kOk);  // the stuck thread cannot be joined; nothing is left to flush
   }
+  (*server)->Stop();  // prompt: no handler is in a scan, and none starts one
   scanner.join();
   Log(LogLevel::kInfo, "stopped");
   return kOk;

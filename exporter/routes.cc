@@ -25,6 +25,7 @@ Routes::Routes(std::unique_ptr<reader::Collector> collector, std::chrono::millis
 }
 
 void Routes::MaybeScan() {
+  if (scanning_stopped_.load()) return;
   std::unique_lock lock(scan_mu_, std::try_to_lock);
   if (!lock.owns_lock()) return;
   const auto now = std::chrono::steady_clock::now();

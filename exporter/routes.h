@@ -29,6 +29,9 @@ class Routes {
   // Rescans at most every min_scan_interval. Never waits: while another
   // thread scans (or a scan is stuck), the last view is served.
   void MaybeScan();
+  // No scan starts after this (on the way out: a handler thread stuck in
+  // a scan could not be joined).
+  void StopScanning() { scanning_stopped_.store(true); }
   // For the self-metrics: the server is started after the routes.
   void SetServer(const HttpServer* server) { server_.store(server); }
   const reader::Collector& collector() const { return *collector_; }
@@ -43,6 +46,7 @@ class Routes {
   const std::chrono::milliseconds min_scan_interval_;
   const size_t piece_bytes_;
   std::atomic<const HttpServer*> server_{nullptr};
+  std::atomic<bool> scanning_stopped_{false};
 
   // std::mutex, not absl::Mutex: Debian's Abseil carries no TSan annotations.
   std::mutex scan_mu_;
