@@ -783,6 +783,7 @@ int Top(const std::string& dir, const std::string& service, double interval, int
 
 int Run(int argc, char** argv) {
   CLI::App app{"shmetrics: inspect shmetrics segments"};
+  app.option_defaults()->always_capture_default();  // --help shows each default
   app.footer(kExitCodes);
   app.require_subcommand(1);
   app.set_version_flag("--version", "shmetrics " SHMETRICS_VERSION_LINE);
