@@ -166,21 +166,20 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     ReadRequest();
   }
 
-  // Waits for a request's first byte, then gives the whole header
-  // header_timeout. The first request of a connection must start within
-  // header_timeout too (a connection that never speaks is a slowloris);
-  // later ones within idle_timeout of the previous response.
+  // The first request of a connection must arrive whole within
+  // header_timeout of the connection (one that never speaks is a slowloris
+  // too); a later one may wait idle_timeout for its first byte, then gets
+  // header_timeout for the rest.
   void ReadRequest() {
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(shared_.options.max_header_bytes));
     head_ = false;
     keep_alive_ = false;
-    if (buffer_.size() > 0) {
+    if (buffer_.size() > 0 || requests_read_ == 0) {
       ReadHeader();
       return;
     }
-    beast::get_lowest_layer(stream_).expires_after(requests_read_ == 0 ? shared_.options.header_timeout
-                                                                        : shared_.options.idle_timeout);
+    beast::get_lowest_layer(stream_).expires_after(shared_.options.idle_timeout);
     stream_.async_read_some(buffer_.prepare(1024),
                             [self = this->shared_from_this()](beast::error_code ec, size_t bytes) {
                               if (ec) return self->Close();  // idle timeout, or the client left
