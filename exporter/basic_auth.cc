@@ -18,7 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
+#include <mutex>
 
 namespace shmetrics::exporter {
 namespace {
@@ -75,21 +75,22 @@ int BcryptCost(const std::string& hash) {
 }  // namespace
 
 struct BasicAuth::Cache {
-  mutable absl::Mutex mu;
-  absl::flat_hash_set<std::string> verified ABSL_GUARDED_BY(mu);
-  absl::flat_hash_map<std::string, Clock::time_point> failed ABSL_GUARDED_BY(mu);  // key -> when Verify refused it
+  // std::mutex, not absl::Mutex: Debian's Abseil carries no TSan annotations.
+  mutable std::mutex mu;
+  absl::flat_hash_set<std::string> verified;  // guarded by mu
+  absl::flat_hash_map<std::string, Clock::time_point> failed;  // guarded by mu: key -> when Verify refused it
 
-  void AddVerified(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  void AddVerified(const std::string& key) {  // mu held
     if (verified.size() >= kMaxRememberedCredentials) verified.erase(verified.begin());
     verified.insert(key);
   }
 
-  bool FailedSince(const std::string& key, Clock::time_point since) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  bool FailedSince(const std::string& key, Clock::time_point since) const {  // mu held
     const auto it = failed.find(key);
     return it != failed.end() && it->second > since;
   }
 
-  void AddFailed(const std::string& key, Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  void AddFailed(const std::string& key, Clock::time_point now) {  // mu held
     if (failed.size() >= kMaxRememberedFailures) {
       absl::erase_if(failed, [&](const auto& entry) { return entry.second <= now - kFailureMemory; });
     }
@@ -179,7 +180,7 @@ bool BasicAuth::VerifiedBefore(const Credentials& credentials) const {
   if (it != users_.end() && it->second.plaintext) return ConstantTimeEquals(it->second.secret, credentials.password);
   const std::optional<std::string> key = CacheKeyOf(credentials);
   if (!key) return false;
-  absl::MutexLock lock(&cache_->mu);
+  std::lock_guard lock(cache_->mu);
   return cache_->verified.contains(*key);
 }
 
@@ -187,7 +188,7 @@ bool BasicAuth::FailedBefore(const Credentials& credentials) const {
   const std::optional<std::string> key = CacheKeyOf(credentials);
   if (!key) return false;
   const Clock::time_point since = Clock::now() - kFailureMemory;
-  absl::MutexLock lock(&cache_->mu);
+  std::lock_guard lock(cache_->mu);
   return cache_->FailedSince(*key, since);
 }
 
@@ -197,7 +198,7 @@ bool BasicAuth::Verify(const Credentials& credentials) {
   const std::optional<std::string> key = CacheKeyOf(credentials);
   if (!key) return false;  // an unknown user, and no bcrypt user whose cost to imitate
   {
-    absl::MutexLock lock(&cache_->mu);
+    std::lock_guard lock(cache_->mu);
     if (cache_->verified.contains(*key)) return true;
     if (cache_->FailedSince(*key, Clock::now() - kFailureMemory)) return false;
   }
@@ -206,7 +207,7 @@ bool BasicAuth::Verify(const Credentials& credentials) {
   // Against the dummy setting, crypt's result never equals it: unknown users fail at the full cost.
   const bool verified = CryptMatches(credentials.password, hash, hash) && known &&
                         credentials.password.find('\0') == std::string::npos;
-  absl::MutexLock lock(&cache_->mu);
+  std::lock_guard lock(cache_->mu);
   if (verified) {
     cache_->AddVerified(*key);
   } else {
@@ -221,12 +222,12 @@ void BasicAuth::InheritVerified(const BasicAuth& previous) {
   absl::flat_hash_set<std::string> verified;
   absl::flat_hash_map<std::string, Clock::time_point> failed;
   {
-    absl::MutexLock lock(&previous.cache_->mu);
+    std::lock_guard lock(previous.cache_->mu);
     verified = previous.cache_->verified;
     failed = previous.cache_->failed;
   }
   const Clock::time_point since = Clock::now() - kFailureMemory;
-  absl::MutexLock lock(&cache_->mu);
+  std::lock_guard lock(cache_->mu);
   for (const std::string& key : verified) {
     if (cache_->verified.size() >= kMaxRememberedCredentials) break;
     cache_->verified.insert(key);
