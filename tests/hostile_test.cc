@@ -24,6 +24,7 @@
 
 namespace shmetrics {
 namespace {
+using testing::CurlStatus;
 using testing::Exporter;
 using testing::RunCommand;
 using testing::ShellQuote;
@@ -61,12 +62,6 @@ void Truncate(const std::string& path, off_t size) {
 }
 
 // GET with curl, which gives up after `seconds`: "200", or "000" for no answer.
-std::string CurlStatus(const std::string& url, int seconds = 5) {
-  return RunCommand(absl::StrCat("curl -s -o /dev/null -w '%{http_code}' --max-time ", seconds, " ",
-                                 ShellQuote(url)))
-      .output;
-}
-
 TEST_CASE("a segment truncated after it was mapped: the render that hits it completes without it, no SIGBUS") {
   TempDir dir;
   WriterProcess steady(dir.path(), "steady", Steady);
@@ -184,8 +179,8 @@ TEST_CASE("FIFOs swapped in for a segment and for the archive: every scrape answ
     REQUIRE(mkfifo(planted.c_str(), 0600) == 0);
     const std::string& target = round % 2 == 0 ? segment : archive;
     REQUIRE(Exchange(fifo, target));  // the FIFO now has the target's name
-    CHECK(CurlStatus(exporter.url("/metrics"), 2) == "200");
-    CHECK(CurlStatus(exporter.url("/api/health"), 2) == "200");
+    CHECK(CurlStatus(exporter.url("/metrics"), "", 2) == "200");
+    CHECK(CurlStatus(exporter.url("/api/health"), "", 2) == "200");
     if (round < 4) {
       for (const char* command : {" ls", " dump", " tail", " check"}) {
         CAPTURE(command);
@@ -258,13 +253,6 @@ std::string SparseSegment(const TempDir& dir, const shm::Capacities& capacities,
   return path;
 }
 
-uint64_t RssKiB(pid_t pid) {
-  for (absl::string_view line : absl::StrSplit(testing::ReadFile(absl::StrCat("/proc/", pid, "/status")), '\n')) {
-    if (absl::StartsWith(line, "VmRSS:")) return std::stoull(std::string(line.substr(6)));
-  }
-  return 0;
-}
-
 TEST_CASE("a sparse segment at the reader's caps costs a bounded read, and one over them is refused") {
   TempDir dir;
   WriterProcess steady(dir.path(), "steady", Steady);
@@ -278,12 +266,12 @@ TEST_CASE("a sparse segment at the reader's caps costs a bounded read, and one o
   Exporter exporter(dir, {"--no-retire"});
   // Warm up, then measure what the requests add.
   REQUIRE(CurlStatus(exporter.url("/metrics")) == "200");
-  const uint64_t rss_before = RssKiB(exporter.pid());
+  const uint64_t rss_before = testing::ProcStatusKiB(exporter.pid(), "VmRSS:");
   CHECK(CurlStatus(exporter.url("/api/recent")) == "200");
   CHECK(CurlStatus(exporter.url("/api/errors?limit=10000")) == "200");
   const auto metrics = testing::HttpGet(exporter.url("/metrics"));
   CHECK(absl::StrContains(metrics.body, "huge_total{service=\"huge\"} 0\n"));  // its lanes were not copied
-  const uint64_t rss_after = RssKiB(exporter.pid());
+  const uint64_t rss_after = testing::ProcStatusKiB(exporter.pid(), "VmRSS:");
 #ifdef __SANITIZE_THREAD__
   // TSan's shadow memory grows with every page read: RSS says nothing here.
   MESSAGE("TSan build: RSS ", rss_before, " KiB -> ", rss_after, " KiB, not checked");

@@ -22,6 +22,7 @@
 namespace shmetrics {
 namespace {
 
+using testing::CurlStatus;
 using testing::Exporter;
 using testing::HttpConnection;
 using testing::HttpGet;
@@ -56,13 +57,6 @@ void ManySeries(const std::string& dir, int series, std::unique_ptr<WriterProces
         options.capacities.string_arena_bytes = static_cast<uint32_t>(series * 16 + 4096);
         options.capacities.exclusive_lanes = 2;
       });
-}
-
-uint64_t StatusKiB(pid_t pid, const char* field) {
-  for (absl::string_view line : absl::StrSplit(testing::ReadFile(absl::StrCat("/proc/", pid, "/status")), '\n')) {
-    if (absl::StartsWith(line, field)) return std::stoull(std::string(line.substr(strlen(field))));
-  }
-  return 0;
 }
 
 // Takes the hard limit of descriptors: the tests below open hundreds.
@@ -390,7 +384,7 @@ TEST_CASE("HTTP: 16 concurrent scrapes of 100000 series keep the exporter's memo
   ManySeries(dir.path(), 100000, &writer);
   Exporter exporter(dir);
   REQUIRE(HttpGet(exporter.url("/metrics")).status == 200);  // warm: index built, pages touched
-  const uint64_t idle_kib = StatusKiB(exporter.pid(), "VmRSS:");
+  const uint64_t idle_kib = testing::ProcStatusKiB(exporter.pid(), "VmRSS:");
   for (const bool gzip : {false, true}) {
     std::vector<std::thread> clients;
     std::atomic<int> complete{0};
@@ -404,7 +398,7 @@ TEST_CASE("HTTP: 16 concurrent scrapes of 100000 series keep the exporter's memo
     for (std::thread& t : clients) t.join();
     CHECK(complete.load() == 16);
   }
-  const uint64_t peak_kib = StatusKiB(exporter.pid(), "VmHWM:");
+  const uint64_t peak_kib = testing::ProcStatusKiB(exporter.pid(), "VmHWM:");
   MESSAGE("exporter RSS idle ", idle_kib, " KiB, high-water after 2 x 16 scrapes ", peak_kib, " KiB");
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   MESSAGE("sanitizer build: its allocator's quarantine and shadow memory make RSS meaningless; not checked");
@@ -587,10 +581,6 @@ struct Pki {
   std::string dir;
 };
 
-std::string Curl(const std::string& args) {
-  return RunCommand("curl -s -o /dev/null -w '%{http_code}' --max-time 5 " + args + " 2>/dev/null").output;
-}
-
 TEST_CASE("TLS and basic auth from --web.config.file: a real Prometheus scrapes over https") {
   if (RunCommand("command -v prometheus").exit_code != 0) {
     FAIL("Debian's prometheus is not installed (the README's test command installs it)");
@@ -604,11 +594,11 @@ TEST_CASE("TLS and basic auth from --web.config.file: a real Prometheus scrapes 
   Exporter exporter(dir, {"--web.config.file", web_config});
   const std::string https = absl::StrCat("https://127.0.0.1:", exporter.port(), "/metrics");
   const std::string ca = " --cacert " + ShellQuote(pki.path("ca.crt")) + " ";
-  CHECK(Curl(ca + "-u prom:s3cret " + https) == "200");
-  CHECK(Curl(ca + "-u prom:wrong " + https) == "401");
-  CHECK(Curl(ca + "-u nobody:s3cret " + https) == "401");
-  CHECK(Curl(ca + https) == "401");
-  CHECK(Curl(https).substr(0, 3) == "000");  // no CA: the certificate is not trusted
+  CHECK(CurlStatus(https, ca + "-u prom:s3cret") == "200");
+  CHECK(CurlStatus(https, ca + "-u prom:wrong") == "401");
+  CHECK(CurlStatus(https, ca + "-u nobody:s3cret") == "401");
+  CHECK(CurlStatus(https, ca) == "401");
+  CHECK(CurlStatus(https).substr(0, 3) == "000");  // no CA: the certificate is not trusted
   // Plain HTTP to the TLS port: a clear 400, then the connection closes.
   HttpConnection plain(exporter.port());
   const RawResponse r = plain.Request("/metrics");
@@ -643,16 +633,16 @@ TEST_CASE("TLS and basic auth from --web.config.file: a real Prometheus scrapes 
                                               "basic_auth_users:\n  prom: ", kHashN3w, "\n"));
   kill(exporter.pid(), SIGHUP);
   std::string code;
-  for (int i = 0; i < 50 && (code = Curl(ca + "-u prom:n3w " + https)) != "200"; ++i) {
+  for (int i = 0; i < 50 && (code = CurlStatus(https, ca + "-u prom:n3w")) != "200"; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   CHECK(code == "200");
-  CHECK(Curl(ca + "-u prom:s3cret " + https) == "401");
+  CHECK(CurlStatus(https, ca + "-u prom:s3cret") == "401");
   // A broken file on reload is refused; the last good one stays.
   testing::WriteFile(web_config, "tls_server_config:\n  cert_file: [\n");
   kill(exporter.pid(), SIGHUP);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  CHECK(Curl(ca + "-u prom:n3w " + https) == "200");
+  CHECK(CurlStatus(https, ca + "-u prom:n3w") == "200");
   CHECK(absl::StrContains(exporter.Log(), "msg=\"web config not reloaded; the previous one stays in force\""));
   CHECK(exporter.Stop() == 0);
 }
@@ -666,16 +656,16 @@ TEST_CASE("TLS: RequireAndVerifyClientCert refuses a client without a certificat
   Exporter exporter(dir, {"--web.config.file", web_config});
   const std::string https = absl::StrCat("https://127.0.0.1:", exporter.port(), "/api/health");
   const std::string ca = " --cacert " + ShellQuote(pki.path("ca.crt")) + " ";
-  CHECK(Curl(ca + https).substr(0, 3) == "000");
-  CHECK(Curl(ca + "--cert " + ShellQuote(pki.path("client.crt")) + " --key " + ShellQuote(pki.path("client.key")) +
-             " " + https) == "200");
+  CHECK(CurlStatus(https, ca).substr(0, 3) == "000");
+  CHECK(CurlStatus(https, ca + "--cert " + ShellQuote(pki.path("client.crt")) + " --key " +
+                               ShellQuote(pki.path("client.key"))) == "200");
   // A certificate from another CA is refused too.
   const auto other = RunCommand("cd " + ShellQuote(dir.path()) +
                                 " && openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other.crt "
                                 "-days 2 -subj /CN=intruder 2>&1");
   REQUIRE(other.exit_code == 0);
-  CHECK(Curl(ca + "--cert " + ShellQuote(pki.path("other.crt")) + " --key " + ShellQuote(pki.path("other.key")) +
-             " " + https).substr(0, 3) == "000");
+  CHECK(CurlStatus(https, ca + "--cert " + ShellQuote(pki.path("other.crt")) + " --key " +
+                               ShellQuote(pki.path("other.key"))).substr(0, 3) == "000");
   const auto metrics = HttpGet(absl::StrCat("http://127.0.0.1:", exporter.port(), "/metrics"));
   CHECK(metrics.status == 400);
 }

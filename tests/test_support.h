@@ -150,6 +150,24 @@ inline std::string ShellQuote(const std::string& text) {
   return quoted + "'";
 }
 
+// The HTTP status curl gets for `url` ("000" when it gets none), with
+// `extra_args` (already quoted) before the URL.
+inline std::string CurlStatus(const std::string& url, const std::string& extra_args = "", int seconds = 5) {
+  return RunCommand("curl -s -o /dev/null -w '%{http_code}' --max-time " + std::to_string(seconds) + " " +
+                    extra_args + " " + ShellQuote(url) + " 2>/dev/null")
+      .output;
+}
+
+// A "Name:  value kB" field of /proc/PID/status ("VmRSS:", "VmHWM:"), in
+// KiB; 0 when absent.
+inline uint64_t ProcStatusKiB(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.compare(0, field.size(), field) == 0) return std::stoull(line.substr(field.size()));
+  }
+  return 0;
+}
+
 // A child process running a program; killed (SIGTERM, then SIGKILL) and
 // reaped when destroyed.
 class Subprocess {
