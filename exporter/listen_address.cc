@@ -1,5 +1,7 @@
 #include "listen_address.h"
 
+#include <arpa/inet.h>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -46,6 +48,13 @@ absl::StatusOr<ListenAddress> ParseListenAddress(absl::string_view text) {
   if (address.host.empty()) {
     address.host = "127.0.0.1";
     address.bare_port = true;
+  }
+  // "0", "127.1": getaddrinfo reads them as 0.0.0.0 and 127.0.0.1; an
+  // address that is not written out whole is more likely a mistake.
+  in_addr ipv4;
+  if (address.host.find_first_not_of("0123456789.") == std::string::npos &&
+      inet_pton(AF_INET, address.host.c_str(), &ipv4) != 1) {
+    return Invalid(text, absl::StrCat("\"", address.host, "\" is not an IPv4 address (write all four parts)"));
   }
   return address;
 }

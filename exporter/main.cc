@@ -113,12 +113,6 @@ absl::StatusOr<std::vector<tcp::endpoint>> Resolve(const std::vector<std::string
       add(tcp::endpoint(ip, address->port));
       continue;
     }
-    // "0", "127.1": getaddrinfo reads them as 0.0.0.0 and 127.0.0.1; an
-    // address that is not written out whole is more likely a mistake.
-    if (address->host.find_first_not_of("0123456789.") == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("listen address \"", text, "\": \"", address->host,
-                                                     "\" is not an IPv4 address (write all four parts)"));
-    }
     boost::asio::io_context io;
     tcp::resolver resolver(io);
     const auto results = resolver.resolve(address->host, std::to_string(address->port),
