@@ -6,7 +6,7 @@ packages=(
   g++ cmake ninja-build pkg-config
   libboost-dev libabsl-dev libcli11-dev prometheus-cpp-dev
   doctest-dev libbenchmark-dev zlib1g-dev clang-14 libfuzzer-14-dev
-  python3 python3-prometheus-client python3-yaml prometheus curl bsdutils
+  python3 python3-prometheus-client python3-yaml python3-protobuf protobuf-compiler prometheus curl bsdutils
   dpkg-dev file systemd libyaml-cpp-dev libssl-dev libcrypt-dev openssl
 )
 missing=()

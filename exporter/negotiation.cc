@@ -15,6 +15,7 @@ namespace {
 struct Range {
   std::string type, subtype;  // lower case; Accept-Encoding: type is the coding
   std::string version;        // the "version" parameter, if any
+  std::string proto, encoding;  // the protobuf format's parameters, if any
   int q_thousandths = 1000;
   size_t position = 0;
   int Specificity() const { return type == "*" ? 0 : subtype == "*" ? 1 : version.empty() ? 2 : 3; }
@@ -92,6 +93,10 @@ std::vector<Range> ParseRanges(absl::string_view header, bool media) {
         valid = valid && ParseQ(value, &range.q_thousandths);
       } else if (key == "version") {
         range.version = std::string(value);
+      } else if (key == "proto") {
+        range.proto = std::string(value);
+      } else if (key == "encoding") {
+        range.encoding = std::string(value);
       }
     }
     if (valid) ranges.push_back(std::move(range));
@@ -111,6 +116,11 @@ bool Matches(const Range& range, const Candidate& candidate, bool exactly) {
   if (range.type != candidate.type) return false;
   if (range.subtype == "*") return !exactly;
   if (range.subtype != candidate.subtype) return false;
+  if (candidate.format == reader::ExpositionFormat::kProtobuf) {
+    // Only the delimited MetricFamily stream, named in full (as Prometheus
+    // asks for it); the protobuf text encodings are not served.
+    return range.proto == "io.prometheus.client.MetricFamily" && range.encoding == "delimited";
+  }
   if (range.version.empty()) return true;
   return std::find(candidate.versions.begin(), candidate.versions.end(), range.version) != candidate.versions.end();
 }
@@ -122,6 +132,7 @@ reader::ExpositionFormat NegotiateFormat(absl::string_view accept) {
   const Candidate candidates[] = {
       {reader::ExpositionFormat::kPrometheusText, "text", "plain", {"0.0.4"}},
       {reader::ExpositionFormat::kOpenMetrics, "application", "openmetrics-text", {"1.0.0", "0.0.1"}},
+      {reader::ExpositionFormat::kProtobuf, "application", "vnd.google.protobuf", {}},
   };
   std::vector<Range> ranges = ParseRanges(accept, /*media=*/true);
   // A candidate is refused when its most specific matching range says q=0.

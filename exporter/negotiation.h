@@ -10,8 +10,11 @@ namespace shmetrics::exporter {
 // The exposition format for an Accept header. Ranges are ranked by q, then
 // specificity, then position, as Prometheus's Go client does; the first
 // that names a format we serve wins: application/openmetrics-text (version
-// 1.0.0 or 0.0.1, or none) or text/plain (version 0.0.4 or none); a
-// wildcard (*/*, text/*) means text 0.0.4, application/* OpenMetrics. A
+// 1.0.0 or 0.0.1, or none), text/plain (version 0.0.4 or none) or
+// application/vnd.google.protobuf with proto=io.prometheus.client.MetricFamily
+// and encoding=delimited (as Prometheus asks when native histograms are
+// on); a wildcard (*/*, text/*) means text 0.0.4, application/* OpenMetrics
+// (never protobuf). A
 // format whose most specific matching range has q=0 is never chosen.
 // Nothing acceptable, or no header: text 0.0.4, as every Prometheus client
 // answers.

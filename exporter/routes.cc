@@ -105,10 +105,17 @@ HttpResponse Routes::Metrics(const HttpRequest& request) {
 
 void Routes::AppendTail(reader::ExpositionFormat format, std::chrono::steady_clock::time_point start,
                         std::string* out) {
-  RenderSelfMetrics(*collector_, Self(), format, out);
+  // The exporter's own metrics are written as text; the protobuf format
+  // gets them converted (a few dozen counters and gauges).
+  const bool protobuf = format == reader::ExpositionFormat::kProtobuf;
+  std::string text;
+  std::string* tail = protobuf ? &text : out;
+  const reader::ExpositionFormat text_format = protobuf ? reader::ExpositionFormat::kPrometheusText : format;
+  RenderSelfMetrics(*collector_, Self(), text_format, tail);
   if (const HttpServer* server = server_.load(); server != nullptr) {
-    RenderHttpMetrics(server->Counters(), format, out);
+    RenderHttpMetrics(server->Counters(), text_format, tail);
   }
+  if (protobuf) reader::AppendTextAsProtobuf(text, out);
   if (format == reader::ExpositionFormat::kOpenMetrics) out->append("# EOF\n");
   std::lock_guard lock(self_mu_);
   self_.last_scrape_duration_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

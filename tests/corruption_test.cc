@@ -98,9 +98,13 @@ TEST_CASE("forged headers get exact errors") {
   Poke<uint64_t>(bytes, 0, 0x1122334455667788ull);
   expect(bytes, absl::StatusCode::kFailedPrecondition, path + ": not a shmetrics segment (bad magic)");
   bytes = good;
-  Poke<uint32_t>(bytes, 8, 2);
+  Poke<uint32_t>(bytes, 8, 3);
   expect(bytes, absl::StatusCode::kFailedPrecondition,
-         path + ": layout version 2 is not supported (this reader reads version 1)");
+         path + ": layout version 3 is not supported (this reader reads versions 1 to 2)");
+  bytes = good;
+  Poke<uint32_t>(bytes, 8, 0);
+  expect(bytes, absl::StatusCode::kFailedPrecondition,
+         path + ": layout version 0 is not supported (this reader reads versions 1 to 2)");
   bytes = good;
   Poke<uint32_t>(bytes, 24, 0x04030201);
   expect(bytes, absl::StatusCode::kFailedPrecondition, path + ": written on a machine of other byte order");

@@ -3,9 +3,15 @@
 
   expo.py get URL [--accept A] [--gzip] [--method M] [--auth USER:PW] [--max-time SECONDS]
       prints "STATUS n", "CONTENT-TYPE t", "ENCODING e", a blank line, then the body.
-  expo.py samples FILE (text|openmetrics)
+  expo.py samples FILE (text|openmetrics) [--exemplars] [--created]
       parses FILE with python3-prometheus-client, checks histogram invariants,
       prints one normalized sample per line, sorted: name{k="v",...} value
+      --exemplars  also a line per exemplar (OpenMetrics), on the sample it hangs on:
+                     name{k="v",...} exemplar {k="v",...} VALUE TS
+                   TS: seconds with 3 decimals, or - without a timestamp
+      --created    print the value of a counter's, histogram's or summary's
+                   _created sample as seconds with 3 decimals (as
+                   proto_samples.py --created does), not as other values are
 """
 import base64
 import gzip
@@ -79,7 +85,19 @@ def fmt(value):
     return repr(float(value))
 
 
-def samples(path, kind):
+def labels_text(labels):
+    return ",".join('%s="%s"' % (k, escape(v)) for k, v in sorted(labels.items()))
+
+
+def timestamp_text(timestamp):
+    """An exemplar's timestamp (a samples.Timestamp, a float or None) as seconds, 3 decimals."""
+    return "-" if timestamp is None else "%.3f" % float(timestamp)
+
+
+def samples(path, kind, flags=()):
+    for flag in flags:
+        if flag not in ("--exemplars", "--created"):
+            raise SystemExit("bad argument " + flag)
     text = open(path, encoding="utf-8").read()
     if kind == "openmetrics":
         from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -89,16 +107,28 @@ def samples(path, kind):
     for family in text_string_to_metric_families(text):
         buckets = {}
         counts = {}
+        histogram = family.type in ("histogram", "gaugehistogram")
         for s in family.samples:
             labels = dict(s.labels)
-            if s.name.endswith("_bucket"):
+            # Only a histogram's own _bucket/_count/_gcount samples take part in
+            # the checks (a gauge may be called x_bucket; _created, _sum and
+            # _gsum are printed, not checked).
+            if histogram and s.name == family.name + "_bucket":
                 le = labels.pop("le")
                 key = tuple(sorted(labels.items()))
                 buckets.setdefault(key, []).append((float(le), s.value))
-            elif s.name.endswith("_count") and family.type == "histogram":
+            elif histogram and s.name in (family.name + "_count", family.name + "_gcount"):
                 counts[tuple(sorted(labels.items()))] = s.value
-            label_text = ",".join('%s="%s"' % (k, escape(v)) for k, v in sorted(s.labels.items()))
-            lines.append("%s{%s} %s" % (s.name, label_text, fmt(s.value)))
+            label_text = labels_text(s.labels)
+            value_text = fmt(s.value)
+            if ("--created" in flags and s.name == family.name + "_created"
+                    and family.type in ("counter", "histogram", "summary")):
+                value_text = "%.3f" % s.value
+            lines.append("%s{%s} %s" % (s.name, label_text, value_text))
+            if "--exemplars" in flags and getattr(s, "exemplar", None) is not None:
+                e = s.exemplar
+                lines.append("%s{%s} exemplar {%s} %s %s" % (
+                    s.name, label_text, labels_text(e.labels), fmt(e.value), timestamp_text(e.timestamp)))
         for key, series in buckets.items():
             series.sort()
             if series[-1][0] != math.inf:
@@ -118,6 +148,6 @@ if __name__ == "__main__":
     elif sys.argv[1] == "burst":
         burst(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1] == "samples":
-        samples(sys.argv[2], sys.argv[3])
+        samples(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
         raise SystemExit("usage: expo.py get|samples ...")

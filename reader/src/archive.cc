@@ -19,11 +19,13 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "shmetrics/collector.h"
+#include "shmetrics/shm/names.h"
 
 namespace shmetrics::reader {
 namespace {
 
-constexpr absl::string_view kArchiveHeader = "shmetrics-archive\t1";
+constexpr absl::string_view kArchiveHeader = "shmetrics-archive\t2";
+constexpr absl::string_view kArchiveHeaderV1 = "shmetrics-archive\t1";
 constexpr uint64_t kMaxArchiveBytes = uint64_t{1} << 30;
 
 std::string SeriesKey(absl::string_view service, absl::string_view family,
@@ -57,7 +59,7 @@ absl::Status Malformed(const std::string& path, absl::string_view why) {
   return absl::DataLossError(absl::StrCat(path, ": unreadable archive: ", why));
 }
 
-absl::StatusOr<ArchivedSeries> ParseSeries(const std::vector<std::string>& fields) {
+absl::StatusOr<ArchivedSeries> ParseSeries(const std::vector<std::string>& fields, int version) {
   auto bad = [] { return absl::DataLossError("malformed series"); };
   if (fields.size() < 8 || fields[0] != "S") return bad();
   ArchivedSeries a;
@@ -79,8 +81,40 @@ absl::StatusOr<ArchivedSeries> ParseSeries(const std::vector<std::string>& field
   for (size_t i = 0; i < label_count; ++i) a.label_values.push_back(fields[next++]);
   if (!absl::SimpleAtoi(fields[next++], &bound_count) || bound_count > shm::kMaxBuckets) return bad();
   const bool histogram = a.shape.type == shm::MetricType::kHistogram;
-  const size_t bucket_count = histogram ? bound_count + 1 : 0;
-  if ((histogram && bound_count == 0) || fields.size() != next + bound_count + 2 + bucket_count) return bad();
+  // Version 2 appends: unit, created_unix_ns, then "-", or a native
+  // histogram's schema, negative, index_min, index_max, zero_threshold and
+  // cells 1 .. cell_count-1. A native histogram has no separate buckets.
+  size_t extra = 0;
+  bool native = false;
+  if (version >= 2) {
+    if (fields.size() < 3) return bad();
+    native = fields.back() != "-";
+    extra = native ? 0 : 3;
+  }
+  if (native) {
+    // Find the shape first: its fields sit after the label values, bounds,
+    // scalar, sum, unit and created (no classic bucket list).
+    const size_t at = next + bound_count + 4;
+    int schema = 0, negative = 0;
+    int32_t index_min = 0, index_max = 0;
+    double zero_threshold = 0;
+    if (!histogram || fields.size() < at + 5 || !absl::SimpleAtoi(fields[at], &schema) ||
+        !absl::SimpleAtoi(fields[at + 1], &negative) || !absl::SimpleAtoi(fields[at + 2], &index_min) ||
+        !absl::SimpleAtoi(fields[at + 3], &index_max) || !absl::SimpleAtod(fields[at + 4], &zero_threshold) ||
+        schema < shm::kMinNativeSchema || schema > shm::kMaxNativeSchema || negative < 0 || negative > 1 ||
+        index_min > index_max || int64_t{index_max} - index_min >= int64_t{shm::kMaxNativeBuckets} ||
+        !std::isfinite(zero_threshold) || !(zero_threshold >= 0)) {
+      return bad();
+    }
+    a.shape.native = true;
+    a.shape.native_shape = {schema, negative == 1, index_min, index_max, zero_threshold,
+                            static_cast<uint32_t>(bound_count)};
+    extra = 2 + 5 + (a.shape.native_shape.cell_count() - 1);
+  }
+  const size_t bucket_count = histogram && !native ? bound_count + 1 : 0;
+  if ((histogram && !native && bound_count == 0) || fields.size() != next + bound_count + 2 + bucket_count + extra) {
+    return bad();
+  }
   for (size_t i = 0; i < bound_count; ++i) {
     double bound;
     if (!absl::SimpleAtod(fields[next++], &bound) || !std::isfinite(bound) ||
@@ -95,6 +129,19 @@ absl::StatusOr<ArchivedSeries> ParseSeries(const std::vector<std::string>& field
     if (!absl::SimpleAtoi(fields[next++], &count)) return bad();
     a.buckets.push_back(count);
   }
+  if (version >= 2) {
+    a.shape.unit = fields[next++];
+    if (!absl::SimpleAtoi(fields[next++], &a.created_unix_ns) || !shm::CheckUnit(a.shape.name, a.shape.type, a.shape.unit).ok()) {
+      return bad();
+    }
+    if (native) {
+      next += 5;
+      a.native_cells.assign(a.shape.native_shape.cell_count(), 0);
+      for (size_t c = 1; c < a.native_cells.size(); ++c) {
+        if (!absl::SimpleAtoi(fields[next++], &a.native_cells[c])) return bad();
+      }
+    }
+  }
   for (const std::string& text : fields) {
     if (!shm::IsValidUtf8(text)) return bad();
   }
@@ -104,7 +151,7 @@ absl::StatusOr<ArchivedSeries> ParseSeries(const std::vector<std::string>& field
 }  // namespace
 
 FamilyShape ShapeOf(const FamilyView& f) {
-  return {f.name, f.help, f.type, f.gauge_merge, f.label_names, f.bounds};
+  return {f.name, f.help, f.type, f.gauge_merge, f.label_names, f.bounds, f.unit, f.native, f.native_shape};
 }
 
 bool KeptWhenRetired(const FamilyShape& shape) {
@@ -149,10 +196,15 @@ absl::StatusOr<Archive> Archive::Load(const std::string& path) {
 absl::StatusOr<Archive> Archive::Parse(absl::string_view text, const std::string& path) {
   Archive archive;
   int line_number = 0;
+  int version = 2;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_number;
     if (line_number == 1) {
-      if (line != kArchiveHeader) return Malformed(path, "bad header");
+      if (line == kArchiveHeaderV1) {
+        version = 1;
+      } else if (line != kArchiveHeader) {
+        return Malformed(path, "bad header");
+      }
       continue;
     }
     if (line.empty()) continue;  // the final newline
@@ -166,7 +218,7 @@ absl::StatusOr<Archive> Archive::Parse(absl::string_view text, const std::string
       archive.folded_.insert(fields[1]);
       continue;
     }
-    absl::StatusOr<ArchivedSeries> series = ParseSeries(fields);
+    absl::StatusOr<ArchivedSeries> series = ParseSeries(fields, version);
     if (!series.ok()) return Malformed(path, absl::StrCat("line ", line_number));
     const std::string key = SeriesKey(series->service, series->shape.name, series->label_values);
     archive.series_[key] = *std::move(series);
@@ -195,6 +247,15 @@ absl::Status Archive::Save(const std::string& path) const {
     text.push_back('\t');
     AppendDouble(&text, a.sum);
     for (uint64_t b : a.buckets) absl::StrAppend(&text, "\t", b);
+    absl::StrAppend(&text, "\t", absl::CEscape(a.shape.unit), "\t", a.created_unix_ns);
+    if (!a.shape.native) {
+      text.append("\t-");
+    } else {
+      const shm::NativeShape& n = a.shape.native_shape;
+      absl::StrAppend(&text, "\t", n.schema, "\t", n.negative ? 1 : 0, "\t", n.index_min, "\t", n.index_max, "\t");
+      AppendDouble(&text, n.zero_threshold);
+      for (size_t c = 1; c < a.native_cells.size(); ++c) absl::StrAppend(&text, "\t", a.native_cells[c]);
+    }
     text.push_back('\n');
   }
   // A fresh name with O_EXCL: a file someone planted under a predictable
@@ -237,9 +298,18 @@ std::vector<std::string> Archive::Fold(const Segment& segment, const std::string
       a.shape = shape;
       a.service = service;
       a.label_values = series.label_values;
-      a.buckets.assign(shape.type == shm::MetricType::kHistogram ? shape.bounds.size() + 1 : 0, 0);
+      a.buckets.assign(shape.type == shm::MetricType::kHistogram && !shape.native ? shape.bounds.size() + 1 : 0, 0);
+      if (shape.native) a.native_cells.assign(shape.native_shape.cell_count(), 0);
     } else if (!a.shape.SameAs(shape)) {
       if (dropped.empty() || dropped.back() != shape.name) dropped.push_back(shape.name);
+      continue;
+    }
+    if (series.created_unix_ns != 0 && (a.created_unix_ns == 0 || series.created_unix_ns < a.created_unix_ns)) {
+      a.created_unix_ns = series.created_unix_ns;
+    }
+    if (shape.native) {
+      a.sum += segment.AddNativeCells(series.cells(), shape.native_shape, a.native_cells.data());
+      a.native_cells[shm::kNativeSumCell] = 0;
       continue;
     }
     if (shape.type == shm::MetricType::kHistogram) {

@@ -37,6 +37,7 @@ struct Collector::State {
     std::string pid;  // per-process gauges
     std::vector<Source> sources;
     const ArchivedSeries* archived = nullptr;
+    uint64_t created_unix_ns = 0;  // earliest of its sources and archived part; 0: unknown
   };
   // What a scrape touches for one series, packed: offsets into the group's
   // contiguous buffers, so rendering walks memory in order.
@@ -45,6 +46,8 @@ struct Collector::State {
     uint32_t om_end;      // end in om_lines (counters only)
     uint32_t source_end;  // end of this series' sources in `sources`
     const ArchivedSeries* archived;
+    uint64_t created_unix_ns;
+    uint32_t proto_end;   // end of this series' LabelPair fields in proto_labels
   };
   // One family of one service. Groups of one family name are adjacent in
   // the index, and the first of them writes the HELP and TYPE lines.
@@ -64,6 +67,7 @@ struct Collector::State {
     std::string text_lines;
     std::string om_lines;
     std::vector<uint32_t> line_ends;
+    std::string proto_labels;  // per series, its Metric.label fields, encoded
   };
 
   struct OpenSegment {
@@ -129,10 +133,27 @@ struct Collector::State {
   // skip_faulted is set).
   static void RenderSeries(const OutGroup& group, size_t index, ExpositionFormat format, bool skip_faulted,
                            std::string* out);
+  // The protobuf exposition (exposition_protobuf.cc): a MetricFamily's
+  // name, help, type and unit fields, and one Metric field per series.
+  static void AppendProtobufFamilyHeader(const OutGroup& group, std::string* out);
+  static void RenderSeriesProtobuf(const OutGroup& group, size_t index, bool skip_faulted, std::string* out);
+  // A series whose every source faulted (its file shrank) and that has no
+  // archived part: left out of the pass rather than shown as a reset.
+  static bool SeriesVanished(const Source* begin, const Source* end, const ArchivedSeries* archived);
   static double ScalarOf(const OutGroup& group, const Source* begin, const Source* end,
                          const ArchivedSeries* archived, bool skip_faulted);
   static double HistogramOf(const Source* begin, const Source* end, const ArchivedSeries* archived,
                             uint64_t* buckets, size_t bucket_count, bool skip_faulted);
+  // A native histogram's cells (shape.cell_count() of them, cell 0 unused),
+  // summed over sources and the archive; returns the sum.
+  static double NativeOf(const shm::NativeShape& shape, const Source* begin, const Source* end,
+                         const ArchivedSeries* archived, uint64_t* cells, bool skip_faulted);
+  // Classic buckets (bounds + 1, non-cumulative) from native cells: the
+  // classic cells when the family has bounds, else one bucket, the count.
+  static void ClassicOfNative(const shm::NativeShape& shape, const uint64_t* cells, uint64_t* buckets);
 };
+
+// A Metric.label field (exposition_protobuf.cc).
+void AppendProtobufLabel(std::string* out, absl::string_view name, absl::string_view value);
 
 }  // namespace shmetrics::reader

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "collector_state.h"
+#include "protobuf_wire.h"
 #include "shmetrics/shm/fault_guard.h"
 #include "shmetrics/shm/names.h"
 
@@ -26,6 +27,15 @@ void AppendCount(std::string* out, uint64_t value) {
   char buffer[24];
   const auto result = std::to_chars(buffer, buffer + sizeof buffer, value);
   out->append(buffer, result.ptr);
+}
+
+// A creation time in seconds, to the millisecond, and the line's end.
+void AppendCreated(std::string* out, uint64_t created_unix_ns) {
+  const uint64_t ms = created_unix_ns / 1000000;
+  AppendCount(out, ms / 1000);
+  char fraction[5] = {'.', static_cast<char>('0' + ms % 1000 / 100), static_cast<char>('0' + ms % 100 / 10),
+                      static_cast<char>('0' + ms % 10), '\n'};
+  out->append(fraction, 5);
 }
 
 }  // namespace
@@ -72,18 +82,47 @@ double Collector::State::HistogramOf(const Source* begin, const Source* end, con
   return sum;
 }
 
+double Collector::State::NativeOf(const shm::NativeShape& shape, const Source* begin, const Source* end,
+                                  const ArchivedSeries* archived, uint64_t* cells, bool skip_faulted) {
+  const uint32_t count = shape.cell_count();
+  double sum = 0;
+  if (archived != nullptr && archived->native_cells.size() == count) {
+    std::copy(archived->native_cells.begin(), archived->native_cells.end(), cells);
+    sum = archived->sum;
+  } else {
+    std::fill(cells, cells + count, 0);
+  }
+  for (const Source* source = begin; source != end; ++source) {
+    if (skip_faulted && source->segment->Faulted()) continue;
+    sum += source->segment->AddNativeCells(source->cells, shape, cells);
+  }
+  cells[shm::kNativeSumCell] = 0;
+  return sum;
+}
+
+void Collector::State::ClassicOfNative(const shm::NativeShape& shape, const uint64_t* cells, uint64_t* buckets) {
+  if (shape.classic_bounds > 0) {
+    std::copy(cells + shape.classic_first_cell(), cells + shape.classic_first_cell() + shape.classic_bounds + 1,
+              buckets);
+    return;
+  }
+  uint64_t total = cells[shm::kNativeZeroCell];
+  for (uint32_t c = shm::kNativeFirstBucketCell; c < shape.classic_first_cell(); ++c) total += cells[c];
+  buckets[0] = total;
+}
+
 namespace {
-// A series whose every source faulted (its file shrank) and that has no
-// archived part: left out of the pass rather than shown as a reset.
-bool Vanished(const Collector::State::Source* begin, const Collector::State::Source* end,
-              const ArchivedSeries* archived) {
+// Largest cell array of a native series: 3 + 2 signs * kMaxNativeBuckets + 65 classic.
+constexpr size_t kMaxNativeCells = 3 + 2 * shm::kMaxNativeBuckets + shm::kMaxBuckets + 1;
+}  // namespace
+
+bool Collector::State::SeriesVanished(const Source* begin, const Source* end, const ArchivedSeries* archived) {
   if (archived != nullptr) return false;
   for (const auto* source = begin; source != end; ++source) {
     if (!source->segment->Faulted()) return false;
   }
   return true;
 }
-}  // namespace
 
 void Collector::State::RenderSeries(const OutGroup& group, size_t index, ExpositionFormat format,
                                     bool skip_faulted, std::string* out) {
@@ -91,7 +130,7 @@ void Collector::State::RenderSeries(const OutGroup& group, size_t index, Exposit
   const HotSeries* previous = index == 0 ? nullptr : &group.hot[index - 1];
   const Source* begin = group.sources.data() + (previous != nullptr ? previous->source_end : 0);
   const Source* end = group.sources.data() + series.source_end;
-  if (skip_faulted && Vanished(begin, end, series.archived)) return;
+  if (skip_faulted && SeriesVanished(begin, end, series.archived)) return;
   const bool om_counter = format == ExpositionFormat::kOpenMetrics && group.shape.type == shm::MetricType::kCounter;
   const std::string& lines = om_counter ? group.om_lines : group.text_lines;
   if (group.shape.type != shm::MetricType::kHistogram) {
@@ -100,6 +139,14 @@ void Collector::State::RenderSeries(const OutGroup& group, size_t index, Exposit
     out->append(lines.data() + line_begin, line_end - line_begin);
     AppendDouble(out, ScalarOf(group, begin, end, series.archived, skip_faulted));
     out->push_back('\n');
+    if (om_counter && series.created_unix_ns != 0) {
+      // "<om name>_total{...} " becomes "<om name>_created{...} ".
+      const size_t prefix = group.om_name.size() + 6;
+      out->append(group.om_name);
+      out->append("_created");
+      out->append(lines.data() + line_begin + prefix, line_end - line_begin - prefix);
+      AppendCreated(out, series.created_unix_ns);
+    }
     return;
   }
   // Each histogram series owns bucket_count + 2 line starts: its buckets,
@@ -112,7 +159,14 @@ void Collector::State::RenderSeries(const OutGroup& group, size_t index, Exposit
     line_begin = *line_end++;
   };
   uint64_t buckets[shm::kMaxBuckets + 1];
-  const double sum = HistogramOf(begin, end, series.archived, buckets, bucket_count, skip_faulted);
+  double sum;
+  if (group.shape.native) {
+    uint64_t cells[kMaxNativeCells];
+    sum = NativeOf(group.shape.native_shape, begin, end, series.archived, cells, skip_faulted);
+    ClassicOfNative(group.shape.native_shape, cells, buckets);
+  } else {
+    sum = HistogramOf(begin, end, series.archived, buckets, bucket_count, skip_faulted);
+  }
   // _count is the +Inf bucket: both come from the same bucket counts.
   uint64_t cumulative = 0;
   for (size_t b = 0; b < bucket_count; ++b) {
@@ -127,6 +181,15 @@ void Collector::State::RenderSeries(const OutGroup& group, size_t index, Exposit
   line_start();
   AppendCount(out, cumulative);
   out->push_back('\n');
+  if (format == ExpositionFormat::kOpenMetrics && series.created_unix_ns != 0) {
+    // "<name>_count{...} " becomes "<name>_created{...} ".
+    const size_t name_size = group.shape.name.size();
+    const char* count_line = lines.data() + (line_end[-2]);
+    out->append(group.shape.name);
+    out->append("_created");
+    out->append(count_line + name_size + 6, *(line_end - 1) - line_end[-2] - name_size - 6);
+    AppendCreated(out, series.created_unix_ns);
+  }
 }
 
 struct ExpositionStream::Impl {
@@ -135,6 +198,9 @@ struct ExpositionStream::Impl {
   size_t group = 0;        // next group of view->index
   size_t series = 0;       // next series of that group
   bool header_done = false;
+  // Protobuf: where the open MetricFamily message starts in the piece
+  // being written (npos: none open). Each piece closes its messages.
+  size_t family_mark = std::string::npos;
   // A file truncated under its mapping reads as zeros from the truncation
   // on (fault_guard.h): such a segment is left out rather than served,
   // whether it faulted before this stream began (since the scan that made
@@ -150,39 +216,61 @@ ExpositionStream::~ExpositionStream() = default;
 bool ExpositionStream::Next(std::string* out, size_t min_bytes) {
   Impl& s = *impl_;
   const std::vector<Collector::State::OutGroup>& index = *s.view->index;
+  const bool protobuf = s.format == ExpositionFormat::kProtobuf;
   const size_t start_size = out->size();
+  auto close_family = [&] {
+    if (s.family_mark == std::string::npos) return;
+    proto::Close(out, s.family_mark);
+    s.family_mark = std::string::npos;
+  };
   while (out->size() - start_size < min_bytes) {
-    if (s.group >= index.size()) return false;
+    if (s.group >= index.size()) break;
     const Collector::State::OutGroup& group = index[s.group];
     if (!s.header_done) {
       s.header_done = true;
-      if (group.first_of_family) {
+      if (group.first_of_family && !protobuf) {
         const std::string& name = s.format == ExpositionFormat::kOpenMetrics ? group.om_name : group.shape.name;
         absl::StrAppend(out, "# HELP ", name, " ");
         AppendHelp(out, group.shape.help, s.format);
         absl::StrAppend(out, "\n# TYPE ", name, " ", shm::MetricTypeName(group.shape.type), "\n");
+        if (s.format == ExpositionFormat::kOpenMetrics && !group.shape.unit.empty()) {
+          absl::StrAppend(out, "# UNIT ", name, " ", group.shape.unit, "\n");
+        }
       }
     }
     if (s.series >= group.hot.size()) {
+      close_family();
       ++s.group;
       s.series = 0;
       s.header_done = false;
       continue;
     }
+    if (protobuf && s.family_mark == std::string::npos) {
+      s.family_mark = proto::Open(out, 0);
+      Collector::State::AppendProtobufFamilyHeader(group, out);
+    }
+    auto render = [&](bool skip_faulted) {
+      if (protobuf) {
+        Collector::State::RenderSeriesProtobuf(group, s.series, skip_faulted, out);
+      } else {
+        Collector::State::RenderSeries(group, s.series, s.format, skip_faulted, out);
+      }
+    };
     // A fault while reading this series (the handler counts it on this
     // thread, synchronously) may have turned some of its reads into zeros:
     // render it again without whatever faulted. Series before it were read
     // before the fault, so they stand.
     const size_t mark = out->size();
     const uint64_t faults_before = shm::GuardedFaultCount();
-    Collector::State::RenderSeries(group, s.series, s.format, s.skip_faulted, out);
+    render(s.skip_faulted);
     if (!s.skip_faulted && shm::GuardedFaultCount() != faults_before) {
       out->resize(mark);
       s.skip_faulted = true;
-      Collector::State::RenderSeries(group, s.series, s.format, true, out);
+      render(true);
     }
     ++s.series;
   }
+  close_family();
   return s.group < index.size();
 }
 
@@ -212,6 +300,7 @@ std::vector<AggregatedSeries> Collector::Snapshot() const {
     for (const State::OutGroup& group : *view->index) {
       for (const State::OutSeries& series : group.series) {
         AggregatedSeries a;
+        a.created_unix_ns = series.created_unix_ns;
         a.service = group.service;
         a.family = group.shape.name;
         a.type = group.shape.type;
@@ -221,7 +310,15 @@ std::vector<AggregatedSeries> Collector::Snapshot() const {
         if (!series.pid.empty()) a.labels.emplace_back(std::string(shm::kPidLabel), series.pid);
         const State::Source* begin = series.sources.data();
         const State::Source* end = begin + series.sources.size();
-        if (group.shape.type == shm::MetricType::kHistogram) {
+        if (group.shape.native) {
+          a.bounds = group.shape.bounds;
+          a.buckets.resize(a.bounds.size() + 1);
+          a.native = true;
+          a.native_shape = group.shape.native_shape;
+          a.native_cells.resize(a.native_shape.cell_count());
+          a.sum = State::NativeOf(a.native_shape, begin, end, series.archived, a.native_cells.data(), skip_faulted);
+          State::ClassicOfNative(a.native_shape, a.native_cells.data(), a.buckets.data());
+        } else if (group.shape.type == shm::MetricType::kHistogram) {
           a.bounds = group.shape.bounds;
           a.buckets.resize(a.bounds.size() + 1);
           a.sum = State::HistogramOf(begin, end, series.archived, a.buckets.data(), a.buckets.size(), skip_faulted);

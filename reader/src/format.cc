@@ -131,9 +131,13 @@ double EstimateQuantile(const std::vector<double>& bounds, const std::vector<uin
 }
 
 const char* ContentType(ExpositionFormat format) {
-  return format == ExpositionFormat::kOpenMetrics
-             ? "application/openmetrics-text; version=1.0.0; charset=utf-8"
-             : "text/plain; version=0.0.4; charset=utf-8";
+  switch (format) {
+    case ExpositionFormat::kOpenMetrics: return "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    case ExpositionFormat::kProtobuf:
+      return "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+    case ExpositionFormat::kPrometheusText: break;
+  }
+  return "text/plain; version=0.0.4; charset=utf-8";
 }
 
 }  // namespace shmetrics::reader

@@ -66,6 +66,7 @@ void Collector::State::RebuildIndex() {
     OutSeries& out = c->series[archived.label_values];
     out.label_values = archived.label_values;
     out.archived = &archived;
+    out.created_unix_ns = archived.created_unix_ns;
   }
   for (const auto& [name, open] : segments) {
     const Segment& segment = *open.segment;
@@ -91,6 +92,9 @@ void Collector::State::RebuildIndex() {
       out.label_values = series.label_values;
       if (per_process) out.pid = key.back();
       out.sources.push_back({&segment, series.cells()});
+      if (series.created_unix_ns != 0 && (out.created_unix_ns == 0 || series.created_unix_ns < out.created_unix_ns)) {
+        out.created_unix_ns = series.created_unix_ns;
+      }
     }
   }
 
@@ -161,6 +165,11 @@ void Collector::State::RebuildIndex() {
       labels.push_back('"');
       if (!out.pid.empty()) absl::StrAppend(&labels, ",pid=\"", out.pid, "\"");
       const std::string braced = "{" + labels + "}";
+      for (size_t i = 0; i < label_names.size(); ++i) {
+        AppendProtobufLabel(&group.proto_labels, label_names[i], out.label_values[i]);
+      }
+      AppendProtobufLabel(&group.proto_labels, shm::kServiceLabel, service);
+      if (!out.pid.empty()) AppendProtobufLabel(&group.proto_labels, shm::kPidLabel, out.pid);
       if (group.shape.type == shm::MetricType::kHistogram) {
         for (const std::string& le : group.le_texts) {
           absl::StrAppend(&group.text_lines, family_name, "_bucket{", labels, ",", le, "} ");
@@ -179,7 +188,10 @@ void Collector::State::RebuildIndex() {
       group.sources.insert(group.sources.end(), out.sources.begin(), out.sources.end());
       group.hot.push_back({static_cast<uint32_t>(group.text_lines.size()),
                            static_cast<uint32_t>(group.om_lines.size()),
-                           static_cast<uint32_t>(group.sources.size()), out.archived});
+                           static_cast<uint32_t>(group.sources.size()), out.archived,
+                           // to the millisecond: every format shows the same instant
+                           out.created_unix_ns / 1000000 * 1000000,
+                           static_cast<uint32_t>(group.proto_labels.size())});
       group.series.push_back(std::move(out));
     }
     counters.series += group.series.size();

@@ -61,10 +61,10 @@ absl::Status Segment::ValidateHeader(const Options& options) {
   if (header_.endian_marker != shm::kEndianMarker) {
     return absl::FailedPreconditionError(absl::StrCat(file, ": written on a machine of other byte order"));
   }
-  if (header_.layout_version != shm::kLayoutVersion) {
+  if (header_.layout_version < shm::kOldestLayoutVersion || header_.layout_version > shm::kLayoutVersion) {
     return absl::FailedPreconditionError(absl::StrCat(file, ": layout version ", header_.layout_version,
-                                                      " is not supported (this reader reads version ",
-                                                      shm::kLayoutVersion, ")"));
+                                                      " is not supported (this reader reads versions ",
+                                                      shm::kOldestLayoutVersion, " to ", shm::kLayoutVersion, ")"));
   }
   if (state == static_cast<uint32_t>(shm::SegmentState::kInitializing)) {
     if (mapping_->AgeSeconds() < options.initializing_grace_seconds) {
@@ -194,7 +194,30 @@ absl::Status Segment::RefreshUnchecked() {
       if (!label.ok()) return label.status();
       f.label_names.push_back(*std::move(label));
     }
-    if (f.type == shm::MetricType::kHistogram) {
+    const bool native = (d.native_flags & shm::kNativeFlagEnabled) != 0;
+    if (d.native_flags != 0 && (f.type != shm::MetricType::kHistogram || !native)) {
+      return Corrupt(file, where + " has native histogram flags but is not a native histogram");
+    }
+    if (native) {
+      if ((d.native_flags & ~(shm::kNativeFlagEnabled | shm::kNativeFlagNegative)) != 0 ||
+          d.native_schema < shm::kMinNativeSchema || d.native_schema > shm::kMaxNativeSchema ||
+          d.native_index_min > d.native_index_max ||
+          int64_t{d.native_index_max} - d.native_index_min >= int64_t{shm::kMaxNativeBuckets} ||
+          !std::isfinite(d.native_zero_threshold) || !(d.native_zero_threshold >= 0)) {
+        return Corrupt(file, where + " has an invalid native histogram schema, bucket range or zero threshold");
+      }
+      f.native = true;
+      f.native_shape.schema = d.native_schema;
+      f.native_shape.negative = (d.native_flags & shm::kNativeFlagNegative) != 0;
+      f.native_shape.index_min = d.native_index_min;
+      f.native_shape.index_max = d.native_index_max;
+      f.native_shape.zero_threshold = d.native_zero_threshold;
+      f.native_shape.classic_bounds = d.bucket_count;
+    } else if (d.native_schema != 0 || d.native_index_min != 0 || d.native_index_max != 0 ||
+               std::bit_cast<uint64_t>(d.native_zero_threshold) != 0) {
+      return Corrupt(file, where + " has native histogram fields but is not a native histogram");
+    }
+    if (f.type == shm::MetricType::kHistogram && (d.bucket_count != 0 || !native)) {
       if (d.bucket_count < 1 || d.bucket_count > shm::kMaxBuckets ||
           uint64_t{d.bounds_index} + d.bucket_count > header_.bounds_capacity) {
         return Corrupt(file, where + " has bucket bounds outside the bounds area");
@@ -213,6 +236,8 @@ absl::Status Segment::RefreshUnchecked() {
     f.created_unix_ns = d.created_unix_ns;
     if (absl::Status rules = shm::CheckFamilyRules(f.name, f.type, f.gauge_merge, f.label_names); !rules.ok()) {
       f.rejected = std::string(rules.message());
+    } else if (absl::Status unit_rule = shm::CheckUnit(f.name, f.type, f.unit); !unit_rule.ok()) {
+      f.rejected = std::string(unit_rule.message());
     } else if (!names.insert(f.name).second) {
       f.rejected = absl::StrCat("family '", f.name, "': repeats the name of an earlier family in the segment");
     }
@@ -234,8 +259,9 @@ absl::Status Segment::RefreshUnchecked() {
       return Corrupt(file, absl::StrCat(where, " names family ", d.family_index, " of ", families_.size()));
     }
     const FamilyView& f = families_[d.family_index];
-    const uint32_t expected_cells =
-        f.type == shm::MetricType::kHistogram ? static_cast<uint32_t>(f.bounds.size()) + 2 : 2;
+    const uint32_t expected_cells = f.native                                 ? f.native_shape.cell_count()
+                                    : f.type == shm::MetricType::kHistogram ? static_cast<uint32_t>(f.bounds.size()) + 2
+                                                                            : 2;
     if (d.cell_count != expected_cells ||
         uint64_t{d.first_cell} + d.cell_count > header_.cells_per_lane) {
       return Corrupt(file, where + " has cells outside the lane");
@@ -282,6 +308,20 @@ double Segment::ScalarValue(SeriesCells series) const {
   add_lane(header_.lane_count - 1);
   const double whole = is_signed ? static_cast<double>(static_cast<int64_t>(integer)) : static_cast<double>(integer);
   return whole + fraction;
+}
+
+double Segment::AddNativeCells(SeriesCells series, const shm::NativeShape& shape, uint64_t* cells_out) const {
+  // The shape was checked against the series' cell count when it was read.
+  const uint32_t count = shape.cell_count();
+  double sum = 0;
+  auto add_lane = [&](uint32_t lane) {
+    sum += std::bit_cast<double>(LoadCell(lane, series.first_cell + shm::kNativeSumCell));
+    for (uint32_t c = shm::kNativeZeroCell; c < count; ++c) cells_out[c] += LoadCell(lane, series.first_cell + c);
+  };
+  const uint32_t lanes = lanes_to_sum_.load(std::memory_order_relaxed);
+  for (uint32_t lane = 0; lane < lanes; ++lane) add_lane(lane);
+  add_lane(header_.lane_count - 1);
+  return sum;
 }
 
 double Segment::HistogramValue(SeriesCells series, uint64_t* buckets) const {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
@@ -76,6 +77,26 @@ absl::Status CheckFamilyRules(absl::string_view name, MetricType type, GaugeMerg
     for (size_t j = 0; j < i; ++j) {
       if (label_names[j] == label) return broken(absl::StrCat("duplicate label name '", label, "'"));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckUnit(absl::string_view name, MetricType type, absl::string_view unit) {
+  if (unit.empty()) return absl::OkStatus();
+  bool chars_ok = unit.size() <= 64;
+  for (char ch : unit) {
+    chars_ok = chars_ok && (absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == ':');
+  }
+  if (!chars_ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("family '", name, "': invalid unit: must be 1 to 64 of [a-zA-Z0-9_:]"));
+  }
+  const std::string family = OpenMetricsFamilyName(name, type);
+  if (!absl::EndsWith(family, absl::StrCat("_", unit))) {
+    return absl::InvalidArgumentError(absl::StrCat("family '", name, "': with unit '", unit,
+                                                   "' its name must end in _", unit,
+                                                   type == MetricType::kCounter ? " (before _total)" : "",
+                                                   ", as OpenMetrics requires"));
   }
   return absl::OkStatus();
 }

@@ -114,14 +114,11 @@ struct Writer::Impl {
   absl::Status fork_error;
 
   struct FamilyInfo {
-    shm::MetricType type;
-    std::vector<std::string> label_names;
-    std::vector<double> bounds;
+    FamilySpec spec;
     // Bounds padded with +Inf for the hot path's vector search; the
     // allocation never moves, and survives fork() at the same address.
     std::shared_ptr<double[]> padded_bounds;
     std::string help;
-    GaugeMerge merge;
     std::string name;
     uint32_t overflow_series = shm::kNoIndex;  // published lazily from the reserve
   };
@@ -174,8 +171,9 @@ struct Writer::Impl {
   }
 
   uint32_t CellsFor(const FamilyInfo& family) const {
-    return family.type == shm::MetricType::kHistogram
-               ? static_cast<uint32_t>(family.bounds.size()) + 2
+    if (family.spec.native) return family.spec.native_shape.cell_count();
+    return family.spec.type == shm::MetricType::kHistogram
+               ? static_cast<uint32_t>(family.spec.bounds.size()) + 2
                : 2;  // integer cell + floating-point cell
   }
 
@@ -536,7 +534,8 @@ void RegisterForkHandlersOnce() {
   });
 }
 
-absl::Status ValidateBounds(const std::vector<double>& bounds) {
+absl::Status ValidateBounds(const std::vector<double>& bounds, bool may_be_empty = false) {
+  if (bounds.empty() && may_be_empty) return absl::OkStatus();
   if (bounds.empty() || bounds.size() > shm::kMaxBuckets) {
     return absl::InvalidArgumentError(
         absl::StrCat("a histogram needs 1 to ", shm::kMaxBuckets, " bucket bounds, got ", bounds.size()));
@@ -548,6 +547,42 @@ absl::Status ValidateBounds(const std::vector<double>& bounds) {
     }
   }
   return absl::OkStatus();
+}
+
+// The native shape `options` asks for, or InvalidArgument.
+absl::StatusOr<shm::NativeShape> NativeShapeOf(const NativeHistogramOptions& options) {
+  if (options.schema < shm::kMinNativeSchema || options.schema > shm::kMaxNativeSchema) {
+    return absl::InvalidArgumentError(absl::StrCat("native histogram schema must be ", shm::kMinNativeSchema,
+                                                   " to ", shm::kMaxNativeSchema, ", got ", options.schema));
+  }
+  if (!(std::isfinite(options.zero_threshold) && options.zero_threshold >= 0 &&
+        std::isfinite(options.min) && options.min > options.zero_threshold &&
+        options.min >= std::numeric_limits<double>::min() && std::isfinite(options.max) &&
+        options.max > options.min)) {
+    return absl::InvalidArgumentError(
+        "native histogram range must satisfy 0 <= zero_threshold < min < max, all finite, min a normal number");
+  }
+  if (absl::Status s = ValidateBounds(options.classic_bounds, true); !s.ok()) return s;
+  shm::NativeShape shape;
+  shape.schema = options.schema;
+  shape.negative = options.negative;
+  const shm::NativeSchemaTable* table = shm::NativeSchemaTableFor(options.schema);
+  shape.index_min = shm::NativeBucketIndex(options.min, options.schema, table);
+  shape.index_max = shm::NativeBucketIndex(options.max, options.schema, table);
+  shape.zero_threshold = options.zero_threshold;
+  shape.classic_bounds = static_cast<uint32_t>(options.classic_bounds.size());
+  if (shape.buckets_per_sign() > shm::kMaxNativeBuckets) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "native histogram range [", options.min, ", ", options.max, "] at schema ", options.schema, " needs ",
+        shape.buckets_per_sign(), " buckets per sign; at most ", shm::kMaxNativeBuckets,
+        " (narrow the range or lower the schema)"));
+  }
+  return shape;
+}
+
+bool SameNative(const shm::NativeShape& a, const shm::NativeShape& b) {
+  return a.schema == b.schema && a.negative == b.negative && a.index_min == b.index_min &&
+         a.index_max == b.index_max && a.zero_threshold == b.zero_threshold && a.classic_bounds == b.classic_bounds;
 }
 
 }  // namespace
@@ -669,10 +704,11 @@ uint64_t Writer::series_overflow_count() const {
       .load(std::memory_order_relaxed);
 }
 
-absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_view help,
-                                           shm::MetricType type,
-                                           std::vector<std::string> label_names, GaugeMerge merge,
-                                           std::vector<double> bounds) {
+absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_view help, FamilySpec spec) {
+  const shm::MetricType type = spec.type;
+  const std::vector<std::string>& label_names = spec.label_names;
+  const GaugeMerge merge = spec.merge;
+  const std::vector<double>& bounds = spec.bounds;
   if (!shm::IsValidMetricName(name)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "invalid metric name '", name, "': must match [a-zA-Z_:][a-zA-Z0-9_:]* (at most ",
@@ -683,7 +719,8 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
                                                    shm::kMaxHelpBytes, " bytes"));
   }
   if (absl::Status s = shm::CheckFamilyRules(name, type, merge, label_names); !s.ok()) return s;
-  if (type == shm::MetricType::kHistogram) {
+  if (absl::Status s = shm::CheckUnit(name, type, spec.unit); !s.ok()) return s;
+  if (type == shm::MetricType::kHistogram && !spec.native) {
     if (absl::Status s = ValidateBounds(bounds); !s.ok()) return s;
   }
 
@@ -691,12 +728,15 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
   Impl& w = *impl_;
   if (!w.fork_error.ok()) return w.NoSegmentError();
   if (auto it = w.family_by_name.find(name); it != w.family_by_name.end()) {
-    const Impl::FamilyInfo& existing = w.families[it->second];
-    if (existing.type != type || existing.label_names != label_names || existing.bounds != bounds) {
+    const FamilySpec& existing = w.families[it->second].spec;
+    if (existing.type != type || existing.label_names != label_names || existing.bounds != bounds ||
+        existing.unit != spec.unit || existing.native != spec.native ||
+        (spec.native && !SameNative(existing.native_shape, spec.native_shape))) {
       return absl::AlreadyExistsError(absl::StrCat(
-          "metric '", name, "' is already registered as a ", shm::MetricTypeName(existing.type),
-          " with labels [", absl::StrJoin(existing.label_names, ","), "]",
-          existing.type == shm::MetricType::kHistogram ? " and other bounds" : ""));
+          "metric '", name, "' is already registered as a ", existing.native ? "native " : "",
+          shm::MetricTypeName(existing.type), " with labels [", absl::StrJoin(existing.label_names, ","), "]",
+          existing.type == shm::MetricType::kHistogram ? " and other bounds or options" : "",
+          existing.unit != spec.unit ? absl::StrCat(" and unit '", existing.unit, "'") : ""));
     }
     return it->second;
   }
@@ -706,7 +746,7 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
       const Impl::FamilyInfo& other = w.families[it->second];
       return absl::AlreadyExistsError(absl::StrCat(
           "metric '", name, "' (", shm::MetricTypeName(type), ") cannot be exported beside the ",
-          shm::MetricTypeName(other.type), " '", other.name, "': both would use the name '", taken, "'"));
+          shm::MetricTypeName(other.spec.type), " '", other.name, "': both would use the name '", taken, "'"));
     }
   }
   shm::SegmentHeader& h = w.header();
@@ -719,9 +759,8 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
     return absl::ResourceExhaustedError(absl::StrCat("bucket bound capacity ", h.bounds_capacity,
                                                      " exhausted in segment ", w.segment->path()));
   }
-  Impl::FamilyInfo info{type, label_names, bounds, nullptr, std::string(help), merge,
-                        std::string(name)};
-  if (type == shm::MetricType::kHistogram) {
+  Impl::FamilyInfo info{spec, nullptr, std::string(help), std::string(name)};
+  if (type == shm::MetricType::kHistogram && !bounds.empty()) {
     const size_t width = internal::kBucketSearchWidth;
     const size_t padded = (bounds.size() + width - 1) / width * width;
     info.padded_bounds = std::shared_ptr<double[]>(
@@ -745,6 +784,19 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
   if (!help_ref.ok()) return help_ref.status();
   d.name = *name_ref;
   d.help = *help_ref;
+  if (!spec.unit.empty()) {
+    absl::StatusOr<shm::StringRef> unit_ref = w.Intern(spec.unit);
+    if (!unit_ref.ok()) return unit_ref.status();
+    d.unit = *unit_ref;
+  }
+  if (spec.native) {
+    const shm::NativeShape& native = spec.native_shape;
+    d.native_flags = shm::kNativeFlagEnabled | (native.negative ? shm::kNativeFlagNegative : 0);
+    d.native_schema = static_cast<int8_t>(native.schema);
+    d.native_index_min = native.index_min;
+    d.native_index_max = native.index_max;
+    d.native_zero_threshold = native.zero_threshold;
+  }
   for (size_t i = 0; i < label_names.size(); ++i) {
     absl::StatusOr<shm::StringRef> ref = w.Intern(label_names[i]);
     if (!ref.ok()) return ref.status();
@@ -754,7 +806,7 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
   d.gauge_merge = static_cast<uint8_t>(merge);
   d.label_count = static_cast<uint16_t>(label_names.size());
   d.created_unix_ns = shm::NowUnixNs();
-  if (type == shm::MetricType::kHistogram) {
+  if (type == shm::MetricType::kHistogram && !bounds.empty()) {
     double* area = w.region<double>(h.bounds_offset);
     d.bounds_index = h.bounds_used;
     d.bucket_count = static_cast<uint32_t>(bounds.size());
@@ -780,10 +832,11 @@ absl::StatusOr<Writer::SeriesCells> Writer::AddSeries(uint32_t family,
   Impl& w = *impl_;
   if (!w.fork_error.ok()) return w.NoSegmentError();
   Impl::FamilyInfo& info = w.families[family];
-  if (values.size() != info.label_names.size()) {
+  const std::vector<std::string>& label_names = info.spec.label_names;
+  if (values.size() != label_names.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "family '", info.name, "' with labels [",
-        absl::StrJoin(info.label_names, ","), "] needs ", info.label_names.size(),
+        absl::StrJoin(label_names, ","), "] needs ", label_names.size(),
         " label values, got ", values.size()));
   }
   std::string key;
@@ -799,7 +852,8 @@ absl::StatusOr<Writer::SeriesCells> Writer::AddSeries(uint32_t family,
   const uint32_t cell_count = w.CellsFor(info);
   if (auto it = w.series_by_key.find(key); it != w.series_by_key.end()) {
     const shm::SeriesDescriptor& d = w.region<shm::SeriesDescriptor>(h.series_table_offset)[it->second];
-    return SeriesCells{d.first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.bounds.size())};
+    return SeriesCells{d.first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.spec.bounds.size()),
+                       family};
   }
   const bool has_room = h.series_count + w.reserved_series < h.series_capacity &&
                         h.cells_used + w.reserved_cells + cell_count <= h.cells_per_lane;
@@ -820,7 +874,7 @@ absl::StatusOr<Writer::SeriesCells> Writer::AddSeries(uint32_t family,
         "series capacity exhausted in segment ", w.segment->path(), " (", h.series_count,
         " series of ", h.series_capacity, ", ", h.cells_used, " cells of ", h.cells_per_lane,
         ", arena ", h.string_arena_used, " of ", h.string_arena_bytes, " bytes)");
-    if (w.options.on_full == WriterOptions::OnFull::kError || info.label_names.empty()) {
+    if (w.options.on_full == WriterOptions::OnFull::kError || label_names.empty()) {
       return absl::ResourceExhaustedError(what);
     }
     std::atomic_ref<uint64_t>(h.series_overflow_count).fetch_add(1, std::memory_order_relaxed);
@@ -831,7 +885,7 @@ absl::StatusOr<Writer::SeriesCells> Writer::AddSeries(uint32_t family,
     }
     if (info.overflow_series == shm::kNoIndex) {
       const shm::StringRef overflow_ref = w.interned.find(kOverflowValue)->second;
-      std::vector<shm::StringRef> overflow_refs(info.label_names.size(), overflow_ref);
+      std::vector<shm::StringRef> overflow_refs(label_names.size(), overflow_ref);
       w.reserved_series -= 1;
       w.reserved_cells -= cell_count;
       info.overflow_series = w.PublishSeries(family, h.cells_used, cell_count, overflow_refs,
@@ -839,12 +893,13 @@ absl::StatusOr<Writer::SeriesCells> Writer::AddSeries(uint32_t family,
     }
     const shm::SeriesDescriptor& d =
         w.region<shm::SeriesDescriptor>(h.series_table_offset)[info.overflow_series];
-    return SeriesCells{d.first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.bounds.size())};
+    return SeriesCells{d.first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.spec.bounds.size()),
+                       family};
   }
   const uint32_t first_cell = h.cells_used;
   const uint32_t index = w.PublishSeries(family, first_cell, cell_count, refs, 0);
   w.series_by_key.emplace(std::move(key), index);
-  return SeriesCells{first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.bounds.size())};
+  return SeriesCells{first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.spec.bounds.size()), family};
 }
 
 template <typename Handle>
@@ -853,6 +908,25 @@ absl::StatusOr<Handle> Writer::MakeHandle(uint32_t family, std::vector<absl::str
   if (!cells.ok()) return cells.status();
   if constexpr (std::is_same_v<Handle, Histogram>) {
     return Histogram(impl_->slot, cells->first_cell, cells->bounds, cells->bucket_count);
+  } else if constexpr (std::is_same_v<Handle, NativeHistogram>) {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    const shm::NativeShape& shape = impl_->families[cells->family].spec.native_shape;
+    NativeHistogram handle;
+    handle.slot_ = impl_->slot;
+    handle.cell_ = cells->first_cell;
+    handle.schema_ = shape.schema;
+    handle.index_min_ = shape.index_min;
+    handle.index_max_ = shape.index_max;
+    handle.negative_first_cell_ = shape.negative ? shape.negative_first_cell() : 0;
+    handle.zero_threshold_ = shape.zero_threshold;
+    handle.table_ = shm::NativeSchemaTableFor(shape.schema);
+    handle.classic_first_cell_ = shape.classic_first_cell();
+    handle.classic_count_ = cells->bucket_count;
+    handle.classic_padded_ = (cells->bucket_count + internal::kBucketSearchWidth - 1) /
+                             internal::kBucketSearchWidth * internal::kBucketSearchWidth;
+    handle.classic_bounds_ = cells->bounds;
+    handle.valid_ = true;
+    return handle;
   } else {
     return Handle(impl_->slot, cells->first_cell);
   }
@@ -868,24 +942,62 @@ absl::StatusOr<Family> Writer::MakeFamily(absl::StatusOr<uint32_t> index) {
 }
 
 absl::StatusOr<CounterFamily> Writer::AddCounter(absl::string_view name, absl::string_view help,
-                                                 std::vector<std::string> label_names) {
-  return MakeFamily<CounterFamily>(
-      AddFamily(name, help, shm::MetricType::kCounter, std::move(label_names), GaugeMerge::kSum, {}));
+                                                 std::vector<std::string> label_names,
+                                                 const MetricOptions& options) {
+  FamilySpec spec;
+  spec.type = shm::MetricType::kCounter;
+  spec.label_names = std::move(label_names);
+  spec.unit = options.unit;
+  return MakeFamily<CounterFamily>(AddFamily(name, help, std::move(spec)));
 }
 
 absl::StatusOr<GaugeFamily> Writer::AddGauge(absl::string_view name, absl::string_view help,
-                                             std::vector<std::string> label_names,
-                                             GaugeMerge merge) {
-  return MakeFamily<GaugeFamily>(
-      AddFamily(name, help, shm::MetricType::kGauge, std::move(label_names), merge, {}));
+                                             std::vector<std::string> label_names, GaugeMerge merge,
+                                             const MetricOptions& options) {
+  FamilySpec spec;
+  spec.type = shm::MetricType::kGauge;
+  spec.label_names = std::move(label_names);
+  spec.merge = merge;
+  spec.unit = options.unit;
+  return MakeFamily<GaugeFamily>(AddFamily(name, help, std::move(spec)));
 }
 
 absl::StatusOr<HistogramFamily> Writer::AddHistogram(absl::string_view name, absl::string_view help,
                                                      std::vector<std::string> label_names,
-                                                     std::vector<double> bounds) {
-  return MakeFamily<HistogramFamily>(AddFamily(name, help, shm::MetricType::kHistogram,
-                                             std::move(label_names), GaugeMerge::kSum,
-                                             std::move(bounds)));
+                                                     std::vector<double> bounds, const MetricOptions& options) {
+  FamilySpec spec;
+  spec.type = shm::MetricType::kHistogram;
+  spec.label_names = std::move(label_names);
+  spec.bounds = std::move(bounds);
+  spec.unit = options.unit;
+  return MakeFamily<HistogramFamily>(AddFamily(name, help, std::move(spec)));
+}
+
+absl::StatusOr<NativeHistogramFamily> Writer::AddNativeHistogram(absl::string_view name, absl::string_view help,
+                                                                 std::vector<std::string> label_names,
+                                                                 const NativeHistogramOptions& options) {
+  absl::StatusOr<shm::NativeShape> shape = NativeShapeOf(options);
+  if (!shape.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("family '", name, "': ", shape.status().message()));
+  }
+  FamilySpec spec;
+  spec.type = shm::MetricType::kHistogram;
+  spec.label_names = std::move(label_names);
+  spec.bounds = options.classic_bounds;
+  spec.unit = options.unit;
+  spec.native = true;
+  spec.native_shape = *shape;
+  return MakeFamily<NativeHistogramFamily>(AddFamily(name, help, std::move(spec)));
+}
+
+void NativeHistogram::ObserveSlow(uint32_t bucket_cell, bool out_of_range, double value) const {
+  internal::AddSlow(slot_, cell_ + bucket_cell, uint64_t{1});
+  internal::AddSlow(slot_, cell_ + shm::kNativeSumCell, value);
+  if (out_of_range) internal::AddSlow(slot_, cell_ + shm::kNativeOutOfRangeCell, uint64_t{1});
+  if (classic_count_ != 0) {
+    const uint32_t classic = internal::BucketIndex(classic_bounds_, classic_padded_, classic_count_, value);
+    internal::AddSlow(slot_, cell_ + classic_first_cell_ + classic, uint64_t{1});
+  }
 }
 
 #define SHMETRICS_WITH_LABELS(Family, Handle)                                               \
@@ -900,6 +1012,7 @@ absl::StatusOr<HistogramFamily> Writer::AddHistogram(absl::string_view name, abs
 SHMETRICS_WITH_LABELS(CounterFamily, Counter)
 SHMETRICS_WITH_LABELS(GaugeFamily, Gauge)
 SHMETRICS_WITH_LABELS(HistogramFamily, Histogram)
+SHMETRICS_WITH_LABELS(NativeHistogramFamily, NativeHistogram)
 #undef SHMETRICS_WITH_LABELS
 
 }  // namespace shmetrics

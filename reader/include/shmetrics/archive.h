@@ -42,9 +42,17 @@ struct FamilyShape {
   shm::MetricType type = shm::MetricType::kCounter;
   shm::GaugeMerge merge = shm::GaugeMerge::kLiveSum;
   std::vector<std::string> label_names;
-  std::vector<double> bounds;
+  std::vector<double> bounds;  // classic bounds (a native histogram's may be empty)
+  std::string unit;
+  bool native = false;
+  shm::NativeShape native_shape;  // when native
   bool SameAs(const FamilyShape& other) const {
+    const shm::NativeShape& a = native_shape;
+    const shm::NativeShape& b = other.native_shape;
     return type == other.type && label_names == other.label_names && bounds == other.bounds &&
+           unit == other.unit && native == other.native &&
+           (!native || (a.schema == b.schema && a.negative == b.negative && a.index_min == b.index_min &&
+                        a.index_max == b.index_max && a.zero_threshold == b.zero_threshold)) &&
            (type != shm::MetricType::kGauge || merge == other.merge);
   }
 };
@@ -60,7 +68,13 @@ struct ArchivedSeries {
   std::vector<std::string> label_values;
   double scalar = 0;              // counters and gauges
   double sum = 0;                 // histograms
-  std::vector<uint64_t> buckets;  // histograms: non-cumulative, +Inf last
+  std::vector<uint64_t> buckets;  // classic histograms: non-cumulative, +Inf last
+  // Native histograms: every cell of the series (shm/native_buckets.h;
+  // cell 0, the sum, stays 0: the sum is `sum`), classic buckets included.
+  std::vector<uint64_t> native_cells;
+  // The earliest creation time of the series in any segment folded in:
+  // `_created` does not move when a process restarts. 0: unknown.
+  uint64_t created_unix_ns = 0;
 };
 
 // Identity of a file's contents as far as stat tells: the archive is

@@ -55,7 +55,10 @@
 
 namespace shmetrics::reader {
 
-enum class ExpositionFormat { kPrometheusText, kOpenMetrics };
+// Prometheus text 0.0.4, OpenMetrics 1.0, and the protobuf format
+// (io.prometheus.client.MetricFamily, delimited: docs/metrics.proto), the
+// one that carries native histograms.
+enum class ExpositionFormat { kPrometheusText, kOpenMetrics, kProtobuf };
 
 // Content-Type header value for each format.
 const char* ContentType(ExpositionFormat format);
@@ -121,8 +124,13 @@ struct AggregatedSeries {
   std::vector<std::pair<std::string, std::string>> labels;  // family labels only
   double value = 0;                   // counter / gauge
   std::vector<double> bounds;         // histogram
-  std::vector<uint64_t> buckets;      // histogram, non-cumulative, +Inf last
+  std::vector<uint64_t> buckets;      // histogram, non-cumulative, +Inf last (a native one's
+                                      // classic buckets, or one bucket: its count)
   double sum = 0;                     // histogram
+  bool native = false;                // a native histogram:
+  shm::NativeShape native_shape;
+  std::vector<uint64_t> native_cells; // its cells (shm/native_buckets.h), cell 0 unused
+  uint64_t created_unix_ns = 0;       // earliest creation among its sources; 0: unknown
 };
 
 // A request record with the process it came from.
@@ -237,5 +245,10 @@ void AppendJsonString(std::string* out, absl::string_view text);  // invalid UTF
 void AppendJsonNumber(std::string* out, double value);   // null for NaN and infinities
 // A label value for the exposition: backslash, double quote and newline escaped.
 void AppendLabelValue(std::string* out, absl::string_view value);
+// Appends, as delimited protobuf MetricFamily messages, the counters and
+// gauges of a Prometheus text 0.0.4 document that this program wrote (the
+// exporter's own metrics: HELP and TYPE before each family's samples,
+// `name{k="v",...} value` lines). Lines it cannot read are skipped.
+void AppendTextAsProtobuf(absl::string_view text, std::string* out);
 
 }  // namespace shmetrics::reader

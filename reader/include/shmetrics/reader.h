@@ -34,6 +34,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "shmetrics/shm/layout.h"
+#include "shmetrics/shm/native_buckets.h"
 #include "shmetrics/shm/segment_file.h"
 
 namespace shmetrics::reader {
@@ -47,6 +48,8 @@ struct FamilyView {
   shm::GaugeMerge gauge_merge = shm::GaugeMerge::kLiveSum;
   std::vector<std::string> label_names;
   std::vector<double> bounds;  // finite, strictly increasing; +Inf implicit
+  bool native = false;         // a native histogram (bounds: its classic buckets, maybe none)
+  shm::NativeShape native_shape;
   uint64_t created_unix_ns = 0;
   // Non-empty when the family breaks an exposition rule (shm/names.h) or
   // repeats an earlier family's name: readers skip it, and only it.
@@ -164,6 +167,11 @@ class Segment {
     return HistogramValue(series.cells(), buckets);
   }
   double HistogramValue(SeriesCells cells, uint64_t* buckets) const;
+  // Native histogram of `shape`: adds its cells, summed over lanes, to
+  // `cells_out` (shape.cell_count() entries: sum as f64 bits is NOT
+  // included there; it is returned), so several segments' series of one
+  // shape accumulate into one array. Cell order as in shm/native_buckets.h.
+  double AddNativeCells(SeriesCells cells, const shm::NativeShape& shape, uint64_t* cells_out) const;
 
   // Number of rings (one per exclusive lane; 0 without rings).
   uint32_t ring_count() const;

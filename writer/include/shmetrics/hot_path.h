@@ -23,9 +23,13 @@
 // next owner's loads.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+
+#include "shmetrics/shm/native_buckets.h"
 
 namespace shmetrics {
 class Writer;
@@ -221,6 +225,66 @@ class Histogram {
   uint32_t bucket_count_ = 0;
   uint32_t padded_count_ = 0;
   const double* bounds_ = nullptr;  // the writer's padded copy; same address after fork()
+  bool valid_ = false;
+};
+
+// A native (sparse, exponential) histogram: observe() finds the bucket in
+// constant time (shm/native_buckets.h: exponent bits, one table load, one
+// compare; no logarithm, no search) and bumps it and the sum in this
+// thread's lane, like a classic histogram. Values outside the family's
+// [min, max] count in the outermost bucket and in the out-of-range cell.
+class NativeHistogram {
+ public:
+  NativeHistogram() = default;
+  void observe(double value) const {
+    const double magnitude = std::fabs(value);
+    uint32_t bucket_cell = shm::kNativeZeroCell;
+    bool out_of_range = false;
+    if (!(magnitude <= zero_threshold_)) {  // NaN goes this way, to the top bucket
+      const int32_t index = shm::NativeBucketIndex(magnitude, schema_, table_);
+      const int32_t kept = std::clamp(index, index_min_, index_max_);
+      out_of_range = kept != index;
+      const uint32_t offset = static_cast<uint32_t>(kept - index_min_);
+      if (!(value < 0)) {
+        bucket_cell = shm::kNativeFirstBucketCell + offset;
+      } else if (negative_first_cell_ != 0) {
+        bucket_cell = negative_first_cell_ + offset;
+      } else {
+        out_of_range = true;  // no negative buckets: counted in the zero bucket
+      }
+    }
+    if (std::byte* lane = internal::ExclusiveLane(slot_)) {
+      internal::AddToOwnedCell<uint64_t>(lane, cell_ + bucket_cell, uint64_t{1});
+      internal::AddToOwnedCell<double>(lane, cell_ + shm::kNativeSumCell, value);
+      if (out_of_range) [[unlikely]] {
+        internal::AddToOwnedCell<uint64_t>(lane, cell_ + shm::kNativeOutOfRangeCell, uint64_t{1});
+      }
+      if (classic_count_ != 0) {
+        const uint32_t classic = internal::BucketIndex(classic_bounds_, classic_padded_, classic_count_, value);
+        internal::AddToOwnedCell<uint64_t>(lane, cell_ + classic_first_cell_ + classic, uint64_t{1});
+      }
+    } else {
+      ObserveSlow(bucket_cell, out_of_range, value);
+    }
+  }
+  bool valid() const { return valid_; }
+
+ private:
+  friend class Writer;
+  void ObserveSlow(uint32_t bucket_cell, bool out_of_range, double value) const;
+  uint32_t slot_ = internal::kUnsetSlot;
+  uint32_t cell_ = 0;
+  int32_t schema_ = 0;
+  int32_t index_min_ = 0;
+  int32_t index_max_ = 0;
+  uint32_t negative_first_cell_ = 0;  // 0: no negative buckets
+  double zero_threshold_ = 0;
+  // Unset handles write cells 0 .. 3 of the unset block (kUnsetCells).
+  const shm::NativeSchemaTable* table_ = nullptr;  // schema > 0 only
+  uint32_t classic_first_cell_ = 0;
+  uint32_t classic_count_ = 0;    // classic bounds; 0: none
+  uint32_t classic_padded_ = 0;
+  const double* classic_bounds_ = nullptr;
   bool valid_ = false;
 };
 

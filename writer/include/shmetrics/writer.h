@@ -69,6 +69,32 @@ struct WriterOptions {
 
 class Writer;
 
+// Options every family may have.
+struct MetricOptions {
+  // The OpenMetrics unit ("seconds", "bytes"), shown as `# UNIT`. The name
+  // must end in "_" + unit (a counter's before its "_total"), as OpenMetrics
+  // requires; checked at registration. Empty: none.
+  std::string unit;
+};
+
+// A native (sparse, exponential) histogram family. Bucket k holds values v
+// with 2^((k-1) * 2^-schema) < |v| <= 2^(k * 2^-schema): at schema 3 a
+// bucket is 2^(1/8) - 1 = 9% wide. The buckets covering [min, max] are laid
+// out in the segment for every series and thread (the cost of one series:
+// (3 + buckets) * 8 bytes per thread, 240 buckets for the defaults at
+// schema 3); values beyond count in the outermost bucket and in an
+// out-of-range counter the exporter shows.
+struct NativeHistogramOptions {
+  int schema = 3;                     // -4 .. 8
+  double min = 1e-6;                  // > zero_threshold, finite
+  double max = 1e3;                   // > min, finite; at most 1024 buckets per sign
+  double zero_threshold = 0x1p-128;   // |v| <= this goes to the zero bucket (Prometheus' default)
+  bool negative = false;              // negative buckets too (else a negative value counts in the
+                                      // zero bucket, as out of range)
+  std::vector<double> classic_bounds = {};  // classic buckets as well (as in the text formats); empty: none
+  std::string unit = {};              // as MetricOptions::unit
+};
+
 // Family handles: cheap to copy; WithLabels() registers (or finds) a series.
 // Errors: InvalidArgument (wrong number of values, value not UTF-8 or longer
 // than 256 bytes), ResourceExhausted (only with OnFull::kError).
@@ -98,6 +124,17 @@ class HistogramFamily {
  public:
   absl::StatusOr<Histogram> WithLabels(std::initializer_list<absl::string_view> values) const;
   absl::StatusOr<Histogram> WithLabels(const std::vector<std::string>& values) const;
+
+ private:
+  friend class Writer;
+  Writer* writer_ = nullptr;
+  uint32_t family_ = 0;
+};
+
+class NativeHistogramFamily {
+ public:
+  absl::StatusOr<NativeHistogram> WithLabels(std::initializer_list<absl::string_view> values) const;
+  absl::StatusOr<NativeHistogram> WithLabels(const std::vector<std::string>& values) const;
 
  private:
   friend class Writer;
@@ -152,19 +189,25 @@ class Writer {
   // needs a lane aborts with a message).
   ~Writer();
 
-  // Registering the same name again with the same type, labels (and bounds)
-  // returns the same family; anything else is AlreadyExists. Errors:
-  // InvalidArgument (name, label names, help, bounds), AlreadyExists,
-  // ResourceExhausted (family table, string arena or bounds area full).
+  // Registering the same name again with the same type, labels (bounds,
+  // unit, native options) returns the same family; anything else is
+  // AlreadyExists. Errors: InvalidArgument (name, label names, help,
+  // bounds, unit, native options), AlreadyExists, ResourceExhausted (family
+  // table, string arena or bounds area full).
   absl::StatusOr<CounterFamily> AddCounter(absl::string_view name, absl::string_view help,
-                                           std::vector<std::string> label_names = {});
+                                           std::vector<std::string> label_names = {},
+                                           const MetricOptions& options = {});
   absl::StatusOr<GaugeFamily> AddGauge(absl::string_view name, absl::string_view help,
                                        std::vector<std::string> label_names = {},
-                                       GaugeMerge merge = GaugeMerge::kLiveSum);
+                                       GaugeMerge merge = GaugeMerge::kLiveSum,
+                                       const MetricOptions& options = {});
   // Bounds must be finite and strictly increasing (1 .. 64 of them); +Inf is implicit.
   absl::StatusOr<HistogramFamily> AddHistogram(absl::string_view name, absl::string_view help,
                                                std::vector<std::string> label_names,
-                                               std::vector<double> bounds);
+                                               std::vector<double> bounds, const MetricOptions& options = {});
+  absl::StatusOr<NativeHistogramFamily> AddNativeHistogram(absl::string_view name, absl::string_view help,
+                                                           std::vector<std::string> label_names,
+                                                           const NativeHistogramOptions& options = {});
 
   // The recent-requests log of this writer's segment.
   RequestLog requests() const;
@@ -190,16 +233,25 @@ class Writer {
   friend class CounterFamily;
   friend class GaugeFamily;
   friend class HistogramFamily;
+  friend class NativeHistogramFamily;
   friend struct WriterForkHandlers;
   explicit Writer(std::unique_ptr<Impl> impl);
   struct SeriesCells {
     uint32_t first_cell;
     const double* bounds;
     uint32_t bucket_count;
+    uint32_t family;
   };
-  absl::StatusOr<uint32_t> AddFamily(absl::string_view name, absl::string_view help,
-                                     shm::MetricType type, std::vector<std::string> label_names,
-                                     GaugeMerge merge, std::vector<double> bounds);
+  struct FamilySpec {
+    shm::MetricType type = shm::MetricType::kCounter;
+    std::vector<std::string> label_names;
+    GaugeMerge merge = GaugeMerge::kSum;
+    std::vector<double> bounds;
+    std::string unit;
+    bool native = false;
+    shm::NativeShape native_shape;  // when native
+  };
+  absl::StatusOr<uint32_t> AddFamily(absl::string_view name, absl::string_view help, FamilySpec spec);
   absl::StatusOr<SeriesCells> AddSeries(uint32_t family, std::vector<absl::string_view> values);
   template <typename Family>
   absl::StatusOr<Family> MakeFamily(absl::StatusOr<uint32_t> index);

@@ -1,4 +1,5 @@
-// shmetrics segment layout, version 1.
+// shmetrics segment layout, version 2 (version 1 is version 2 without
+// native histograms; readers accept both).
 //
 // One segment is one file (normally on tmpfs, /dev/shm) written by exactly one
 // process and read by any number of read-only mappers. This header is the
@@ -28,6 +29,14 @@
 //   histogram B+2 cells: u64 count per bucket (B finite bounds, then +Inf),
 //                      then f64 sum. _count is the sum of the buckets, so the
 //                      +Inf bucket always equals _count.
+//   native    3 + N + (negative ? N : 0) + (B > 0 ? B + 1 : 0) cells, where
+//   histogram          N = native_index_max - native_index_min + 1:
+//                      f64 sum, u64 zero bucket, u64 out-of-range count,
+//                      N u64 positive buckets (indices min .. max), N u64
+//                      negative buckets if the family has them, then B+1
+//                      u64 classic bucket counts if it has classic bounds.
+//                      _count is the sum of zero, positive and negative
+//                      buckets (and equals the classic +Inf cumulative).
 //
 // Publication protocol (memory ordering): the writer fills a descriptor and
 // the strings/bounds it points to, then increments family_count/series_count
@@ -44,7 +53,8 @@
 namespace shmetrics::shm {
 
 inline constexpr uint64_t kMagic = 0x31435254454d4853ull;  // "SHMETRC1" in file byte order
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kLayoutVersion = 2;
+inline constexpr uint32_t kOldestLayoutVersion = 1;     // readers accept 1 .. kLayoutVersion
 inline constexpr uint32_t kEndianMarker = 0x01020304u;   // reads 0x04030201 on the other endianness
 inline constexpr size_t kCacheLine = 64;                  // fixed, never hardware_destructive_interference_size
 inline constexpr size_t kRegionAlign = 64;
@@ -55,6 +65,13 @@ inline constexpr size_t kMaxLabelValueBytes = 256;
 inline constexpr size_t kMaxHelpBytes = 1024;
 inline constexpr size_t kMaxBuckets = 64;                // finite bounds per histogram
 inline constexpr uint32_t kNoIndex = 0xffffffffu;
+// Native histograms: schemas -4 .. 8 (bucket boundaries 2^(k * 2^-schema)),
+// at most this many buckets per sign.
+inline constexpr int kMinNativeSchema = -4;
+inline constexpr int kMaxNativeSchema = 8;
+inline constexpr uint32_t kMaxNativeBuckets = 1024;
+inline constexpr uint8_t kNativeFlagEnabled = 1u << 0;   // the family is a native histogram
+inline constexpr uint8_t kNativeFlagNegative = 1u << 1;  // it has negative buckets
 
 enum class SegmentState : uint32_t {
   kInitializing = 0,  // creator is still laying out the file: readers wait or skip
@@ -155,15 +172,22 @@ struct FamilyDescriptor {
   uint8_t type;                     //  16  MetricType
   uint8_t gauge_merge;              //  17  GaugeMerge (gauges only)
   uint16_t label_count;             //  18  <= kMaxLabels
-  uint32_t bucket_count;            //  20  finite bounds (histograms), else 0
+  uint32_t bucket_count;            //  20  finite classic bounds (histograms), else 0
   uint32_t bounds_index;            //  24  first bound in the bounds region
-  uint32_t reserved0;               //  28
+  int8_t native_schema;             //  28  native histograms: -4 .. 8, else 0
+  uint8_t native_flags;             //  29  kNativeFlag*; 0 for every other family
+  uint16_t reserved0;               //  30
   StringRef label_names[kMaxLabels];  // 32
   StringRef unit;                   //  96  may be empty
   uint64_t created_unix_ns;         // 104
-  uint8_t reserved[16];             // 112 .. 128
+  int32_t native_index_min;         // 112  lowest bucket index kept (values below count there)
+  int32_t native_index_max;         // 116  highest (values above count there)
+  double native_zero_threshold;     // 120  |value| <= this goes to the zero bucket
 };
 static_assert(sizeof(FamilyDescriptor) == 128);
+static_assert(offsetof(FamilyDescriptor, native_schema) == 28);
+static_assert(offsetof(FamilyDescriptor, native_index_min) == 112);
+static_assert(offsetof(FamilyDescriptor, native_zero_threshold) == 120);
 static_assert(offsetof(FamilyDescriptor, type) == 16);
 static_assert(offsetof(FamilyDescriptor, bucket_count) == 20);
 static_assert(offsetof(FamilyDescriptor, label_names) == 32);

@@ -46,6 +46,11 @@ inline constexpr absl::string_view kPidLabel = "pid";
 absl::Status CheckFamilyRules(absl::string_view name, MetricType type, GaugeMerge merge,
                               const std::vector<std::string>& label_names);
 
+// InvalidArgument unless `unit` is empty, or made of [a-zA-Z0-9_:] (at
+// most 64 bytes) and the OpenMetrics family name ends in "_" + unit, as
+// OpenMetrics requires of a family with a unit.
+absl::Status CheckUnit(absl::string_view name, MetricType type, absl::string_view unit);
+
 // The family name OpenMetrics uses: a counter loses a trailing "_total".
 std::string OpenMetricsFamilyName(absl::string_view name, MetricType type);
 

@@ -1,0 +1,373 @@
+// Native histograms, units, created timestamps and the protobuf exposition:
+// bucket indexing against its definition, exact cells through the writer,
+// the reader and the archive, and the three exposition formats compared by
+// independent decoders (python3-protobuf against docs/metrics.proto,
+// python3-prometheus-client), then a real Prometheus with native histograms.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "process_support.h"
+#include "shmetrics/archive.h"
+#include "shmetrics/collector.h"
+#include "shmetrics/shm/native_buckets.h"
+#include "shmetrics/writer.h"
+#include "test_support.h"
+
+namespace shmetrics {
+namespace {
+using testing::Exporter;
+using testing::RunCommand;
+using testing::TempDir;
+using testing::WriterProcess;
+
+int32_t IndexOf(double value, int schema) {
+  return shm::NativeBucketIndex(value, schema, shm::NativeSchemaTableFor(schema));
+}
+
+TEST_CASE("native bucket index: every value lies in (bound(k-1), bound(k)] at every schema") {
+  CHECK(IndexOf(1.0, 3) == 0);
+  CHECK(IndexOf(2.0, 3) == 8);
+  CHECK(IndexOf(std::nextafter(1.0, 2.0), 3) == 1);
+  CHECK(IndexOf(0.5, 3) == -8);
+  CHECK(IndexOf(2.0, 0) == 1);
+  CHECK(IndexOf(3.0, 0) == 2);
+  CHECK(IndexOf(4.0, 0) == 2);
+  CHECK(IndexOf(2.0, -1) == 1);  // (1, 4]
+  CHECK(IndexOf(4.0, -1) == 1);
+  CHECK(IndexOf(5.0, -1) == 2);
+  CHECK(IndexOf(0.25, -1) == -1);
+  CHECK(IndexOf(0.2, -1) == -1);  // (1/16, 1/4]
+  CHECK(IndexOf(1.0, 8) == 0);
+  CHECK(shm::NativeBucketUpperBound(8, 3) == 2.0);
+  CHECK(shm::NativeBucketUpperBound(-8, 3) == 0.5);
+  CHECK(shm::NativeBucketUpperBound(3, -2) == 4096.0);
+  std::mt19937_64 random(7);
+  std::uniform_real_distribution<double> exponent(-60, 60);
+  for (int schema = shm::kMinNativeSchema; schema <= shm::kMaxNativeSchema; ++schema) {
+    int wrong = 0;
+    for (int i = 0; i < 20000; ++i) {
+      const double value = std::exp2(exponent(random));
+      const int32_t k = IndexOf(value, schema);
+      if (!(shm::NativeBucketUpperBound(k - 1, schema) < value && value <= shm::NativeBucketUpperBound(k, schema))) {
+        ++wrong;
+      }
+      // A bucket's own upper bound is in it; the next double up is not.
+      const double bound = shm::NativeBucketUpperBound(k, schema);
+      if (IndexOf(bound, schema) != k || IndexOf(std::nextafter(bound, INFINITY), schema) != k + 1) ++wrong;
+    }
+    CHECK_MESSAGE(wrong == 0, "schema ", schema);
+  }
+}
+
+TEST_CASE("native histogram options are checked at registration") {
+  TempDir dir;
+  auto writer = Writer::Create(testing::WriterIn(dir, "svc")).value();
+  auto code = [&](NativeHistogramOptions options, const char* name = "lat_seconds") {
+    return writer->AddNativeHistogram(name, "h", {}, options).status();
+  };
+  CHECK(code({.schema = 9}).message() == "family 'lat_seconds': native histogram schema must be -4 to 8, got 9");
+  CHECK(code({.min = 0}).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(code({.min = 2, .max = 1}).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(code({.schema = 8, .min = 1e-9, .max = 1e9}).message() ==
+        "family 'lat_seconds': native histogram range [1e-09, 1e+09] at schema 8 needs 15308 buckets per sign; "
+        "at most 1024 (narrow the range or lower the schema)");
+  CHECK(code({.unit = "bytes"}).message() ==
+        "family 'lat_seconds': with unit 'bytes' its name must end in _bytes, as OpenMetrics requires");
+  CHECK(code({.unit = "seconds"}).ok());
+  CHECK(code({.schema = 2, .unit = "seconds"}).code() == absl::StatusCode::kAlreadyExists);
+  CHECK(writer->AddCounter("sent_bytes_total", "h", {}, {.unit = "bytes"}).ok());
+  CHECK(writer->AddCounter("sent_total", "h", {}, {.unit = "bytes"}).status().message() ==
+        "family 'sent_total': with unit 'bytes' its name must end in _bytes (before _total), as OpenMetrics requires");
+  CHECK(writer->AddGauge("temp_celsius", "h", {}, GaugeMerge::kMax, {.unit = "cel sius"}).status().message() ==
+        "family 'temp_celsius': invalid unit: must be 1 to 64 of [a-zA-Z0-9_:]");
+}
+
+// What the writer must have put in the cells, computed here from the
+// definition of the buckets.
+struct Expected {
+  std::vector<uint64_t> cells;
+  double sum = 0;
+};
+
+TEST_CASE("native histogram: exact cells from several threads, out-of-range values, negatives, classic buckets, "
+          "through the reader and the archive") {
+  TempDir dir;
+  const NativeHistogramOptions options{
+      .schema = 3, .min = 1e-3, .max = 1e3, .negative = true, .classic_bounds = {0.1, 1}, .unit = "seconds"};
+  std::vector<double> values;
+  // 1.1 ms .. ~1.3 s, multiples of 2^-30: every sum of them is exact in any order.
+  for (int i = 0; i < 2000; ++i) values.push_back(std::ldexp(std::round(std::ldexp(0.0011 * std::pow(1.007, i), 30)), -30));
+  values.insert(values.end(), {0.0, -0.0, 1e-9, 1e6, -0.5, -2e3, 1.0, 0.1});
+  const shm::NativeShape shape{3, true, IndexOf(1e-3, 3), IndexOf(1e3, 3), 0x1p-128, 2};
+  Expected expected{std::vector<uint64_t>(shape.cell_count(), 0), 0};
+  for (double v : values) {
+    const double m = std::fabs(v);
+    if (m <= 0x1p-128) {
+      ++expected.cells[shm::kNativeZeroCell];
+    } else {
+      const int32_t k = IndexOf(m, 3);
+      const int32_t kept = std::clamp(k, shape.index_min, shape.index_max);
+      if (kept != k) ++expected.cells[shm::kNativeOutOfRangeCell];
+      const uint32_t base = v < 0 ? shape.negative_first_cell() : shm::kNativeFirstBucketCell;
+      ++expected.cells[base + (kept - shape.index_min)];
+    }
+    ++expected.cells[shape.classic_first_cell() + (v <= 0.1 ? 0 : v <= 1 ? 1 : 2)];
+  }
+  constexpr int kThreads = 4;
+  {
+    auto writer = Writer::Create(testing::WriterIn(dir, "svc")).value();
+    auto family = writer->AddNativeHistogram("lat_seconds", "Latency.", {"route"}, options).value();
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&] {
+        const NativeHistogram h = family.WithLabels({"/a"}).value();
+        for (double v : values) h.observe(v);
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    for (double v : values) expected.sum += v;  // the sum of one thread's lane, times kThreads below
+
+    reader::CollectorOptions collector_options;
+    collector_options.directory = dir.path();
+    collector_options.retire_dead = false;
+    auto collector = reader::Collector::Create(collector_options).value();
+    REQUIRE(collector->Scan().ok());
+    const std::vector<reader::AggregatedSeries> snapshot = collector->Snapshot();
+    REQUIRE(snapshot.size() == 1);
+    const reader::AggregatedSeries& s = snapshot[0];
+    CHECK(s.native);
+    std::vector<uint64_t> want = expected.cells;
+    for (uint64_t& c : want) c *= kThreads;
+    CHECK(s.native_cells == want);
+    CHECK(s.sum == expected.sum * kThreads);
+    CHECK(s.buckets == std::vector<uint64_t>{want[shape.classic_first_cell()], want[shape.classic_first_cell() + 1],
+                                             want[shape.classic_first_cell() + 2]});
+    CHECK(s.created_unix_ns != 0);
+    writer->Close();
+  }
+  // Retired into the archive, saved and loaded: the same cells and creation time.
+  reader::CollectorOptions retiring;
+  retiring.directory = dir.path();
+  auto collector = reader::Collector::Create(retiring).value();
+  REQUIRE(collector->Scan().ok());
+  CHECK(collector->Counters().segments_retired_total == 1);
+  auto archive = reader::Archive::Load(dir.path() + "/shmetrics-archive").value();
+  REQUIRE(archive.series().size() == 1);
+  const reader::ArchivedSeries& a = archive.series().begin()->second;
+  CHECK(a.shape.native);
+  CHECK(a.shape.unit == "seconds");
+  CHECK(a.native_cells.size() == shape.cell_count());
+  CHECK(a.created_unix_ns != 0);
+  std::vector<uint64_t> want = expected.cells;
+  for (uint64_t& c : want) c *= kThreads;
+  want[shm::kNativeSumCell] = 0;
+  CHECK(a.native_cells == want);
+  const reader::AggregatedSeries s = collector->Snapshot().at(0);
+  CHECK(s.native_cells == want);
+  CHECK(s.created_unix_ns == a.created_unix_ns);
+}
+
+TEST_CASE("a foreign native histogram descriptor is refused: bad schema, range or flags") {
+  TempDir dir;
+  std::string path;
+  {
+    auto writer = Writer::Create(testing::WriterIn(dir, "svc")).value();
+    REQUIRE(writer->AddNativeHistogram("lat_seconds", "h", {}).ok());
+    path = writer->path();
+    writer->Close();
+    std::string good = testing::ReadFile(path);
+    const uint64_t families = *reinterpret_cast<const uint64_t*>(good.data() + 152);
+    auto expect = [&](size_t offset, std::string bytes, const std::string& error) {
+      std::string forged = good;
+      forged.replace(families + offset, bytes.size(), bytes);
+      testing::WriteFile(path, forged);
+      auto segment = reader::Segment::Open(path);
+      REQUIRE(!segment.ok());
+      CHECK(segment.status().message() == path + ": corrupt segment: family 0 " + error);
+    };
+    const std::string invalid = "has an invalid native histogram schema, bucket range or zero threshold";
+    expect(28, std::string(1, char(9)), invalid);                       // schema 9
+    expect(29, std::string(1, char(0x05)), invalid);                    // an unknown flag
+    expect(112, std::string("\x00\x00\x00\x80", 4), invalid);           // index_min far below index_max
+    expect(29, std::string(1, char(0)),
+           "has native histogram fields but is not a native histogram");  // flags cleared, fields left
+    expect(16, std::string(1, char(1)), "has native histogram flags but is not a native histogram");
+  }
+}
+
+// The delimited protobuf body of `url`, decoded by tests/proto_samples.py
+// (python3-protobuf, docs/metrics.proto); `flags` are its options.
+std::set<std::string> ProtobufSamples(const TempDir& dir, const std::string& url, const std::string& flags = "") {
+  const std::string file = dir.path() + "/metrics.pb";
+  const auto fetched = RunCommand(
+      "curl -sf -o " + file +
+      " -H 'Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited' " +
+      url);
+  REQUIRE(fetched.exit_code == 0);
+  const auto r = RunCommand("/usr/bin/python3 " SHMETRICS_TESTS_DIR "/proto_samples.py " + file + " " + flags);
+  std::filesystem::remove(file);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  std::set<std::string> lines;
+  for (absl::string_view line : absl::StrSplit(r.output, '\n', absl::SkipEmpty())) lines.emplace(line);
+  return lines;
+}
+
+std::set<std::string> TextSamples(const TempDir& dir, const std::string& body, const std::string& kind,
+                                  const std::string& flags = "") {
+  const std::string file = dir.path() + "/metrics.txt";
+  testing::WriteFile(file, body);
+  const auto r = RunCommand("/usr/bin/python3 " SHMETRICS_TESTS_DIR "/expo.py samples " + file + " " + kind + " " + flags);
+  std::filesystem::remove(file);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  std::set<std::string> lines;
+  for (absl::string_view line : absl::StrSplit(r.output, '\n', absl::SkipEmpty())) lines.emplace(line);
+  return lines;
+}
+
+// The services' samples only: the exporter's own change between scrapes.
+std::set<std::string> ServiceSamples(const std::set<std::string>& lines) {
+  std::set<std::string> kept;
+  for (const std::string& line : lines) {
+    if (!absl::StartsWith(line, "shmetrics_exporter_") && !absl::StartsWith(line, "process_")) kept.insert(line);
+  }
+  return kept;
+}
+
+void MixedFamilies(Writer& writer) {
+  auto requests = writer.AddCounter("http_requests_total", "Requests.", {"code"}).value();
+  requests.WithLabels({"200"}).value().inc(41);
+  requests.WithLabels({"500"}).value().inc(1);
+  writer.AddCounter("sent_bytes_total", "Bytes \"sent\".", {}, {.unit = "bytes"}).value().WithLabels({}).value().add(2.5);
+  writer.AddGauge("temperature_celsius", "T.", {"room"}, GaugeMerge::kMax, {.unit = "celsius"})
+      .value().WithLabels({"a\"b\\c"}).value().set(-1.5);
+  auto classic = writer.AddHistogram("size_bytes", "S.", {}, {10, 100, 1000}, {.unit = "bytes"}).value();
+  for (double v : {5.0, 50.0, 500.0, 5000.0}) classic.WithLabels({}).value().observe(v);
+  auto native = writer.AddNativeHistogram("lat_seconds", "L.", {"route"},
+                                          {.min = 1e-3, .max = 10, .negative = true, .classic_bounds = {0.25, 1},
+                                           .unit = "seconds"}).value();
+  for (double v : {0.0, 0.002, 0.003, 0.5, 0.5, 2.0, -0.01, 100.0}) native.WithLabels({"/x"}).value().observe(v);
+  auto bare = writer.AddNativeHistogram("wait_seconds", "W.", {}, {.schema = 0, .min = 1, .max = 64}).value();
+  bare.WithLabels({}).value().observe(3);
+  writer.AddNativeHistogram("idle_seconds", "never observed", {}, {}).value().WithLabels({}).value();
+}
+
+TEST_CASE("the three formats agree: protobuf decoded by python3-protobuf gives exactly the text samples, "
+          "OpenMetrics with units and _created parses") {
+  TempDir dir;
+  WriterProcess a(dir.path(), "svc", MixedFamilies);
+  WriterProcess b(dir.path(), "svc", MixedFamilies);
+  Exporter exporter(dir);
+  const std::string url = exporter.url("/metrics");
+  const testing::HttpResponse text = testing::HttpGet(url);
+  REQUIRE(text.status == 200);
+  const std::set<std::string> from_text = ServiceSamples(TextSamples(dir, text.body, "text"));
+  const std::set<std::string> from_protobuf = ServiceSamples(ProtobufSamples(dir, url));
+  CHECK(from_protobuf == from_text);
+  CHECK(from_text.count(R"(lat_seconds_bucket{le="0.25",route="/x",service="svc"} 8.0)") == 1);
+  CHECK(from_text.count(R"(wait_seconds_bucket{le="+Inf",service="svc"} 2.0)") == 1);
+  CHECK(from_text.count(R"(idle_seconds_count{service="svc"} 0.0)") == 1);
+
+  // The native buckets, as decoded: two processes, each 0 -> zero bucket,
+  // 0.002 -> 2^(-72/8) .. at index -71, ..., 100 -> clamped to the top
+  // (index of 10), -0.01 -> negative index -53.
+  const std::set<std::string> native = ProtobufSamples(dir, url, "--native");
+  std::map<int32_t, int> positive;
+  for (double v : {0.002, 0.003, 0.5, 0.5, 2.0}) positive[IndexOf(v, 3)] += 2;
+  positive[IndexOf(10, 3)] += 2;  // 100, out of range
+  std::string positive_text;
+  for (const auto& [k, n] : positive) absl::StrAppend(&positive_text, positive_text.empty() ? "" : ",", k, ":", n, ".0");
+  std::string sum_text;  // as the text format gave it
+  for (const std::string& line : from_text) {
+    if (absl::StartsWith(line, "lat_seconds_sum{")) sum_text = line.substr(line.rfind(' ') + 1);
+  }
+  const std::string want = absl::StrCat("lat_seconds{route=\"/x\",service=\"svc\"} native schema=3 "
+                                        "zero_threshold=2.938735877055719e-39 zero_count=2.0 count=16.0 sum=",
+                                        sum_text, " positive=[", positive_text, "] negative=[", IndexOf(0.01, 3),
+                                        ":2.0]");
+  CHECK_MESSAGE(native.count(want) == 1, want);
+  CHECK(native.count(R"(wait_seconds{service="svc"} native schema=0 zero_threshold=2.938735877055719e-39 zero_count=0.0 count=2.0 sum=6.0 positive=[2:2.0] negative=[])") == 1);
+  CHECK(native.count(R"(idle_seconds{service="svc"} native schema=3 zero_threshold=2.938735877055719e-39 zero_count=0.0 count=0.0 sum=0.0 positive=[] negative=[])") == 1);
+
+  // OpenMetrics: # UNIT lines, _created beside counters and histograms,
+  // accepted by python-prometheus-client's OpenMetrics parser.
+  const testing::HttpResponse om = testing::HttpGet(url, "--accept application/openmetrics-text");
+  REQUIRE(om.status == 200);
+  CHECK(absl::StrContains(om.body, "# TYPE sent_bytes counter\n# UNIT sent_bytes bytes\n"));
+  CHECK(absl::StrContains(om.body, "# UNIT lat_seconds seconds\n"));
+  CHECK(absl::StrContains(om.body, "\nsent_bytes_created{service=\"svc\"} "));
+  CHECK(absl::StrContains(om.body, "\nlat_seconds_created{route=\"/x\",service=\"svc\"} "));
+  const std::set<std::string> from_om = TextSamples(dir, om.body, "openmetrics", "--created");
+  CHECK(from_om.count(R"(lat_seconds_count{route="/x",service="svc"} 16.0)") == 1);
+  const std::set<std::string> created = ProtobufSamples(dir, url, "--created");
+  size_t created_lines = 0;
+  for (const std::string& line : created) {
+    if (line.find("_created{") == std::string::npos) continue;
+    ++created_lines;
+    CHECK_MESSAGE(from_om.count(line) == 1, line);  // the same creation time in both formats
+  }
+  CHECK(created_lines == 7);  // 2 + 1 counters, 1 classic + 3 native histograms
+}
+
+TEST_CASE("a real Prometheus with native histograms scrapes protobuf: histogram_count and histogram_sum are exact, "
+          "histogram_quantile is within a bucket") {
+  if (RunCommand("command -v prometheus").exit_code != 0) {
+    FAIL("Debian's prometheus is not installed (the README's test command installs it)");
+  }
+  TempDir dir;
+  // Three processes write 1000 known values each, 1 ms growing by 0.7%.
+  std::vector<double> values;
+  for (int i = 0; i < 1000; ++i) values.push_back(0.001 * std::pow(1.007, i));
+  auto work = [&](Writer& writer) {
+    auto h = writer.AddNativeHistogram("job_seconds", "Job time.", {}, {.min = 1e-4, .max = 100}).value();
+    for (double v : values) h.WithLabels({}).value().observe(v);
+  };
+  WriterProcess w1(dir.path(), "batch", work), w2(dir.path(), "batch", work), w3(dir.path(), "batch", work);
+  Exporter exporter(dir);
+  const int port = testing::FreePort();
+  const std::string config = dir.path() + "/prometheus.yml";
+  testing::WriteFile(config, absl::StrCat("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: shmetrics\n"
+                                          "    static_configs:\n      - targets: ['127.0.0.1:", exporter.port(), "']\n"));
+  testing::Subprocess prometheus({"/usr/bin/prometheus", "--config.file=" + config,
+                                  "--storage.tsdb.path=" + dir.path() + "/tsdb", "--enable-feature=native-histograms",
+                                  absl::StrCat("--web.listen-address=127.0.0.1:", port)},
+                                 dir.path() + "/prometheus.log");
+  auto query = [&](const std::string& promql_encoded) {
+    return testing::HttpGet(absl::StrCat("http://127.0.0.1:", port, "/api/v1/query?query=", promql_encoded)).body;
+  };
+  std::string count;
+  for (int i = 0; i < 150; ++i) {
+    count = query("histogram_count(job_seconds)");
+    if (absl::StrContains(count, "\"result\":[{")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  CHECK_MESSAGE(absl::StrContains(count, "\"3000\"]"), count);
+  // The sum Prometheus stored is the exporter's, to the last digit.
+  const std::set<std::string> text = TextSamples(dir, testing::HttpGet(exporter.url("/metrics")).body, "text");
+  std::string sum_text;
+  for (const std::string& line : text) {
+    if (absl::StartsWith(line, "job_seconds_sum{")) sum_text = line.substr(line.rfind(' ') + 1);
+  }
+  REQUIRE(!sum_text.empty());
+  const std::string sum = query("histogram_sum(job_seconds)");
+  const size_t at = sum.rfind(",\"");
+  REQUIRE(at != std::string::npos);
+  CHECK_MESSAGE(std::stod(sum.substr(at + 2)) == std::stod(sum_text), sum, " vs ", sum_text);
+  // The true 99th percentile: the 2970th of the 3000 values (each value 3 times).
+  const double truth = values[989];
+  const std::string p99 = query("histogram_quantile(0.99%2Cjob_seconds)");
+  const size_t q_at = p99.rfind(",\"");
+  REQUIRE_MESSAGE(q_at != std::string::npos, p99);
+  const double estimate = std::stod(p99.substr(q_at + 2));
+  CHECK_MESSAGE(std::fabs(estimate - truth) / truth <= std::exp2(1.0 / 8) - 1, p99, " truth ", truth);
+  CHECK(prometheus.Stop() == 0);
+}
+
+}  // namespace
+}  // namespace shmetrics
