@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include <algorithm>
+#include <bit>
 #include <atomic>
 #include <barrier>
 #include <chrono>
@@ -267,6 +268,46 @@ std::vector<Case> WriterCases(shmetrics::Writer& writer, prometheus::Registry& r
       shmetrics::Histogram h = histogram;
       const double* values = g_values.data();
       return Loop(stop, [&](uint64_t i) { h.observe(values[i & (kValueCount - 1)]); });
+    });
+  }});
+  // Native histograms: ours (the thread's own lane, plain stores) next to
+  // the classic one and next to the Go client's design, one structure
+  // shared by every thread with an atomic add per bucket, count and sum.
+  auto native = writer.AddNativeHistogram("bench_native_seconds", "Latency.", {}, {.schema = 3, .min = 1e-4, .max = 100})
+                    .value().WithLabels({}).value();
+  cases.push_back({"shmetrics native.observe() (schema 3)", "shmetrics histogram.observe()", [native](int threads, int ms) {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      const shmetrics::NativeHistogram h = native;
+      const double* values = g_values.data();
+      return Loop(stop, [&](uint64_t i) { h.observe(values[i & (kValueCount - 1)]); });
+    });
+  }});
+  struct GoStyleNative {
+    std::atomic<uint64_t> count{0};
+    std::atomic<uint64_t> sum_bits{0};
+    std::atomic<uint64_t> zero{0};
+    std::atomic<uint64_t> buckets[256] = {};
+  };
+  static GoStyleNative go_native;
+  cases.push_back({"Go-style native histogram, shared atomics", "shmetrics native.observe() (schema 3)", [](int threads, int ms) {
+    return RunThreads(threads, ms, [](int, std::atomic<bool>& stop) {
+      const double* values = g_values.data();
+      const shmetrics::shm::NativeSchemaTable* table = shmetrics::shm::NativeSchemaTableFor(3);
+      const int32_t low = shmetrics::shm::NativeBucketIndex(1e-4, 3, table);
+      return Loop(stop, [&](uint64_t i) {
+        const double v = values[i & (kValueCount - 1)];
+        go_native.count.fetch_add(1, std::memory_order_relaxed);
+        if (v <= 0x1p-128) {
+          go_native.zero.fetch_add(1, std::memory_order_relaxed);
+        } else {
+          const int32_t k = std::clamp(shmetrics::shm::NativeBucketIndex(v, 3, table) - low, 0, 255);
+          go_native.buckets[k].fetch_add(1, std::memory_order_relaxed);
+        }
+        uint64_t old = go_native.sum_bits.load(std::memory_order_relaxed);
+        while (!go_native.sum_bits.compare_exchange_weak(old, std::bit_cast<uint64_t>(std::bit_cast<double>(old) + v),
+                                                        std::memory_order_relaxed)) {
+        }
+      });
     });
   }});
   const shmetrics::RequestLog log = writer.requests();
@@ -520,7 +561,7 @@ void ScrapeTable(const std::vector<int>& sizes, int reps, const std::string& dir
               "| series | bytes | rescan ms | shmetrics render ms | ns/series | prometheus-cpp ms | ns/series | speed-up |\n"
               "|---|---|---|---|---|---|---|---|\n");
   const std::vector<double> bounds = {0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10};
-  std::string http_rows;
+  std::string http_rows, protobuf_rows;
   for (int n : sizes) {
     const std::string dir = absl::StrCat(directory, "/scrape-", n);
     std::filesystem::create_directories(dir);
@@ -562,7 +603,7 @@ void ScrapeTable(const std::vector<int>& sizes, int reps, const std::string& dir
     collector_options.retire_dead = false;
     auto collector = shmetrics::reader::Collector::Create(collector_options).value();
     (void)collector->Scan();
-    std::vector<double> ours, theirs, scans;
+    std::vector<double> ours, theirs, scans, protobuf;
     size_t bytes = 0;
     std::string out;
     for (int r = 0; r < reps; ++r) {
@@ -574,6 +615,10 @@ void ScrapeTable(const std::vector<int>& sizes, int reps, const std::string& dir
       collector->Render(shmetrics::reader::ExpositionFormat::kPrometheusText, &out);
       ours.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
       bytes = out.size();
+      out.clear();
+      begin = Clock::now();
+      collector->Render(shmetrics::reader::ExpositionFormat::kProtobuf, &out);
+      protobuf.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
       begin = Clock::now();
       const std::string text = prometheus::TextSerializer().Serialize(registry.Collect());
       theirs.push_back(std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
@@ -582,10 +627,14 @@ void ScrapeTable(const std::vector<int>& sizes, int reps, const std::string& dir
     std::printf("| %d | %zu | %.3f | %.2f | %.0f | %.2f | %.0f | %.1fx |\n", n, bytes, Median(scans), our_ms,
                 our_ms * 1e6 / n, their_ms, their_ms * 1e6 / n, their_ms / our_ms);
     std::fflush(stdout);
+    protobuf_rows += absl::StrFormat("| %d | %.3f | %.3f | %.2fx |\n", n, our_ms, Median(protobuf), Median(protobuf) / our_ms);
     if (!g_exporters.empty()) http_rows += HttpRows(dir, n, our_ms, reps == 1);
     writers.clear();
     std::filesystem::remove_all(dir);
   }
+  std::printf("\n### Protobuf render next to the text render of the same series (same run)\n\n"
+              "| series | text ms | protobuf ms | protobuf / text |\n|---|---|---|---|\n%s",
+              protobuf_rows.c_str());
   if (!http_rows.empty()) {
     std::printf("\n### HTTP scrapes through the exporters (loopback; 2 s per cell)\n\n"
                 "| exporter | series | clients | keep-alive | gzip | body bytes | p50 ms | p99 ms | scrapes/s | "

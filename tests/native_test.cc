@@ -31,7 +31,7 @@ int32_t IndexOf(double value, int schema) {
   return shm::NativeBucketIndex(value, schema, shm::NativeSchemaTableFor(schema));
 }
 
-TEST_CASE("native bucket index: every value lies in (bound(k-1), bound(k)] at every schema") {
+TEST_CASE("native bucket index: every value lies above the bound of bucket k-1 and at most at the bound of bucket k, at every schema") {
   CHECK(IndexOf(1.0, 3) == 0);
   CHECK(IndexOf(2.0, 3) == 8);
   CHECK(IndexOf(std::nextafter(1.0, 2.0), 3) == 1);

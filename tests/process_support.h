@@ -149,6 +149,9 @@ inline std::vector<std::string> ParsedSamples(const TempDir& dir, const std::str
   std::vector<std::string> lines;
   for (absl::string_view line : absl::StrSplit(r.output, '\n', absl::SkipEmpty())) {
     if (IsExporterSample(line)) continue;
+    // OpenMetrics adds _created samples, which text 0.0.4 has no place for
+    // (tests/native_test.cc checks them): left out, so both formats compare.
+    if (kind == "openmetrics" && absl::StrContains(line, "_created{")) continue;
     std::string text(line);
     if (drop_service) {
       for (const char* pattern : {",service=\"web\"", "service=\"web\",", "service=\"web\""}) {

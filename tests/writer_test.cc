@@ -156,7 +156,7 @@ TEST_CASE("registering a name twice: same shape returns the family, another shap
         absl::StatusCode::kAlreadyExists);
   writer->AddHistogram("h", "H.", {}, {1, 2}).value();
   CHECK(writer->AddHistogram("h", "H.", {}, {1, 3}).status().message() ==
-        "metric 'h' is already registered as a histogram with labels [] and other bounds");
+        "metric 'h' is already registered as a histogram with labels [] and other bounds or options");
 }
 
 TEST_CASE("a full segment sends new series to the overflow series, once reported, never corrupt") {
