@@ -55,7 +55,10 @@ TEST_CASE("every documented field sits at the offset and size the code uses") {
         FIELD(SegmentHeader, cells_used), FIELD(SegmentHeader, lanes_high_water),
         FIELD(SegmentHeader, series_overflow_count), FIELD(SegmentHeader, closed_unix_ns),
         FIELD(SegmentHeader, lane_fallback_count), FIELD(SegmentHeader, error_ring_slots_per_lane),
-        FIELD(SegmentHeader, reserved0), FIELD(SegmentHeader, records_dropped), FIELD(SegmentHeader, reserved)}},
+        FIELD(SegmentHeader, reserved0), FIELD(SegmentHeader, records_dropped),
+        FIELD(SegmentHeader, exemplars_offset), FIELD(SegmentHeader, exemplar_slots_per_lane),
+        FIELD(SegmentHeader, exemplar_slots_used), FIELD(SegmentHeader, exemplars_dropped),
+        FIELD(SegmentHeader, reserved)}},
       {"RingHeader",
        {FIELD(RingHeader, request_write_index), FIELD(RingHeader, error_write_index), FIELD(RingHeader, reserved)}},
       {"RequestRecord",
@@ -77,7 +80,11 @@ TEST_CASE("every documented field sits at the offset and size the code uses") {
        {FIELD(SeriesDescriptor, family_index), FIELD(SeriesDescriptor, first_cell),
         FIELD(SeriesDescriptor, cell_count), FIELD(SeriesDescriptor, flags),
         FIELD(SeriesDescriptor, label_values), FIELD(SeriesDescriptor, created_unix_ns),
-        FIELD(SeriesDescriptor, reserved)}},
+        FIELD(SeriesDescriptor, first_exemplar), FIELD(SeriesDescriptor, exemplar_count)}},
+      {"ExemplarSlot",
+       {FIELD(ExemplarSlot, sequence), FIELD(ExemplarSlot, value), FIELD(ExemplarSlot, timestamp_unix_ns),
+        FIELD(ExemplarSlot, labels_length), FIELD(ExemplarSlot, label_count), FIELD(ExemplarSlot, reserved),
+        FIELD(ExemplarSlot, labels)}},
   };
   CHECK(documented == code);
   CHECK(sizeof(shm::SegmentHeader) == 512);

@@ -105,6 +105,12 @@ absl::Status Segment::ValidateHeader(const Options& options) {
   capacities.ring_slots_per_lane = header_.ring_slots_per_lane;
   capacities.ring_slot_bytes = header_.ring_slot_bytes;
   capacities.error_ring_slots_per_lane = header_.error_ring_slots_per_lane;
+  // Version 1 had no exemplars: its exemplar fields are reserved zeros.
+  const bool v1 = header_.layout_version == 1;
+  if (v1 && (header_.exemplars_offset != 0 || header_.exemplar_slots_per_lane != 0)) {
+    return Corrupt(file, "a version 1 segment with exemplar fields");
+  }
+  capacities.exemplar_slots_per_lane = header_.exemplar_slots_per_lane;
   if (absl::Status s = shm::ValidateCapacities(capacities); !s.ok()) {
     return Corrupt(file, s.message());
   }
@@ -118,6 +124,7 @@ absl::Status Segment::ValidateHeader(const Options& options) {
       plan.lane_owner_offset != header_.lane_owner_offset ||
       plan.lanes_offset != header_.lanes_offset || plan.rings_offset != header_.rings_offset ||
       plan.rings_size_bytes != header_.rings_size_bytes ||
+      (!v1 && plan.exemplars_offset != header_.exemplars_offset) ||
       plan.total_size_bytes != header_.total_size_bytes) {
     return Corrupt(file, "region offsets do not match the capacities");
   }

@@ -25,6 +25,7 @@ RegionPlan PlanRegions(const Capacities& c) {
   plan.lanes_offset = take(uint64_t{plan.lane_count} * lane_stride);
   plan.rings_size_bytes = RingStrideBytes(c) * c.exclusive_lanes;
   plan.rings_offset = take(plan.rings_size_bytes);
+  plan.exemplars_offset = take(uint64_t{c.exemplar_slots_per_lane} * c.exclusive_lanes * sizeof(ExemplarSlot));
   plan.total_size_bytes = AlignUp(offset, 4096);
   return plan;
 }

@@ -219,6 +219,7 @@ absl::Status ValidateCapacities(const Capacities& c) {
   if (c.cells_per_lane < 1 || c.cells_per_lane > (1u << 24)) return bad("cells_per_lane (1 .. 2^24)");
   if (c.string_arena_bytes < 64 || c.string_arena_bytes > (64u << 20)) return bad("string_arena_bytes (64 .. 64 MiB)");
   if (c.bounds > (1u << 20)) return bad("bounds (0 .. 2^20)");
+  if (c.exemplar_slots_per_lane > (1u << 16)) return bad("exemplar slots (0 .. 2^16 per lane)");
   if (c.ring_slots_per_lane > (1u << 16) || c.error_ring_slots_per_lane > (1u << 16)) {
     return bad("ring slots (0 .. 2^16 each)");
   }
@@ -265,6 +266,8 @@ void FillHeader(SegmentHeader& h, const Capacities& c, const RegionPlan& plan,
   h.lanes_offset = plan.lanes_offset;
   h.rings_offset = plan.rings_offset;
   h.rings_size_bytes = plan.rings_size_bytes;
+  h.exemplars_offset = plan.exemplars_offset;
+  h.exemplar_slots_per_lane = c.exemplar_slots_per_lane;
 }
 
 // Creates a new file exclusively under `path` (a temporary name), takes the
@@ -441,6 +444,7 @@ absl::Status WritableSegment::ReplaceInForkChild(const ForkSnapshot& snapshot) {
   h.series_overflow_count = 0;
   h.lane_fallback_count = 0;
   h.records_dropped = 0;
+  h.exemplars_dropped = 0;
   char service[kServiceNameBytes + 1] = {};
   std::memcpy(service, h.service_name, kServiceNameBytes);
   path_ = absl::StrCat(directory_, "/", SegmentFileName(service, static_cast<uint32_t>(pid), start_ticks, instance_));

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <mutex>
 
@@ -133,6 +134,7 @@ struct Writer::Impl {
   uint32_t reserved_series = 0;
   uint32_t reserved_cells = 0;
   bool full_reported = false;
+  bool exemplars_full_reported = false;
 
   shm::SegmentHeader& header() const { return segment->header(); }
 
@@ -179,7 +181,8 @@ struct Writer::Impl {
 
   // Writes a series descriptor at the next index and publishes it.
   uint32_t PublishSeries(uint32_t family, uint32_t first_cell, uint32_t cell_count,
-                         const std::vector<shm::StringRef>& values, uint32_t flags) {
+                         const std::vector<shm::StringRef>& values, uint32_t flags,
+                         uint32_t first_exemplar = internal::kNoExemplar, uint32_t exemplar_count = 0) {
     shm::SegmentHeader& h = header();
     const uint32_t index = h.series_count;
     shm::SeriesDescriptor& d = region<shm::SeriesDescriptor>(h.series_table_offset)[index];
@@ -190,6 +193,13 @@ struct Writer::Impl {
     d.flags = flags;
     for (size_t i = 0; i < values.size(); ++i) d.label_values[i] = values[i];
     d.created_unix_ns = shm::NowUnixNs();
+    if (exemplar_count > 0) {
+      d.first_exemplar = first_exemplar;
+      d.exemplar_count = exemplar_count;
+      // relaxed: the slots are published with the descriptor, by series_count.
+      std::atomic_ref<uint32_t>(h.exemplar_slots_used)
+          .store(first_exemplar + exemplar_count, std::memory_order_relaxed);
+    }
     std::atomic_ref<uint32_t>(h.cells_used).store(first_cell + cell_count, std::memory_order_relaxed);
     // release: publishes the descriptor and the strings it refers to; pairs
     // with the acquire load of series_count in reader/src/segment.cc.
@@ -221,6 +231,9 @@ void BindLane(uint32_t slot_index) {
     std::byte* sink = reinterpret_cast<std::byte*>(impl.closed_sink.data());
     StoreRelaxed(lane.exclusive_base, sink);
     if (slot.ring_stride_bytes > 0) StoreRelaxed(lane.ring_base, sink + slot.lane_stride_bytes);
+    if (slot.exemplar_stride_bytes > 0) {
+      StoreRelaxed(lane.exemplar_base, sink + slot.lane_stride_bytes + slot.ring_stride_bytes);
+    }
     return;
   }
   shm::SegmentHeader& h = impl.header();
@@ -246,6 +259,9 @@ void BindLane(uint32_t slot_index) {
     StoreRelaxed(lane.exclusive_base, slot.lanes_base + uint64_t{i} * slot.lane_stride_bytes);
     if (slot.ring_stride_bytes > 0) {
       StoreRelaxed(lane.ring_base, slot.rings_base + uint64_t{i} * slot.ring_stride_bytes);
+    }
+    if (slot.exemplar_stride_bytes > 0) {
+      StoreRelaxed(lane.exemplar_base, slot.exemplars_base + uint64_t{i} * slot.exemplar_stride_bytes);
     }
     return;
   }
@@ -274,6 +290,7 @@ void UnbindSlotEverywhere(uint32_t slot) {
     StoreRelaxed(lanes[slot].exclusive_base, static_cast<std::byte*>(nullptr));
     StoreRelaxed(lanes[slot].shared_base, static_cast<std::byte*>(nullptr));
     StoreRelaxed(lanes[slot].ring_base, static_cast<std::byte*>(nullptr));
+    StoreRelaxed(lanes[slot].exemplar_base, static_cast<std::byte*>(nullptr));
   }
 }
 
@@ -420,6 +437,83 @@ void RequestLog::record(const RequestRecordInput& request) const {
       }
     });
   }
+}
+
+// ---------------------------------------------------------------- exemplars
+
+// Reaches Exemplar's private parts (a friend).
+struct ExemplarWriter {
+  // Encodes the labels as the slot keeps them (u8 length, name, u8
+  // length, value, ...) into `out`; false when a rule is broken.
+  static bool Encode(const Exemplar& exemplar, char (&out)[shm::kExemplarLabelBytes], uint16_t* length,
+                     uint8_t* count) {
+    if (exemplar.too_many_ || exemplar.count_ == 0) return false;
+    size_t at = 0, runes = 0;
+    for (uint32_t i = 0; i < exemplar.count_; ++i) {
+      const ExemplarLabel& label = exemplar.labels_[i];
+      if (label.name.size() > 255 || label.value.size() > 255 || !shm::IsValidLabelName(label.name) ||
+          !shm::IsValidUtf8(label.value)) {
+        return false;
+      }
+      if (at + 2 + label.name.size() + label.value.size() > shm::kExemplarLabelBytes) return false;
+      runes += label.name.size();
+      for (char ch : label.value) runes += (static_cast<unsigned char>(ch) & 0xC0) != 0x80;
+      out[at++] = static_cast<char>(label.name.size());
+      std::memcpy(out + at, label.name.data(), label.name.size());
+      at += label.name.size();
+      out[at++] = static_cast<char>(label.value.size());
+      std::memcpy(out + at, label.value.data(), label.value.size());
+      at += label.value.size();
+    }
+    if (runes > shm::kMaxExemplarRunes) return false;
+    // Zero the rest of the last word: whole words are copied.
+    std::memset(out + at, 0, std::min<size_t>(shm::AlignUp(at, 8), shm::kExemplarLabelBytes) - at);
+    *length = static_cast<uint16_t>(at);
+    *count = static_cast<uint8_t>(exemplar.count_);
+    return true;
+  }
+  static uint64_t Timestamp(const Exemplar& exemplar) {
+    return exemplar.timestamp_unix_ns_ != 0 ? exemplar.timestamp_unix_ns_ : internal::RealtimeNowNs();
+  }
+};
+
+void internal::WriteExemplar(uint32_t slot_index, uint32_t exemplar_index, double value, const Exemplar& exemplar) {
+  std::byte* base = LoadRelaxed(t_lanes[slot_index].exemplar_base);
+  if (base == nullptr) [[unlikely]] {
+    EnsureBound(slot_index);
+    base = LoadRelaxed(t_lanes[slot_index].exemplar_base);
+  }
+  const WriterSlot& slot = g_writer_slots[slot_index];
+  alignas(8) char labels[shm::kExemplarLabelBytes];
+  uint16_t length = 0;
+  uint8_t count = 0;
+  if (base == nullptr || !ExemplarWriter::Encode(exemplar, labels, &length, &count)) [[unlikely]] {
+    // The shared lane keeps no exemplars (one writer per slot), nor does a
+    // broken exemplar get in.
+    if (slot.exemplars_dropped != nullptr) {
+      std::atomic_ref<uint64_t>(*slot.exemplars_dropped).fetch_add(1, std::memory_order_relaxed);
+    }
+    return;
+  }
+  const uint64_t timestamp = ExemplarWriter::Timestamp(exemplar);
+  auto* words = reinterpret_cast<uint64_t*>(base + uint64_t{exemplar_index} * sizeof(shm::ExemplarSlot));
+  constexpr size_t kLabelWord = offsetof(shm::ExemplarSlot, labels) / 8;
+  static_assert(kLabelWord == 4 && offsetof(shm::ExemplarSlot, value) == 8 &&
+                offsetof(shm::ExemplarSlot, timestamp_unix_ns) == 16 && offsetof(shm::ExemplarSlot, labels_length) == 24 &&
+                offsetof(shm::ExemplarSlot, label_count) == 26);
+  // The seqlock of the rings (WriteRecord): odd, payload with release
+  // stores, even. Only this thread writes the slot.
+  const uint64_t sequence = LoadRelaxed(words[0]) & ~uint64_t{1};
+  std::atomic_ref<uint64_t>(words[0]).store(sequence + 1, std::memory_order_relaxed);
+  StorePayload(words[1], std::bit_cast<uint64_t>(value));
+  StorePayload(words[2], timestamp);
+  StorePayload(words[3], uint64_t{length} | uint64_t{count} << 16);
+  for (size_t w = 0; w * 8 < length; ++w) {
+    uint64_t word = 0;
+    std::memcpy(&word, labels + w * 8, 8);
+    StorePayload(words[kLabelWord + w], word);
+  }
+  std::atomic_ref<uint64_t>(words[0]).store(sequence + 2, std::memory_order_release);
 }
 
 RequestLog Writer::requests() const {
@@ -650,6 +744,9 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& opti
   ws.rings_base = w.segment->base() + h.rings_offset;
   ws.ring_stride_bytes = shm::RingStrideBytes(options.capacities);
   ws.records_dropped = &h.records_dropped;
+  ws.exemplars_base = w.segment->base() + h.exemplars_offset;
+  ws.exemplar_stride_bytes = uint64_t{h.exemplar_slots_per_lane} * sizeof(shm::ExemplarSlot);
+  ws.exemplars_dropped = &h.exemplars_dropped;
   UnbindSlotEverywhere(slot);  // no thread keeps a binding from the slot's last writer
   // The overflow label value is interned up front so that using an overflow
   // series never needs arena space.
@@ -679,7 +776,7 @@ void Writer::Close() {
   // The sink where handles write from now on (one lane and one ring),
   // before any thread can rebind.
   const internal::WriterSlot& ws = g_writer_slots[w.slot];
-  w.closed_sink.assign((ws.lane_stride_bytes + ws.ring_stride_bytes) / 8, 0);
+  w.closed_sink.assign((ws.lane_stride_bytes + ws.ring_stride_bytes + ws.exemplar_stride_bytes) / 8, 0);
   std::atomic_ref<uint32_t>(g_writer_slots[w.slot].closed).store(1, std::memory_order_relaxed);
   w.segment->MarkClosed();
   // Every thread rebinds, to the sink; the lanes it held are free.
@@ -730,7 +827,7 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
   if (auto it = w.family_by_name.find(name); it != w.family_by_name.end()) {
     const FamilySpec& existing = w.families[it->second].spec;
     if (existing.type != type || existing.label_names != label_names || existing.bounds != bounds ||
-        existing.unit != spec.unit || existing.native != spec.native ||
+        existing.unit != spec.unit || existing.native != spec.native || existing.exemplars != spec.exemplars ||
         (spec.native && !SameNative(existing.native_shape, spec.native_shape))) {
       return absl::AlreadyExistsError(absl::StrCat(
           "metric '", name, "' is already registered as a ", existing.native ? "native " : "",
@@ -853,7 +950,7 @@ absl::StatusOr<Writer::SeriesCells> Writer::AddSeries(uint32_t family,
   if (auto it = w.series_by_key.find(key); it != w.series_by_key.end()) {
     const shm::SeriesDescriptor& d = w.region<shm::SeriesDescriptor>(h.series_table_offset)[it->second];
     return SeriesCells{d.first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.spec.bounds.size()),
-                       family};
+                       family, d.exemplar_count > 0 ? d.first_exemplar : internal::kNoExemplar};
   }
   const bool has_room = h.series_count + w.reserved_series < h.series_capacity &&
                         h.cells_used + w.reserved_cells + cell_count <= h.cells_per_lane;
@@ -894,12 +991,29 @@ absl::StatusOr<Writer::SeriesCells> Writer::AddSeries(uint32_t family,
     const shm::SeriesDescriptor& d =
         w.region<shm::SeriesDescriptor>(h.series_table_offset)[info.overflow_series];
     return SeriesCells{d.first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.spec.bounds.size()),
-                       family};
+                       family, internal::kNoExemplar};
   }
   const uint32_t first_cell = h.cells_used;
-  const uint32_t index = w.PublishSeries(family, first_cell, cell_count, refs, 0);
+  // Exemplar slots, when the family wants them and there is room; without
+  // room the series works, its exemplars are dropped (and counted).
+  uint32_t first_exemplar = internal::kNoExemplar, exemplar_count = 0;
+  if (info.spec.exemplars) {
+    const uint32_t wanted = info.spec.type == shm::MetricType::kCounter ? 1
+                                                                        : static_cast<uint32_t>(info.spec.bounds.size()) + 1;
+    if (uint64_t{h.exemplar_slots_used} + wanted <= h.exemplar_slots_per_lane) {
+      first_exemplar = h.exemplar_slots_used;
+      exemplar_count = wanted;
+    } else if (!w.exemplars_full_reported) {
+      w.exemplars_full_reported = true;
+      std::fprintf(stderr, "shmetrics: exemplar slots exhausted in segment %s (%u per lane); new series keep "
+                   "no exemplars (Capacities::exemplar_slots_per_lane)\n", w.segment->path().c_str(),
+                   h.exemplar_slots_per_lane);
+    }
+  }
+  const uint32_t index = w.PublishSeries(family, first_cell, cell_count, refs, 0, first_exemplar, exemplar_count);
   w.series_by_key.emplace(std::move(key), index);
-  return SeriesCells{first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.spec.bounds.size()), family};
+  return SeriesCells{first_cell, info.padded_bounds.get(), static_cast<uint32_t>(info.spec.bounds.size()), family,
+                     first_exemplar};
 }
 
 template <typename Handle>
@@ -907,13 +1021,16 @@ absl::StatusOr<Handle> Writer::MakeHandle(uint32_t family, std::vector<absl::str
   absl::StatusOr<SeriesCells> cells = AddSeries(family, std::move(values));
   if (!cells.ok()) return cells.status();
   if constexpr (std::is_same_v<Handle, Histogram>) {
-    return Histogram(impl_->slot, cells->first_cell, cells->bounds, cells->bucket_count);
+    return Histogram(impl_->slot, cells->first_cell, cells->bounds, cells->bucket_count, cells->first_exemplar);
+  } else if constexpr (std::is_same_v<Handle, Counter>) {
+    return Counter(impl_->slot, cells->first_cell, cells->first_exemplar);
   } else if constexpr (std::is_same_v<Handle, NativeHistogram>) {
     std::lock_guard<std::mutex> lock(g_registry_mu);
     const shm::NativeShape& shape = impl_->families[cells->family].spec.native_shape;
     NativeHistogram handle;
     handle.slot_ = impl_->slot;
     handle.cell_ = cells->first_cell;
+    handle.exemplar_ = cells->first_exemplar;
     handle.schema_ = shape.schema;
     handle.index_min_ = shape.index_min;
     handle.index_max_ = shape.index_max;
@@ -948,6 +1065,7 @@ absl::StatusOr<CounterFamily> Writer::AddCounter(absl::string_view name, absl::s
   spec.type = shm::MetricType::kCounter;
   spec.label_names = std::move(label_names);
   spec.unit = options.unit;
+  spec.exemplars = options.exemplars;
   return MakeFamily<CounterFamily>(AddFamily(name, help, std::move(spec)));
 }
 
@@ -970,6 +1088,7 @@ absl::StatusOr<HistogramFamily> Writer::AddHistogram(absl::string_view name, abs
   spec.label_names = std::move(label_names);
   spec.bounds = std::move(bounds);
   spec.unit = options.unit;
+  spec.exemplars = options.exemplars;
   return MakeFamily<HistogramFamily>(AddFamily(name, help, std::move(spec)));
 }
 
@@ -987,6 +1106,7 @@ absl::StatusOr<NativeHistogramFamily> Writer::AddNativeHistogram(absl::string_vi
   spec.unit = options.unit;
   spec.native = true;
   spec.native_shape = *shape;
+  spec.exemplars = options.exemplars;
   return MakeFamily<NativeHistogramFamily>(AddFamily(name, help, std::move(spec)));
 }
 

@@ -25,10 +25,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <initializer_list>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 
+#include "absl/strings/string_view.h"
 #include "shmetrics/shm/native_buckets.h"
 
 namespace shmetrics {
@@ -63,8 +65,11 @@ struct alignas(64) WriterSlot {
   std::byte* rings_base = nullptr;
   uint64_t ring_stride_bytes = 0;
   uint64_t* records_dropped = nullptr;         // in the segment header
+  std::byte* exemplars_base = nullptr;         // lane i's slots at exemplars_base + i * exemplar_stride_bytes
+  uint64_t exemplar_stride_bytes = 0;
+  uint64_t* exemplars_dropped = nullptr;       // in the segment header
 };
-static_assert(sizeof(WriterSlot) == 64);
+static_assert(sizeof(WriterSlot) == 128);
 extern WriterSlot g_writer_slots[kSlotCount];
 
 // This thread's lanes, one entry per writer slot. Trivial type,
@@ -78,7 +83,7 @@ struct ThreadLane {
   std::byte* exclusive_base = nullptr;  // this thread's own lane, or nullptr
   std::byte* shared_base = nullptr;     // the shared lane, when no own lane was free
   std::byte* ring_base = nullptr;       // this thread's ring region (with its own lane)
-  std::byte* unused = nullptr;          // pads to 32 bytes: indexing is a shift
+  std::byte* exemplar_base = nullptr;   // this thread's exemplar slots (with its own lane)
 };
 static_assert(sizeof(ThreadLane) == 32);
 // The unset slot's entry, which every thread has from its start.
@@ -121,6 +126,50 @@ inline void Add(uint32_t slot, uint32_t cell, T amount) {
   }
 }
 
+// A series without exemplar slots.
+inline constexpr uint32_t kNoExemplar = 0xffffffffu;
+
+}  // namespace internal
+
+// One label of an exemplar (typically trace_id). Views: nothing is copied
+// until a metric writes the exemplar into its slot.
+struct ExemplarLabel {
+  absl::string_view name;
+  absl::string_view value;
+};
+
+// An exemplar: up to 8 labels, at most 128 characters of names and values
+// in all (OpenMetrics' limit) and 160 bytes encoded; its value is the
+// observation (or the counter's increment). Timestamp 0: now. Cheap to
+// build on the hot path (it holds views); an exemplar that breaks a rule
+// is dropped when written, and counted.
+class Exemplar {
+ public:
+  Exemplar(std::initializer_list<ExemplarLabel> labels, uint64_t timestamp_unix_ns = 0)
+      : timestamp_unix_ns_(timestamp_unix_ns) {
+    for (const ExemplarLabel& label : labels) {
+      if (count_ == kMaxLabels) {
+        too_many_ = true;
+        break;
+      }
+      labels_[count_++] = label;
+    }
+  }
+
+ private:
+  friend struct ExemplarWriter;
+  static constexpr uint32_t kMaxLabels = 8;
+  ExemplarLabel labels_[kMaxLabels];
+  uint32_t count_ = 0;
+  bool too_many_ = false;
+  uint64_t timestamp_unix_ns_ = 0;
+};
+
+namespace internal {
+// Writes `exemplar` with `value` into this thread's slot `exemplar_index`
+// of writer `slot` (seqlock, out of line: ~25 words of stores).
+void WriteExemplar(uint32_t slot, uint32_t exemplar_index, double value, const Exemplar& exemplar);
+
 // Bounds as the hot path searches them: padded with +Inf to a multiple of
 // kBucketSearchWidth, so the search is a fixed number of vector compares.
 inline constexpr uint32_t kBucketSearchWidth = 16;
@@ -161,13 +210,25 @@ class Counter {
     if (!(amount >= 0)) return;
     internal::Add<double>(slot_, cell_ + 1, amount);
   }
+  // The same, with an exemplar (kept when the family has exemplars on).
+  void inc(uint64_t n, const Exemplar& exemplar) const {
+    inc(n);
+    if (exemplar_ != internal::kNoExemplar) internal::WriteExemplar(slot_, exemplar_, static_cast<double>(n), exemplar);
+  }
+  void add(double amount, const Exemplar& exemplar) const {
+    if (!(amount >= 0)) return;
+    add(amount);
+    if (exemplar_ != internal::kNoExemplar) internal::WriteExemplar(slot_, exemplar_, amount, exemplar);
+  }
   bool valid() const { return valid_; }
 
  private:
   friend class Writer;
-  Counter(uint32_t slot, uint32_t cell) : slot_(slot), cell_(cell), valid_(true) {}
+  Counter(uint32_t slot, uint32_t cell, uint32_t exemplar)
+      : slot_(slot), cell_(cell), exemplar_(exemplar), valid_(true) {}
   uint32_t slot_ = internal::kUnsetSlot;
   uint32_t cell_ = 0;
+  uint32_t exemplar_ = internal::kNoExemplar;
   bool valid_ = false;
 };
 
@@ -208,13 +269,22 @@ class Histogram {
       internal::AddSlow(slot_, cell_ + bucket_count_ + 1, value);
     }
   }
+  // The same, with an exemplar in the value's bucket (kept when the family
+  // has exemplars on).
+  void observe(double value, const Exemplar& exemplar) const {
+    observe(value);
+    if (exemplar_ == internal::kNoExemplar) return;
+    const uint32_t bucket = internal::BucketIndex(bounds_, padded_count_, bucket_count_, value);
+    internal::WriteExemplar(slot_, exemplar_ + bucket, value, exemplar);
+  }
   bool valid() const { return valid_; }
 
  private:
   friend class Writer;
-  Histogram(uint32_t slot, uint32_t cell, const double* padded_bounds, uint32_t bucket_count)
+  Histogram(uint32_t slot, uint32_t cell, const double* padded_bounds, uint32_t bucket_count, uint32_t exemplar)
       : slot_(slot),
         cell_(cell),
+        exemplar_(exemplar),
         bucket_count_(bucket_count),
         padded_count_((bucket_count + internal::kBucketSearchWidth - 1) / internal::kBucketSearchWidth *
                       internal::kBucketSearchWidth),
@@ -222,6 +292,7 @@ class Histogram {
         valid_(true) {}
   uint32_t slot_ = internal::kUnsetSlot;
   uint32_t cell_ = 0;
+  uint32_t exemplar_ = internal::kNoExemplar;
   uint32_t bucket_count_ = 0;
   uint32_t padded_count_ = 0;
   const double* bounds_ = nullptr;  // the writer's padded copy; same address after fork()
@@ -267,6 +338,15 @@ class NativeHistogram {
       ObserveSlow(bucket_cell, out_of_range, value);
     }
   }
+  // The same, with an exemplar in the value's classic bucket (the only
+  // one, +Inf, without classic bounds); kept when the family has exemplars on.
+  void observe(double value, const Exemplar& exemplar) const {
+    observe(value);
+    if (exemplar_ == internal::kNoExemplar) return;
+    const uint32_t bucket =
+        classic_count_ == 0 ? 0 : internal::BucketIndex(classic_bounds_, classic_padded_, classic_count_, value);
+    internal::WriteExemplar(slot_, exemplar_ + bucket, value, exemplar);
+  }
   bool valid() const { return valid_; }
 
  private:
@@ -274,6 +354,7 @@ class NativeHistogram {
   void ObserveSlow(uint32_t bucket_cell, bool out_of_range, double value) const;
   uint32_t slot_ = internal::kUnsetSlot;
   uint32_t cell_ = 0;
+  uint32_t exemplar_ = internal::kNoExemplar;
   int32_t schema_ = 0;
   int32_t index_min_ = 0;
   int32_t index_max_ = 0;

@@ -74,7 +74,12 @@ struct MetricOptions {
   // The OpenMetrics unit ("seconds", "bytes"), shown as `# UNIT`. The name
   // must end in "_" + unit (a counter's before its "_total"), as OpenMetrics
   // requires; checked at registration. Empty: none.
-  std::string unit;
+  std::string unit = {};
+  // Keep the latest exemplar per series (counters) or per bucket
+  // (histograms) and thread: inc(n, exemplar), observe(v, exemplar). Each
+  // series then takes 1 (or buckets + 1) of the segment's exemplar slots
+  // (Capacities::exemplar_slots_per_lane); without room it keeps none.
+  bool exemplars = false;
 };
 
 // A native (sparse, exponential) histogram family. Bucket k holds values v
@@ -93,6 +98,7 @@ struct NativeHistogramOptions {
                                       // zero bucket, as out of range)
   std::vector<double> classic_bounds = {};  // classic buckets as well (as in the text formats); empty: none
   std::string unit = {};              // as MetricOptions::unit
+  bool exemplars = false;             // as MetricOptions::exemplars (one slot per classic bucket, or one)
 };
 
 // Family handles: cheap to copy; WithLabels() registers (or finds) a series.
@@ -241,6 +247,7 @@ class Writer {
     const double* bounds;
     uint32_t bucket_count;
     uint32_t family;
+    uint32_t first_exemplar;  // internal::kNoExemplar: none
   };
   struct FamilySpec {
     shm::MetricType type = shm::MetricType::kCounter;
@@ -248,6 +255,7 @@ class Writer {
     GaugeMerge merge = GaugeMerge::kSum;
     std::vector<double> bounds;
     std::string unit;
+    bool exemplars = false;
     bool native = false;
     shm::NativeShape native_shape;  // when native
   };

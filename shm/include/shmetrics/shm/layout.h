@@ -13,6 +13,7 @@
 //   [SeriesDescriptor x series_capacity][string arena][bucket bounds (f64)]
 //   [lane owner words (u64) x lane_count][lanes: lane_count x cells_per_lane x 8 B]
 //   [rings: exclusive lanes x (RingHeader + request slots + error slots)]
+//   [exemplars: exclusive lanes x exemplar_slots_per_lane x ExemplarSlot] (version 2)
 //
 // A "cell" is one 8-byte value slot. Every series owns `cell_count` cells at
 // the same index `first_cell` in every lane; the value of the series is the
@@ -144,7 +145,12 @@ struct SegmentHeader {
   uint32_t error_ring_slots_per_lane;  // 264  error ring slots after the request slots
   uint32_t reserved0;               // 268
   uint64_t records_dropped;         // 272  records from threads without a ring (shared lane)
-  uint8_t reserved[232];            // 280 .. 512
+  // Version 2 (zero in version 1 segments, whose readers ignore them):
+  uint64_t exemplars_offset;        // 280  the exemplar region
+  uint32_t exemplar_slots_per_lane; // 288  per exclusive lane (0: no exemplars)
+  uint32_t exemplar_slots_used;     // 292  atomic: slots handed to series so far
+  uint64_t exemplars_dropped;       // 296  exemplars not kept: no own lane, or labels too long / invalid
+  uint8_t reserved[208];            // 304 .. 512
 };
 static_assert(sizeof(SegmentHeader) == 512);
 static_assert(alignof(SegmentHeader) == 8);
@@ -165,6 +171,9 @@ static_assert(offsetof(SegmentHeader, series_overflow_count) == 240);
 static_assert(offsetof(SegmentHeader, lane_fallback_count) == 256);
 static_assert(offsetof(SegmentHeader, error_ring_slots_per_lane) == 264);
 static_assert(offsetof(SegmentHeader, records_dropped) == 272);
+static_assert(offsetof(SegmentHeader, exemplars_offset) == 280);
+static_assert(offsetof(SegmentHeader, exemplar_slots_used) == 292);
+static_assert(offsetof(SegmentHeader, exemplars_dropped) == 296);
 
 struct FamilyDescriptor {
   StringRef name;                   //   0
@@ -202,9 +211,11 @@ struct SeriesDescriptor {
   uint32_t flags;                   // 12  kSeriesFlag*
   StringRef label_values[kMaxLabels];  // 16
   uint64_t created_unix_ns;         // 80
-  uint64_t reserved;                // 88
+  uint32_t first_exemplar;          // 88  version 2: its first exemplar slot, the same in every lane
+  uint32_t exemplar_count;          // 92  0 (no exemplars), 1 (counter) or classic buckets + 1 (histogram)
 };
 static_assert(sizeof(SeriesDescriptor) == 96);
+static_assert(offsetof(SeriesDescriptor, first_exemplar) == 88);
 static_assert(offsetof(SeriesDescriptor, first_cell) == 4);
 static_assert(offsetof(SeriesDescriptor, label_values) == 16);
 static_assert(offsetof(SeriesDescriptor, created_unix_ns) == 80);
@@ -250,6 +261,29 @@ static_assert(offsetof(RequestRecord, method) == 40);
 static_assert(offsetof(RequestRecord, endpoint) == 48);
 static_assert(offsetof(RequestRecord, error) == 96);
 
+// Exemplars (version 2): each exclusive lane owns exemplar_slots_per_lane
+// slots; a series with exemplars owns exemplar_count of them at the same
+// index in every lane (a counter one, a histogram one per classic bucket).
+// A slot holds the latest exemplar its lane's owner attached there, under
+// the same seqlock as the rings: `sequence` is odd while being written,
+// and a reader keeps a copy only if it read the same even sequence before
+// and after. 0: never written.
+inline constexpr size_t kExemplarLabelBytes = 160;
+inline constexpr size_t kMaxExemplarRunes = 128;  // OpenMetrics: names and values, in all
+struct ExemplarSlot {
+  uint64_t sequence;                // 0   seqlock word
+  double value;                     // 8   the observed value (histogram) or the increment (counter)
+  uint64_t timestamp_unix_ns;       // 16
+  uint16_t labels_length;           // 24  bytes of `labels` in use
+  uint8_t label_count;              // 26  1 .. 8
+  uint8_t reserved[5];              // 27
+  // label_count pairs: u8 name length, name bytes, u8 value length, value bytes.
+  char labels[kExemplarLabelBytes]; // 32 .. 192
+};
+static_assert(sizeof(ExemplarSlot) == 192);
+static_assert(offsetof(ExemplarSlot, labels_length) == 24);
+static_assert(offsetof(ExemplarSlot, labels) == 32);
+
 // Lane owner word: 0 = free, otherwise (pid << 32 | kernel thread id low 32 bits).
 using LaneOwnerWord = uint64_t;
 
@@ -264,6 +298,7 @@ struct Capacities {
   uint32_t ring_slots_per_lane = 64;        // recent requests per thread
   uint32_t error_ring_slots_per_lane = 16;  // recent errors per thread
   uint32_t ring_slot_bytes = sizeof(RequestRecord);
+  uint32_t exemplar_slots_per_lane = 64;    // 12 KiB per lane (families opt in to exemplars)
 };
 
 // Region offsets and total size computed from capacities. Pure function of
@@ -271,7 +306,7 @@ struct Capacities {
 struct RegionPlan {
   uint64_t family_table_offset, series_table_offset, string_arena_offset,
       bounds_offset, lane_owner_offset, lanes_offset, rings_offset,
-      rings_size_bytes, total_size_bytes;
+      rings_size_bytes, exemplars_offset, total_size_bytes;
   uint32_t lane_count;
 };
 RegionPlan PlanRegions(const Capacities& capacities);
