@@ -668,23 +668,27 @@ std::vector<TopRow> TopRows(const std::vector<reader::AggregatedSeries>& now,
     row.name = SeriesName(s);
     auto it = before.find(row.name);
     if (s.type == shm::MetricType::kHistogram) {
+      // A native histogram's percentiles come from its own buckets.
+      std::vector<double> bounds, before_bounds;
+      std::vector<uint64_t> delta, before_buckets;
+      reader::QuantileBuckets(s, &bounds, &delta);
       uint64_t count = 0;
-      for (uint64_t b : s.buckets) count += b;
+      for (uint64_t b : delta) count += b;
       row.total = static_cast<double>(count);
-      std::vector<uint64_t> delta = s.buckets;
       uint64_t delta_count = count;
-      if (it != before.end() && it->second.buckets.size() == delta.size()) {
+      if (it != before.end()) reader::QuantileBuckets(it->second, &before_bounds, &before_buckets);
+      if (it != before.end() && before_bounds == bounds && before_buckets.size() == delta.size()) {
         delta_count = 0;
         for (size_t b = 0; b < delta.size(); ++b) {
-          delta[b] -= std::min(delta[b], it->second.buckets[b]);
+          delta[b] -= std::min(delta[b], before_buckets[b]);
           delta_count += delta[b];
         }
       }
       row.rate = it == before.end() ? 0 : delta_count / seconds;
       if (delta_count > 0) {
-        row.extra = absl::StrFormat("p50=%.4g p95=%.4g p99=%.4g", reader::EstimateQuantile(s.bounds, delta, 0.5),
-                                    reader::EstimateQuantile(s.bounds, delta, 0.95),
-                                    reader::EstimateQuantile(s.bounds, delta, 0.99));
+        row.extra = absl::StrFormat("p50=%.4g p95=%.4g p99=%.4g", reader::EstimateQuantile(bounds, delta, 0.5),
+                                    reader::EstimateQuantile(bounds, delta, 0.95),
+                                    reader::EstimateQuantile(bounds, delta, 0.99));
       }
     } else {
       row.total = s.value;

@@ -157,7 +157,7 @@ int Run(int argc, char** argv) {
   app.get_formatter()->column_width(36);
   app.footer(
       "ROUTES\n"
-      "  /metrics (text 0.0.4, or OpenMetrics 1.0.0 by Accept and q-values; gzip; streamed), /api/health,\n"
+      "  /metrics (text 0.0.4, OpenMetrics 1.0.0 or delimited protobuf by Accept and q-values; gzip; streamed), /api/health,\n"
       "  /api/stats, /api/recent, /api/errors\n"
       "LISTEN ADDRESSES\n"
       "  127.0.0.1:9464, [::1]:9464, localhost:9464 (every address it resolves to), 0.0.0.0:9464 or [::]:9464\n"

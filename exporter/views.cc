@@ -48,12 +48,16 @@ void Merge(Family& f, const reader::AggregatedSeries& s) {
     f.total += s.value;
     return;
   }
+  // A native histogram counts at its own resolution.
+  std::vector<double> bounds;
+  std::vector<uint64_t> buckets;
+  reader::QuantileBuckets(s, &bounds, &buckets);
   if (f.buckets.empty()) {
-    f.bounds = s.bounds;
-    f.buckets.assign(s.buckets.size(), 0);
+    f.bounds = bounds;
+    f.buckets.assign(buckets.size(), 0);
   }
-  if (f.bounds != s.bounds) return;
-  for (size_t b = 0; b < s.buckets.size(); ++b) f.buckets[b] += s.buckets[b];
+  if (f.bounds != bounds) return;
+  for (size_t b = 0; b < buckets.size(); ++b) f.buckets[b] += buckets[b];
   f.sum += s.sum;
 }
 

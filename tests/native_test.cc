@@ -9,6 +9,8 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <atomic>
+#include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -366,6 +368,166 @@ TEST_CASE("a real Prometheus with native histograms scrapes protobuf: histogram_
   REQUIRE_MESSAGE(q_at != std::string::npos, p99);
   const double estimate = std::stod(p99.substr(q_at + 2));
   CHECK_MESSAGE(std::fabs(estimate - truth) / truth <= std::exp2(1.0 / 8) - 1, p99, " truth ", truth);
+  CHECK(prometheus.Stop() == 0);
+  // /api/stats estimates at the native resolution too.
+  const std::string stats = testing::HttpGet(exporter.url("/api/stats")).body;
+  const size_t family = stats.find("{\"name\":\"job_seconds\"");
+  REQUIRE_MESSAGE(family != std::string::npos, stats);
+  CHECK(absl::StrContains(stats.substr(family), "\"count\":3000,"));
+  const size_t p99_at = stats.find("\"p99\":", family);
+  const double stats_p99 = std::stod(stats.substr(p99_at + 6));
+  CHECK_MESSAGE(std::fabs(stats_p99 - truth) / truth <= std::exp2(1.0 / 8) - 1, stats);
+}
+
+TEST_CASE("shmetrics check, dump and top read native histograms") {
+  TempDir dir;
+  auto writer = Writer::Create(testing::WriterIn(dir, "svc")).value();
+  auto h = writer->AddNativeHistogram("lat_seconds", "L.", {}, {.classic_bounds = {0.5}}).value().WithLabels({}).value();
+  for (double v : {0.1, 0.2, 0.4, 0.8}) h.observe(v);
+  const auto check = RunCommand(std::string(SHMETRICS_CLI_BIN) + " --dir " + dir.path() + " check 2>&1");
+  CHECK_MESSAGE(check.exit_code == 0, check.output);
+  const auto dump = RunCommand(std::string(SHMETRICS_CLI_BIN) + " --dir " + dir.path() + " dump 2>&1");
+  CHECK_MESSAGE(absl::StrContains(dump.output, "lat_seconds_bucket{service=\"svc\",le=\"0.5\"} 3\n"), dump.output);
+  CHECK(absl::StrContains(dump.output, "lat_seconds_count{service=\"svc\"} 4\n"));
+}
+
+// Exemplars: what the writers attached, read back in OpenMetrics and in
+// protobuf by independent parsers, exactly.
+void ExemplarFamilies(Writer& writer) {
+  auto requests = writer.AddCounter("orders_total", "Orders.", {"shop"}, {.exemplars = true}).value();
+  requests.WithLabels({"a"}).value().inc(3, Exemplar({{"trace_id", "4bf92f3577b34da6"}}, 1764201600123000000));
+  auto latency = writer.AddHistogram("checkout_seconds", "Checkout.", {}, {0.1, 1}, {.exemplars = true}).value();
+  const Histogram h = latency.WithLabels({}).value();
+  h.observe(0.05, Exemplar({{"trace_id", "aaaa"}}, 1764201600200000000));
+  h.observe(0.5, Exemplar({{"trace_id", "bbbb"}, {"user", "\u00e9l\u00e8ve"}}, 1764201600300000000));
+  h.observe(7, Exemplar({{"trace_id", "cccc"}}, 1764201600400000000));
+  auto native = writer.AddNativeHistogram("render_seconds", "Render.", {}, {.exemplars = true}).value();
+  native.WithLabels({}).value().observe(0.25, Exemplar({{"trace_id", "dddd"}}, 1764201600500000000));
+  // Rules: a bad label name, more than 128 characters: dropped, counted.
+  requests.WithLabels({"b"}).value().inc(1, Exemplar({{"0bad", "x"}}));
+  requests.WithLabels({"b"}).value().inc(1, Exemplar({{"trace_id", std::string(130, 'x')}}));
+}
+
+TEST_CASE("exemplars reach OpenMetrics and protobuf exactly as the writers attached them, newest across processes") {
+  TempDir dir;
+  WriterProcess a(dir.path(), "shop", ExemplarFamilies);
+  // A second process attaches a newer exemplar to the same counter series.
+  WriterProcess b(dir.path(), "shop", [](Writer& writer) {
+    auto requests = writer.AddCounter("orders_total", "Orders.", {"shop"}, {.exemplars = true}).value();
+    requests.WithLabels({"a"}).value().inc(2, Exemplar({{"trace_id", "newer"}}, 1764201601000000000));
+  });
+  Exporter exporter(dir);
+  const std::string url = exporter.url("/metrics");
+  const testing::HttpResponse om = testing::HttpGet(url, "--accept application/openmetrics-text");
+  REQUIRE(om.status == 200);
+  CHECK(absl::StrContains(om.body, "orders_total{shop=\"a\",service=\"shop\"} 5 # {trace_id=\"newer\"} 2 1764201601.000\n"));
+  std::set<std::string> from_om, from_protobuf;
+  for (const std::string& line : TextSamples(dir, om.body, "openmetrics", "--exemplars")) {
+    if (absl::StrContains(line, " exemplar ")) from_om.insert(line);
+  }
+  for (const std::string& line : ProtobufSamples(dir, url, "--exemplars")) {
+    if (absl::StrContains(line, " exemplar ")) from_protobuf.insert(line);
+  }
+  const std::set<std::string> want = {
+      R"(orders_total{service="shop",shop="a"} exemplar {trace_id="newer"} 2.0 1764201601.000)",
+      R"(checkout_seconds_bucket{le="0.1",service="shop"} exemplar {trace_id="aaaa"} 0.05 1764201600.200)",
+      "checkout_seconds_bucket{le=\"1\",service=\"shop\"} exemplar {trace_id=\"bbbb\",user=\"\u00e9l\u00e8ve\"} 0.5 "
+      "1764201600.300",
+      R"(checkout_seconds_bucket{le="+Inf",service="shop"} exemplar {trace_id="cccc"} 7.0 1764201600.400)",
+      R"(render_seconds_bucket{le="+Inf",service="shop"} exemplar {trace_id="dddd"} 0.25 1764201600.500)",
+  };
+  CHECK(from_om == want);
+  CHECK(from_protobuf == want);
+  // The two broken exemplars were counted, not kept.
+  const auto segments = reader::ListSegments(dir.path()).value();
+  uint64_t dropped = 0;
+  for (const auto& entry : segments) {
+    auto segment = reader::Segment::Open(entry.path).value();
+    dropped += std::atomic_ref<const uint64_t>(*reinterpret_cast<const uint64_t*>(
+                                                   segment->mapping().data() + offsetof(shm::SegmentHeader, exemplars_dropped)))
+                   .load();
+  }
+  CHECK(dropped == 2);
+}
+
+TEST_CASE("torn exemplars: millions of writes under a concurrent reader, never a mixed exemplar") {
+  TempDir dir;
+  auto writer = Writer::Create(testing::WriterIn(dir, "svc")).value();
+  const Counter counter =
+      writer->AddCounter("events_total", "E.", {}, {.exemplars = true}).value().WithLabels({}).value();
+  std::atomic<bool> done{false};
+  constexpr uint64_t kWrites = 2'000'000;
+  std::thread producer([&] {
+    char digits[64];
+    for (uint64_t i = 1; i <= kWrites; ++i) {
+      // The label is the value's digits repeated (1 to 4 times): any mix of
+      // two writes shows as a value and a label that disagree.
+      const std::string one = std::to_string(i);
+      std::string label;
+      for (uint64_t r = 0; r <= i % 4; ++r) label += one;
+      std::memcpy(digits, label.data(), label.size());
+      counter.inc(i, Exemplar({{"n", absl::string_view(digits, label.size())}}, i));
+    }
+    done.store(true);
+  });
+  auto segment = reader::Segment::Open(writer->path()).value();
+  uint64_t reads = 0, mixed = 0, last = 0, backwards = 0;
+  while (!done.load()) {
+    if (!segment->Refresh().ok()) break;
+    if (segment->series().empty()) continue;
+    reader::ExemplarView view;
+    if (!segment->NewestExemplar(segment->series()[0].cells(), 0, &view)) continue;
+    ++reads;
+    std::string label;
+    view.ForEachLabel([&](absl::string_view, absl::string_view value) { label = std::string(value); });
+    const uint64_t value = static_cast<uint64_t>(view.value);
+    std::string expected;
+    for (uint64_t r = 0; r <= value % 4; ++r) expected += std::to_string(value);
+    if (label != expected || view.timestamp_unix_ns != value) ++mixed;
+    if (value < last) ++backwards;
+    last = value;
+  }
+  producer.join();
+  CHECK(mixed == 0);
+  CHECK(backwards == 0);
+  CHECK(reads > 0);
+  reader::ExemplarView final_view;
+  REQUIRE(segment->NewestExemplar(segment->series()[0].cells(), 0, &final_view));
+  CHECK(final_view.value == double(kWrites));
+}
+
+TEST_CASE("a real Prometheus with exemplar storage scrapes OpenMetrics and returns the writers' trace ids") {
+  if (RunCommand("command -v prometheus").exit_code != 0) {
+    FAIL("Debian's prometheus is not installed (the README's test command installs it)");
+  }
+  TempDir dir;
+  WriterProcess w(dir.path(), "shop", ExemplarFamilies);
+  Exporter exporter(dir);
+  const int port = testing::FreePort();
+  const std::string config = dir.path() + "/prometheus.yml";
+  testing::WriteFile(config, absl::StrCat("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: shmetrics\n"
+                                          "    static_configs:\n      - targets: ['127.0.0.1:", exporter.port(), "']\n"));
+  testing::Subprocess prometheus({"/usr/bin/prometheus", "--config.file=" + config,
+                                  "--storage.tsdb.path=" + dir.path() + "/tsdb", "--enable-feature=exemplar-storage",
+                                  absl::StrCat("--web.listen-address=127.0.0.1:", port)},
+                                 dir.path() + "/prometheus.log");
+  std::string exemplars;
+  for (int i = 0; i < 150; ++i) {
+    exemplars = testing::HttpGet(absl::StrCat("http://127.0.0.1:", port,
+                                              "/api/v1/query_exemplars?query=checkout_seconds_bucket&start=1764201500"
+                                              "&end=1764201700"))
+                    .body;
+    if (absl::StrContains(exemplars, "cccc")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  CHECK_MESSAGE(absl::StrContains(exemplars, "{\"trace_id\":\"aaaa\"},\"value\":\"0.05\",\"timestamp\":1764201600.200}"),
+                exemplars);
+  CHECK(absl::StrContains(exemplars, "{\"trace_id\":\"cccc\"},\"value\":\"7\",\"timestamp\":1764201600.400}"));
+  const std::string counter = testing::HttpGet(absl::StrCat("http://127.0.0.1:", port,
+                                                            "/api/v1/query_exemplars?query=orders_total&start=1764201500"
+                                                            "&end=1764201700"))
+                                  .body;
+  CHECK_MESSAGE(absl::StrContains(counter, "{\"trace_id\":\"4bf92f3577b34da6\"},\"value\":\"3\""), counter);
   CHECK(prometheus.Stop() == 0);
 }
 

@@ -68,6 +68,7 @@ struct Collector::State {
     std::string om_lines;
     std::vector<uint32_t> line_ends;
     std::string proto_labels;  // per series, its Metric.label fields, encoded
+    bool exemplars = false;    // some source keeps exemplars
   };
 
   struct OpenSegment {
@@ -140,6 +141,9 @@ struct Collector::State {
   // A series whose every source faulted (its file shrank) and that has no
   // archived part: left out of the pass rather than shown as a reset.
   static bool SeriesVanished(const Source* begin, const Source* end, const ArchivedSeries* archived);
+  // The newest exemplar `index` over a series' sources; false when none.
+  static bool NewestExemplar(const Source* begin, const Source* end, uint32_t index, bool skip_faulted,
+                             ExemplarView* out);
   static double ScalarOf(const OutGroup& group, const Source* begin, const Source* end,
                          const ArchivedSeries* archived, bool skip_faulted);
   static double HistogramOf(const Source* begin, const Source* end, const ArchivedSeries* archived,

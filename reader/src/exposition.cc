@@ -101,15 +101,47 @@ double Collector::State::NativeOf(const shm::NativeShape& shape, const Source* b
 }
 
 void Collector::State::ClassicOfNative(const shm::NativeShape& shape, const uint64_t* cells, uint64_t* buckets) {
-  if (shape.classic_bounds > 0) {
-    std::copy(cells + shape.classic_first_cell(), cells + shape.classic_first_cell() + shape.classic_bounds + 1,
-              buckets);
-    return;
-  }
-  uint64_t total = cells[shm::kNativeZeroCell];
-  for (uint32_t c = shm::kNativeFirstBucketCell; c < shape.classic_first_cell(); ++c) total += cells[c];
-  buckets[0] = total;
+  ClassicBucketsOfNative(shape, cells, buckets);
 }
+
+bool Collector::State::NewestExemplar(const Source* begin, const Source* end, uint32_t index, bool skip_faulted,
+                                      ExemplarView* out) {
+  bool found = false;
+  ExemplarView candidate;
+  for (const Source* source = begin; source != end; ++source) {
+    if (source->cells.exemplar_count == 0 || (skip_faulted && source->segment->Faulted())) continue;
+    if (!source->segment->NewestExemplar(source->cells, index, &candidate)) continue;
+    if (found && candidate.timestamp_unix_ns <= out->timestamp_unix_ns) continue;
+    *out = candidate;
+    found = true;
+  }
+  return found;
+}
+
+namespace {
+// " # {name=\"value\",...} value timestamp": an OpenMetrics exemplar, to
+// the millisecond like _created.
+void AppendOpenMetricsExemplar(std::string* out, const ExemplarView& exemplar) {
+  out->append(" # {");
+  bool first = true;
+  exemplar.ForEachLabel([&](absl::string_view name, absl::string_view value) {
+    if (!first) out->push_back(',');
+    first = false;
+    out->append(name.data(), name.size());
+    out->append("=\"");
+    AppendLabelValue(out, value);
+    out->push_back('"');
+  });
+  out->append("} ");
+  AppendDouble(out, exemplar.value);
+  out->push_back(' ');
+  const uint64_t ms = exemplar.timestamp_unix_ns / 1000000;
+  out->append(std::to_string(ms / 1000));
+  const char fraction[4] = {'.', static_cast<char>('0' + ms % 1000 / 100), static_cast<char>('0' + ms % 100 / 10),
+                            static_cast<char>('0' + ms % 10)};
+  out->append(fraction, 4);
+}
+}  // namespace
 
 namespace {
 // Largest cell array of a native series: 3 + 2 signs * kMaxNativeBuckets + 65 classic.
@@ -138,6 +170,10 @@ void Collector::State::RenderSeries(const OutGroup& group, size_t index, Exposit
     const uint32_t line_end = om_counter ? series.om_end : series.text_end;
     out->append(lines.data() + line_begin, line_end - line_begin);
     AppendDouble(out, ScalarOf(group, begin, end, series.archived, skip_faulted));
+    if (om_counter && group.exemplars) {
+      ExemplarView exemplar;
+      if (NewestExemplar(begin, end, 0, skip_faulted, &exemplar)) AppendOpenMetricsExemplar(out, exemplar);
+    }
     out->push_back('\n');
     if (om_counter && series.created_unix_ns != 0) {
       // "<om name>_total{...} " becomes "<om name>_created{...} ".
@@ -169,10 +205,15 @@ void Collector::State::RenderSeries(const OutGroup& group, size_t index, Exposit
   }
   // _count is the +Inf bucket: both come from the same bucket counts.
   uint64_t cumulative = 0;
+  const bool om_exemplars = format == ExpositionFormat::kOpenMetrics && group.exemplars;
   for (size_t b = 0; b < bucket_count; ++b) {
     cumulative += buckets[b];
     line_start();
     AppendCount(out, cumulative);
+    ExemplarView exemplar;
+    if (om_exemplars && NewestExemplar(begin, end, static_cast<uint32_t>(b), skip_faulted, &exemplar)) {
+      AppendOpenMetricsExemplar(out, exemplar);
+    }
     out->push_back('\n');
   }
   line_start();

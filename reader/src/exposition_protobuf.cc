@@ -6,6 +6,7 @@
 // messages: a family with more series than fit in one piece is sent as
 // several messages of the same name, which the format allows.
 #include <algorithm>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -32,7 +33,9 @@ constexpr uint32_t kHistogramCount = 1, kHistogramSum = 2, kHistogramBucket = 3,
                    kHistogramZeroThreshold = 6, kHistogramZeroCount = 7, kHistogramNegativeSpan = 9,
                    kHistogramNegativeDelta = 10, kHistogramPositiveSpan = 12, kHistogramPositiveDelta = 13,
                    kHistogramCreated = 15;
-constexpr uint32_t kBucketCumulativeCount = 1, kBucketUpperBound = 2;
+constexpr uint32_t kBucketCumulativeCount = 1, kBucketUpperBound = 2, kBucketExemplar = 3;
+constexpr uint32_t kCounterExemplar = 2;
+constexpr uint32_t kExemplarLabel = 1, kExemplarValue = 2, kExemplarTimestamp = 3;
 constexpr uint32_t kSpanOffset = 1, kSpanLength = 2;
 constexpr uint32_t kTimestampSeconds = 1, kTimestampNanos = 2;
 }  // namespace field
@@ -44,6 +47,20 @@ void AppendTimestamp(std::string* out, uint32_t field_number, uint64_t unix_ns) 
   const size_t mark = proto::Open(out, field_number);
   proto::AppendVarintField(out, field::kTimestampSeconds, unix_ns / 1000000000);
   if (unix_ns % 1000000000 != 0) proto::AppendVarintField(out, field::kTimestampNanos, unix_ns % 1000000000);
+  proto::Close(out, mark);
+}
+
+void AppendExemplar(std::string* out, uint32_t field_number, const ExemplarView& exemplar) {
+  const size_t mark = proto::Open(out, field_number);
+  exemplar.ForEachLabel([&](absl::string_view name, absl::string_view value) {
+    const size_t label = proto::Open(out, field::kExemplarLabel);
+    proto::AppendStringField(out, field::kLabelPairName, name);
+    proto::AppendStringField(out, field::kLabelPairValue, value);
+    proto::Close(out, label);
+  });
+  proto::AppendDoubleField(out, field::kExemplarValue, exemplar.value);
+  // To the millisecond, as in OpenMetrics.
+  AppendTimestamp(out, field::kExemplarTimestamp, exemplar.timestamp_unix_ns / 1000000 * 1000000);
   proto::Close(out, mark);
 }
 
@@ -113,6 +130,10 @@ void Collector::State::RenderSeriesProtobuf(const OutGroup& group, size_t index,
     case shm::MetricType::kCounter: {
       const size_t counter = proto::Open(out, field::kMetricCounter);
       proto::AppendDoubleField(out, field::kValue, ScalarOf(group, begin, end, series.archived, skip_faulted));
+      ExemplarView exemplar;
+      if (group.exemplars && NewestExemplar(begin, end, 0, skip_faulted, &exemplar)) {
+        AppendExemplar(out, field::kCounterExemplar, exemplar);
+      }
       if (series.created_unix_ns != 0) AppendTimestamp(out, field::kCounterCreated, series.created_unix_ns);
       proto::Close(out, counter);
       break;
@@ -140,13 +161,21 @@ void Collector::State::RenderSeriesProtobuf(const OutGroup& group, size_t index,
       for (size_t b = 0; b < bucket_count; ++b) total += buckets[b];
       proto::AppendVarintField(out, field::kHistogramCount, total);
       proto::AppendDoubleField(out, field::kHistogramSum, sum);
-      // Classic buckets, finite bounds only: +Inf is the count.
+      // Classic buckets, finite bounds only: +Inf is the count, written
+      // out only to carry an exemplar.
       uint64_t cumulative = 0;
-      for (size_t b = 0; b + 1 < bucket_count; ++b) {
+      for (size_t b = 0; b < bucket_count; ++b) {
         cumulative += buckets[b];
+        ExemplarView exemplar;
+        const bool with_exemplar =
+            group.exemplars && NewestExemplar(begin, end, static_cast<uint32_t>(b), skip_faulted, &exemplar);
+        const bool infinite = b + 1 == bucket_count;
+        if (infinite && !with_exemplar) break;
         const size_t bucket = proto::Open(out, field::kHistogramBucket);
         proto::AppendVarintField(out, field::kBucketCumulativeCount, cumulative);
-        proto::AppendDoubleField(out, field::kBucketUpperBound, group.shape.bounds[b]);
+        proto::AppendDoubleField(out, field::kBucketUpperBound,
+                                 infinite ? std::numeric_limits<double>::infinity() : group.shape.bounds[b]);
+        if (with_exemplar) AppendExemplar(out, field::kBucketExemplar, exemplar);
         proto::Close(out, bucket);
       }
       if (group.shape.native) {

@@ -22,9 +22,14 @@ void AppendDouble(std::string* out, double value) {
     }
     out->append(buffer, result.ptr);
   } else {
-    char buffer[32];
-    // Shortest text that reads back as the same double.
-    auto result = std::to_chars(buffer, buffer + sizeof buffer, value);
+    char buffer[48];
+    // Shortest text that reads back as the same double; plain decimals from
+    // 1e-4 up (0.0005, not 5e-04), as Go and Python write them, so that a
+    // bucket bound reads the same in every format and every parser.
+    const double magnitude = std::fabs(value);
+    const auto result = magnitude >= 1e-4 && magnitude < 1e16
+                            ? std::to_chars(buffer, buffer + sizeof buffer, value, std::chars_format::fixed)
+                            : std::to_chars(buffer, buffer + sizeof buffer, value);
     out->append(buffer, result.ptr);
   }
 }
@@ -128,6 +133,38 @@ double EstimateQuantile(const std::vector<double>& bounds, const std::vector<uin
     below = cumulative;
   }
   return bounds.back();
+}
+
+void QuantileBuckets(const AggregatedSeries& series, std::vector<double>* bounds, std::vector<uint64_t>* buckets) {
+  bounds->clear();
+  buckets->clear();
+  if (!series.native || series.native_cells.size() != series.native_shape.cell_count()) {
+    *bounds = series.bounds;
+    *buckets = series.buckets;
+    return;
+  }
+  const shm::NativeShape& shape = series.native_shape;
+  const uint64_t* cells = series.native_cells.data();
+  const uint32_t n = shape.buckets_per_sign();
+  if (shape.negative) {
+    // Most negative first: negative bucket k holds [-2^(k/2^s), -2^((k-1)/2^s)).
+    for (uint32_t j = n; j-- > 0;) {
+      bounds->push_back(-shm::NativeBucketUpperBound(shape.index_min + static_cast<int32_t>(j) - 1, shape.schema));
+      buckets->push_back(cells[shape.negative_first_cell() + j]);
+    }
+  }
+  bounds->push_back(shape.zero_threshold);
+  buckets->push_back(cells[shm::kNativeZeroCell]);
+  for (uint32_t j = 0; j < n; ++j) {
+    const double upper = shm::NativeBucketUpperBound(shape.index_min + static_cast<int32_t>(j), shape.schema);
+    if (!(upper > bounds->back())) {  // a bucket at or under the zero threshold: fold it into the one before
+      buckets->back() += cells[shm::kNativeFirstBucketCell + j];
+      continue;
+    }
+    bounds->push_back(upper);
+    buckets->push_back(cells[shm::kNativeFirstBucketCell + j]);
+  }
+  buckets->push_back(0);  // +Inf: values above max are in the top bucket
 }
 
 const char* ContentType(ExpositionFormat format) {

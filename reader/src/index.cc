@@ -186,6 +186,7 @@ void Collector::State::RebuildIndex() {
         }
       }
       group.sources.insert(group.sources.end(), out.sources.begin(), out.sources.end());
+      for (const Source& source : out.sources) group.exemplars |= source.cells.exemplar_count > 0;
       group.hot.push_back({static_cast<uint32_t>(group.text_lines.size()),
                            static_cast<uint32_t>(group.om_lines.size()),
                            static_cast<uint32_t>(group.sources.size()), out.archived,

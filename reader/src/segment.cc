@@ -14,6 +14,29 @@
 
 namespace shmetrics::reader {
 namespace {
+// Whether an exemplar slot's labels follow the rules (layout.h): 1 to 8
+// labels, valid names, UTF-8 values, within the area, <= 128 characters.
+bool ValidExemplar(const shm::ExemplarSlot& slot) {
+  if (slot.label_count < 1 || slot.label_count > shm::kMaxLabels || slot.labels_length > sizeof slot.labels) {
+    return false;
+  }
+  size_t at = 0, runes = 0;
+  for (uint8_t i = 0; i < slot.label_count; ++i) {
+    for (int part = 0; part < 2; ++part) {
+      if (at >= slot.labels_length) return false;
+      const size_t length = static_cast<unsigned char>(slot.labels[at]);
+      if (at + 1 + length > slot.labels_length) return false;
+      const absl::string_view text(slot.labels + at + 1, length);
+      if (part == 0 ? !shm::IsValidLabelName(text) : !shm::IsValidUtf8(text)) return false;
+      for (char ch : text) runes += (static_cast<unsigned char>(ch) & 0xC0) != 0x80;
+      at += 1 + length;
+    }
+  }
+  return at == slot.labels_length && runes <= shm::kMaxExemplarRunes;
+}
+}  // namespace
+
+namespace {
 
 // Relaxed atomic load from the read-only mapping. __atomic_load_n accepts a
 // const pointer (std::atomic_ref<const T> does not exist in C++20); an
@@ -280,6 +303,19 @@ absl::Status Segment::RefreshUnchecked() {
     s.cell_count = d.cell_count;
     s.overflow = (d.flags & shm::kSeriesFlagOverflow) != 0;
     s.created_unix_ns = d.created_unix_ns;
+    if (d.exemplar_count != 0) {
+      const uint32_t allowed = f.type == shm::MetricType::kCounter     ? 1
+                               : f.type == shm::MetricType::kHistogram ? static_cast<uint32_t>(f.bounds.size()) + 1
+                                                                       : 0;
+      if (header_.layout_version < 2 || d.exemplar_count != allowed ||
+          uint64_t{d.first_exemplar} + d.exemplar_count > header_.exemplar_slots_per_lane) {
+        return Corrupt(file, where + " has exemplar slots outside the exemplar region, or too many");
+      }
+      s.first_exemplar = d.first_exemplar;
+      s.exemplar_count = d.exemplar_count;
+    } else if (d.first_exemplar != 0 && (header_.layout_version < 2 || d.first_exemplar != shm::kNoIndex)) {
+      return Corrupt(file, where + " has an exemplar slot but no exemplar count");
+    }
     for (size_t l = 0; l < f.label_names.size(); ++l) {
       absl::StatusOr<std::string> value =
           ReadString(d.label_values[l], shm::kMaxLabelValueBytes, where + " label value");
@@ -329,6 +365,63 @@ double Segment::AddNativeCells(SeriesCells series, const shm::NativeShape& shape
   for (uint32_t lane = 0; lane < lanes; ++lane) add_lane(lane);
   add_lane(header_.lane_count - 1);
   return sum;
+}
+
+uint64_t NativeCount(const shm::NativeShape& shape, const uint64_t* cells) {
+  uint64_t total = cells[shm::kNativeZeroCell];
+  for (uint32_t c = shm::kNativeFirstBucketCell; c < shape.classic_first_cell(); ++c) total += cells[c];
+  return total;
+}
+
+void ClassicBucketsOfNative(const shm::NativeShape& shape, const uint64_t* cells, uint64_t* buckets) {
+  const uint64_t total = NativeCount(shape, cells);
+  if (shape.classic_bounds == 0) {
+    buckets[0] = total;
+    return;
+  }
+  uint64_t running = 0;
+  for (uint32_t b = 0; b < shape.classic_bounds; ++b) {
+    buckets[b] = std::min(cells[shape.classic_first_cell() + b], total - running);
+    running += buckets[b];
+  }
+  buckets[shape.classic_bounds] = total - running;
+}
+
+double Segment::HistogramValue(const SeriesView& series, uint64_t* buckets) const {
+  const FamilyView& family = families_[series.family];
+  if (!family.native) return HistogramValue(series.cells(), buckets);
+  std::vector<uint64_t> cells(family.native_shape.cell_count(), 0);
+  const double sum = AddNativeCells(series.cells(), family.native_shape, cells.data());
+  ClassicBucketsOfNative(family.native_shape, cells.data(), buckets);
+  return sum;
+}
+
+bool Segment::NewestExemplar(SeriesCells series, uint32_t index, ExemplarView* out) const {
+  if (index >= series.exemplar_count) return false;
+  const uint32_t lanes = lanes_to_sum_.load(std::memory_order_relaxed);
+  const std::byte* data = mapping_->data();
+  bool found = false;
+  for (uint32_t lane = 0; lane < lanes; ++lane) {
+    const std::byte* slot = data + header_.exemplars_offset +
+                            (uint64_t{lane} * header_.exemplar_slots_per_lane + series.first_exemplar + index) *
+                                sizeof(shm::ExemplarSlot);
+    // Seqlock read, as ReadRecord: sequence, payload, sequence, all acquire.
+    const uint64_t before = LoadAcquire<uint64_t>(slot);
+    if (before == 0 || (before & 1) != 0) continue;
+    shm::ExemplarSlot copy{};
+    auto* words = reinterpret_cast<uint64_t*>(&copy);
+    for (size_t w = 1; w < sizeof copy / 8; ++w) words[w] = LoadAcquire<uint64_t>(slot + w * 8);
+    if (LoadAcquire<uint64_t>(slot) != before) continue;
+    if (found && copy.timestamp_unix_ns <= out->timestamp_unix_ns) continue;
+    if (!ValidExemplar(copy)) continue;
+    found = true;
+    out->value = copy.value;
+    out->timestamp_unix_ns = copy.timestamp_unix_ns;
+    out->labels_length = copy.labels_length;
+    out->label_count = copy.label_count;
+    std::memcpy(out->labels, copy.labels, sizeof copy.labels);
+  }
+  return found;
 }
 
 double Segment::HistogramValue(SeriesCells series, uint64_t* buckets) const {

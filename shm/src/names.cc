@@ -91,6 +91,10 @@ absl::Status CheckUnit(absl::string_view name, MetricType type, absl::string_vie
     return absl::InvalidArgumentError(
         absl::StrCat("family '", name, "': invalid unit: must be 1 to 64 of [a-zA-Z0-9_:]"));
   }
+  if (type == MetricType::kCounter && unit == "total") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("family '", name, "': 'total' is a counter's suffix, not a unit"));
+  }
   const std::string family = OpenMetricsFamilyName(name, type);
   if (!absl::EndsWith(family, absl::StrCat("_", unit))) {
     return absl::InvalidArgumentError(absl::StrCat("family '", name, "': with unit '", unit,

@@ -239,6 +239,11 @@ bool WriterRunning(const Segment& segment);
 double EstimateQuantile(const std::vector<double>& bounds, const std::vector<uint64_t>& buckets,
                         double quantile);
 
+// A histogram's buckets for EstimateQuantile: its classic ones, or a native
+// histogram's own at their resolution (negative, zero and positive buckets
+// in ascending order, each bound its upper end, +Inf last and empty).
+void QuantileBuckets(const AggregatedSeries& series, std::vector<double>* bounds, std::vector<uint64_t>* buckets);
+
 // Text helpers shared by the exporter and the CLI.
 void AppendDouble(std::string* out, double value);       // Prometheus number syntax
 void AppendJsonString(std::string* out, absl::string_view text);  // invalid UTF-8 becomes U+FFFD

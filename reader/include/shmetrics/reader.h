@@ -62,6 +62,31 @@ struct SeriesCells {
   uint32_t first_cell = 0;
   uint32_t cell_count = 0;
   bool is_signed = false;  // a gauge: its integer cells are two's complement
+  uint32_t first_exemplar = 0;
+  uint32_t exemplar_count = 0;  // 0: no exemplars
+};
+
+// One exemplar as a slot held it, checked: labels (name, value pairs,
+// encoded as in shm::ExemplarSlot) valid, at most 128 characters.
+struct ExemplarView {
+  double value = 0;
+  uint64_t timestamp_unix_ns = 0;
+  uint16_t labels_length = 0;
+  uint8_t label_count = 0;
+  char labels[shm::kExemplarLabelBytes] = {};
+  // Calls f(name, value) for each label, in order.
+  template <typename F>
+  void ForEachLabel(F&& f) const {
+    size_t at = 0;
+    for (uint8_t i = 0; i < label_count; ++i) {
+      const size_t name_length = static_cast<unsigned char>(labels[at]);
+      const absl::string_view name(labels + at + 1, name_length);
+      at += 1 + name_length;
+      const size_t value_length = static_cast<unsigned char>(labels[at]);
+      f(name, absl::string_view(labels + at + 1, value_length));
+      at += 1 + value_length;
+    }
+  }
 };
 
 // A validated copy of a series descriptor.
@@ -73,7 +98,9 @@ struct SeriesView {
   uint32_t cell_count = 0;
   bool overflow = false;
   uint64_t created_unix_ns = 0;
-  SeriesCells cells() const { return {first_cell, cell_count, is_signed}; }
+  uint32_t first_exemplar = 0;
+  uint32_t exemplar_count = 0;
+  SeriesCells cells() const { return {first_cell, cell_count, is_signed, first_exemplar, exemplar_count}; }
 };
 
 // One request record, copied out of a ring and checked.
@@ -162,16 +189,21 @@ class Segment {
   double ScalarValue(const SeriesView& series) const { return ScalarValue(series.cells()); }
   double ScalarValue(SeriesCells cells) const;
   // Histogram: fills `buckets` (bounds.size() + 1 non-cumulative counts, the
-  // last is +Inf) and returns the sum. _count is the sum of `buckets`.
-  double HistogramValue(const SeriesView& series, uint64_t* buckets) const {
-    return HistogramValue(series.cells(), buckets);
-  }
+  // last is +Inf) and returns the sum. _count is the sum of `buckets`. A
+  // native histogram gives its classic buckets (ClassicBucketsOfNative).
+  double HistogramValue(const SeriesView& series, uint64_t* buckets) const;
+  // A classic histogram's cells only.
   double HistogramValue(SeriesCells cells, uint64_t* buckets) const;
   // Native histogram of `shape`: adds its cells, summed over lanes, to
   // `cells_out` (shape.cell_count() entries: sum as f64 bits is NOT
   // included there; it is returned), so several segments' series of one
   // shape accumulate into one array. Cell order as in shm/native_buckets.h.
   double AddNativeCells(SeriesCells cells, const shm::NativeShape& shape, uint64_t* cells_out) const;
+  // The newest intact exemplar of a series' exemplar `index` (0 ..
+  // exemplar_count-1) over the exclusive lanes in use; false when none.
+  // Copies each slot under its seqlock; a slot being written, or that
+  // breaks a rule, is skipped.
+  bool NewestExemplar(SeriesCells cells, uint32_t index, ExemplarView* out) const;
 
   // Number of rings (one per exclusive lane; 0 without rings).
   uint32_t ring_count() const;
@@ -209,6 +241,15 @@ class Segment {
   std::atomic<uint32_t> family_count_{0}, series_count_{0};  // sizes for Info() on other threads
   absl::Status broken_;
 };
+
+// A native histogram's classic buckets (classic_bounds + 1, non-cumulative,
+// +Inf last) from its cells: the classic cells, or one bucket (the count)
+// without classic bounds. The count is always the native buckets' total:
+// classic cells read a moment apart from the native ones (an observation
+// in between) or forged are clamped so that they add up to it.
+void ClassicBucketsOfNative(const shm::NativeShape& shape, const uint64_t* cells, uint64_t* buckets);
+// The native buckets' total: zero, positive and negative buckets.
+uint64_t NativeCount(const shm::NativeShape& shape, const uint64_t* cells);
 
 struct DirectoryEntry {
   std::string path;
