@@ -43,11 +43,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)s.Refresh();
   double total = 0;
   std::vector<uint64_t> buckets(shmetrics::shm::kMaxBuckets + 1);
+  std::vector<uint64_t> native_cells;
+  shmetrics::reader::ExemplarView exemplar;
   for (const auto& series : s.series()) {
-    if (s.families()[series.family].type == shmetrics::shm::MetricType::kHistogram) {
-      total += s.HistogramValue(series, buckets.data());
+    const auto& family = s.families()[series.family];
+    if (family.type == shmetrics::shm::MetricType::kHistogram) {
+      total += s.HistogramValue(series, buckets.data());  // a native one's classic buckets
+      if (family.native) {
+        native_cells.assign(family.native_shape.cell_count(), 0);
+        total += s.AddNativeCells(series.cells(), family.native_shape, native_cells.data());
+      }
     } else {
       total += s.ScalarValue(series);
+    }
+    for (uint32_t e = 0; e < series.exemplar_count; ++e) {
+      if (s.NewestExemplar(series.cells(), e, &exemplar)) total += exemplar.value;
     }
   }
   for (uint32_t lane = 0; lane < s.ring_count(); ++lane) {
