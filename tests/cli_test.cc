@@ -69,7 +69,7 @@ TEST_CASE("cli ls --json lists each segment with its state and use of capacity")
       std::regex("shmetrics\\.api\\.[0-9]+\\.[0-9]+\\.0"), "FILE");
   auto line = [](pid_t pid, const char* state, int lanes) {
     return absl::StrCat("{\"file\":\"FILE\",\"service\":\"api\",\"pid\":", pid, ",\"state\":\"", state,
-                        "\",\"age_seconds\":A,\"size_bytes\":3198976,\"families\":4,\"family_capacity\":256,"
+                        "\",\"age_seconds\":A,\"size_bytes\":3592192,\"families\":4,\"family_capacity\":256,"
                         "\"series\":5,\"series_capacity\":4096,\"lanes_in_use\":", lanes,
                         ",\"exclusive_lanes\":32,\"series_overflow\":0}");
   };
@@ -135,7 +135,7 @@ TEST_CASE("cli check passes good segments and catches corrupted ones with exit c
   CHECK(r.output == "ok       " + good + "\n" +
                         "PROBLEM  " + bad_magic + ": not a shmetrics segment (bad magic)\n" +
                         "PROBLEM  " + truncated + ": corrupt segment: truncated or extended: file has 4096 bytes, "
-                                                  "header says 3198976\n");
+                                                  "header says 3592192\n");
   const auto json = RunCommand(Cli(dir, "check --json shmetrics.api.99999998.7.0"));
   CHECK(json.exit_code == 5);
   CHECK(json.output == "[\n  {\"path\":\"" + bad_magic + "\",\"ok\":false,\"error\":\"" + bad_magic +

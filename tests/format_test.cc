@@ -104,7 +104,9 @@ TEST_CASE("region offsets follow the documented formulas") {
   CHECK(plan.lanes_offset == align(plan.lane_owner_offset + 33 * 8));
   CHECK(plan.rings_offset == align(plan.lanes_offset + 33 * 8192 * 8));
   CHECK(plan.rings_size_bytes == 32 * (64 + (64 + 16) * 128));
-  CHECK(plan.total_size_bytes == 3'198'976);
+  CHECK(plan.exemplars_offset == align(plan.rings_offset + plan.rings_size_bytes));
+  CHECK(plan.total_size_bytes == (plan.exemplars_offset + 32 * 64 * 192 + 4095) / 4096 * 4096);
+  CHECK(plan.total_size_bytes == 3'592'192);
 }
 
 }  // namespace

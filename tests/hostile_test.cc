@@ -231,6 +231,8 @@ std::string SparseSegment(const TempDir& dir, const shm::Capacities& capacities,
   header.lanes_offset = plan.lanes_offset;
   header.rings_offset = plan.rings_offset;
   header.rings_size_bytes = plan.rings_size_bytes;
+  header.exemplars_offset = plan.exemplars_offset;
+  header.exemplar_slots_per_lane = capacities.exemplar_slots_per_lane;
   header.lanes_high_water = plan.lane_count - 1;
   const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
   REQUIRE(fd >= 0);

@@ -343,7 +343,7 @@ TEST_CASE("a fork child that cannot create its segment never touches its parent'
     auto counter = jobs.WithLabels({}).value();
     counter.inc(5);
     signal(SIGXFSZ, SIG_IGN);
-    rlimit limit{1 << 20, RLIM_INFINITY};  // the child's 3.1 MiB segment does not fit
+    rlimit limit{1 << 20, RLIM_INFINITY};  // the child's 3.4 MiB segment does not fit
     setrlimit(RLIMIT_FSIZE, &limit);
     const pid_t child = testing::Fork();
     if (child == 0) {

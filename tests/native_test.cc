@@ -89,6 +89,18 @@ TEST_CASE("native histogram options are checked at registration") {
         "family 'sent_total': with unit 'bytes' its name must end in _bytes (before _total), as OpenMetrics requires");
   CHECK(writer->AddGauge("temp_celsius", "h", {}, GaugeMerge::kMax, {.unit = "cel sius"}).status().message() ==
         "family 'temp_celsius': invalid unit: must be 1 to 64 of [a-zA-Z0-9_:]");
+  CHECK(writer->AddCounter("x_total", "h", {}, {.unit = "total"}).status().message() ==
+        "family 'x_total': 'total' is a counter's suffix, not a unit");
+  CHECK(writer->AddInfo("build_info", "h", {"v"}).status().message() ==
+        "family 'build_info': an info family is named without its _info suffix (the exposition adds it)");
+  CHECK(writer->AddStateSet("mode", "h", {}, {}).status().message() == "stateset 'mode' needs 1 to 64 states, got 0");
+  CHECK(writer->AddStateSet("mode", "h", {}, {"a", "a"}).status().message() == "stateset 'mode': state 'a' is repeated");
+  CHECK(writer->AddStateSet("a:b", "h", {}, {"x"}).status().message() ==
+        "family 'a:b': a stateset's name is also its state label's name: it must be a valid label name (no ':')");
+  CHECK(writer->AddStateSet("mode", "h", {"mode"}, {"x"}).status().message() ==
+        "family 'mode': a stateset's label names cannot include its own name (its state label)");
+  CHECK(writer->AddStateSet("mode", "h", {}, {"x", "y"}).ok());
+  CHECK(writer->AddStateSet("mode", "h", {}, {"x", "z"}).status().code() == absl::StatusCode::kAlreadyExists);
 }
 
 // What the writer must have put in the cells, computed here from the
@@ -258,6 +270,12 @@ void MixedFamilies(Writer& writer) {
   auto bare = writer.AddNativeHistogram("wait_seconds", "W.", {}, {.schema = 0, .min = 1, .max = 64}).value();
   bare.WithLabels({}).value().observe(3);
   writer.AddNativeHistogram("idle_seconds", "never observed", {}, {}).value().WithLabels({}).value();
+  REQUIRE(writer.AddInfo("application", "The build.", {"version", "commit"}).value().Add({"1.2.3", "abc"}).ok());
+  const StateSet mode =
+      writer.AddStateSet("mode", "Serving mode.", {"pool"}, {"starting", "serving", "draining"}).value()
+          .WithLabels({"p1"}).value();
+  mode.set(1);
+  mode.set(7);  // no such state: ignored
 }
 
 TEST_CASE("the three formats agree: protobuf decoded by python3-protobuf gives exactly the text samples, "
@@ -275,6 +293,10 @@ TEST_CASE("the three formats agree: protobuf decoded by python3-protobuf gives e
   CHECK(from_text.count(R"(lat_seconds_bucket{le="0.25",route="/x",service="svc"} 8.0)") == 1);
   CHECK(from_text.count(R"(wait_seconds_bucket{le="+Inf",service="svc"} 2.0)") == 1);
   CHECK(from_text.count(R"(idle_seconds_count{service="svc"} 0.0)") == 1);
+  CHECK(from_text.count(R"(application_info{commit="abc",service="svc",version="1.2.3"} 1.0)") == 1);
+  CHECK(from_text.count(R"(mode{mode="serving",pool="p1",service="svc"} 1.0)") == 1);
+  CHECK(from_text.count(R"(mode{mode="draining",pool="p1",service="svc"} 0.0)") == 1);
+  CHECK(absl::StrContains(text.body, "# TYPE application_info gauge\n"));
 
   // The native buckets, as decoded: two processes, each 0 -> zero bucket,
   // 0.002 -> 2^(-72/8) .. at index -71, ..., 100 -> clamped to the top
@@ -307,6 +329,11 @@ TEST_CASE("the three formats agree: protobuf decoded by python3-protobuf gives e
   CHECK(absl::StrContains(om.body, "\nlat_seconds_created{route=\"/x\",service=\"svc\"} "));
   const std::set<std::string> from_om = TextSamples(dir, om.body, "openmetrics", "--created");
   CHECK(from_om.count(R"(lat_seconds_count{route="/x",service="svc"} 16.0)") == 1);
+  CHECK(absl::StrContains(om.body, "# TYPE application info\napplication_info{version=\"1.2.3\",commit=\"abc\",service=\"svc\"} 1\n"));
+  CHECK(absl::StrContains(om.body, "# TYPE mode stateset\n"));
+  CHECK(from_om.count(R"(application_info{commit="abc",service="svc",version="1.2.3"} 1.0)") == 1);
+  CHECK(from_om.count(R"(mode{mode="serving",pool="p1",service="svc"} 1.0)") == 1);
+  CHECK(from_om.count(R"(mode{mode="starting",pool="p1",service="svc"} 0.0)") == 1);
   const std::set<std::string> created = ProtobufSamples(dir, url, "--created");
   size_t created_lines = 0;
   for (const std::string& line : created) {

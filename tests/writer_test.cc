@@ -249,7 +249,7 @@ TEST_CASE("no room for the file is a clear error at creation, not a SIGBUS later
     rlimit limit{1 << 20, 1 << 20};
     setrlimit(RLIMIT_FSIZE, &limit);
     WriterOptions options = testing::WriterIn(dir, "big");
-    auto writer = Writer::Create(options);  // 3.1 MiB by default
+    auto writer = Writer::Create(options);  // 3.4 MiB by default
     const bool ok = !writer.ok() && writer.status().code() == absl::StatusCode::kInternal &&
                     absl::StrContains(writer.status().message(), "File too large");
     _exit(ok && dir.SegmentPaths().empty() ? 0 : 1);

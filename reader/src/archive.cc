@@ -151,10 +151,12 @@ absl::StatusOr<ArchivedSeries> ParseSeries(const std::vector<std::string>& field
 }  // namespace
 
 FamilyShape ShapeOf(const FamilyView& f) {
-  return {f.name, f.help, f.type, f.gauge_merge, f.label_names, f.bounds, f.unit, f.native, f.native_shape};
+  return {f.name, f.help, f.type, f.gauge_merge, f.label_names, f.bounds, f.unit, f.native, f.native_shape, f.states};
 }
 
 bool KeptWhenRetired(const FamilyShape& shape) {
+  // Info and StateSet describe live processes only.
+  if (shape.type == shm::MetricType::kInfo || shape.type == shm::MetricType::kStateSet) return false;
   return shape.type != shm::MetricType::kGauge ||
          (shape.merge != shm::GaugeMerge::kLiveSum && shape.merge != shm::GaugeMerge::kPerProcess);
 }

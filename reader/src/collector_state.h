@@ -141,6 +141,8 @@ struct Collector::State {
   // A series whose every source faulted (its file shrank) and that has no
   // archived part: left out of the pass rather than shown as a reset.
   static bool SeriesVanished(const Source* begin, const Source* end, const ArchivedSeries* archived);
+  // A StateSet series' states, bit i for state i: set where any source is in it.
+  static uint64_t StatesOf(const OutGroup& group, const Source* begin, const Source* end, bool skip_faulted);
   // The newest exemplar `index` over a series' sources; false when none.
   static bool NewestExemplar(const Source* begin, const Source* end, uint32_t index, bool skip_faulted,
                              ExemplarView* out);

@@ -104,6 +104,20 @@ void Collector::State::ClassicOfNative(const shm::NativeShape& shape, const uint
   ClassicBucketsOfNative(shape, cells, buckets);
 }
 
+uint64_t Collector::State::StatesOf(const OutGroup& group, const Source* begin, const Source* end,
+                                    bool skip_faulted) {
+  uint64_t current = 0;
+  const size_t states = group.shape.states.size();
+  for (const Source* source = begin; source != end; ++source) {
+    if (skip_faulted && source->segment->Faulted()) continue;
+    // The shared lane holds index + 1 (the other lanes are zero): any other
+    // value is a process in no state, or a forged one.
+    const double value = source->segment->ScalarValue(source->cells);
+    if (value >= 1 && value <= static_cast<double>(states)) current |= uint64_t{1} << (static_cast<uint64_t>(value) - 1);
+  }
+  return current;
+}
+
 bool Collector::State::NewestExemplar(const Source* begin, const Source* end, uint32_t index, bool skip_faulted,
                                       ExemplarView* out) {
   bool found = false;
@@ -165,6 +179,24 @@ void Collector::State::RenderSeries(const OutGroup& group, size_t index, Exposit
   if (skip_faulted && SeriesVanished(begin, end, series.archived)) return;
   const bool om_counter = format == ExpositionFormat::kOpenMetrics && group.shape.type == shm::MetricType::kCounter;
   const std::string& lines = om_counter ? group.om_lines : group.text_lines;
+  if (group.shape.type == shm::MetricType::kStateSet) {
+    const size_t states = group.shape.states.size();
+    const uint64_t current = StatesOf(group, begin, end, skip_faulted);
+    const uint32_t* line_end = group.line_ends.data() + index * states;
+    uint32_t line_begin = index == 0 ? 0 : line_end[-1];
+    for (size_t state = 0; state < states; ++state) {
+      out->append(lines.data() + line_begin, line_end[state] - line_begin);
+      out->append((current >> state & 1) != 0 ? "1\n" : "0\n");
+      line_begin = line_end[state];
+    }
+    return;
+  }
+  if (group.shape.type == shm::MetricType::kInfo) {
+    const uint32_t line_begin = previous == nullptr ? 0 : previous->text_end;
+    out->append(lines.data() + line_begin, series.text_end - line_begin);
+    out->append("1\n");
+    return;
+  }
   if (group.shape.type != shm::MetricType::kHistogram) {
     const uint32_t line_begin = previous == nullptr ? 0 : om_counter ? previous->om_end : previous->text_end;
     const uint32_t line_end = om_counter ? series.om_end : series.text_end;
@@ -270,10 +302,15 @@ bool ExpositionStream::Next(std::string* out, size_t min_bytes) {
     if (!s.header_done) {
       s.header_done = true;
       if (group.first_of_family && !protobuf) {
-        const std::string& name = s.format == ExpositionFormat::kOpenMetrics ? group.om_name : group.shape.name;
+        const bool om = s.format == ExpositionFormat::kOpenMetrics;
+        const shm::MetricType type = group.shape.type;
+        const bool info = type == shm::MetricType::kInfo;
+        // Text 0.0.4 has neither info nor stateset: gauges, as the Python client writes them.
+        const std::string name = om ? group.om_name : info ? group.shape.name + "_info" : group.shape.name;
+        const char* type_name = om || (!info && type != shm::MetricType::kStateSet) ? shm::MetricTypeName(type) : "gauge";
         absl::StrAppend(out, "# HELP ", name, " ");
         AppendHelp(out, group.shape.help, s.format);
-        absl::StrAppend(out, "\n# TYPE ", name, " ", shm::MetricTypeName(group.shape.type), "\n");
+        absl::StrAppend(out, "\n# TYPE ", name, " ", type_name, "\n");
         if (s.format == ExpositionFormat::kOpenMetrics && !group.shape.unit.empty()) {
           absl::StrAppend(out, "# UNIT ", name, " ", group.shape.unit, "\n");
         }
@@ -351,7 +388,20 @@ std::vector<AggregatedSeries> Collector::Snapshot() const {
         if (!series.pid.empty()) a.labels.emplace_back(std::string(shm::kPidLabel), series.pid);
         const State::Source* begin = series.sources.data();
         const State::Source* end = begin + series.sources.size();
-        if (group.shape.native) {
+        if (group.shape.type == shm::MetricType::kStateSet) {
+          // One sample per state, as the exposition shows them.
+          const uint64_t current = State::StatesOf(group, begin, end, skip_faulted);
+          for (size_t state = 0; state < group.shape.states.size(); ++state) {
+            AggregatedSeries one = a;
+            one.labels.emplace_back(group.shape.name, group.shape.states[state]);
+            one.value = (current >> state & 1) != 0 ? 1 : 0;
+            result.push_back(std::move(one));
+          }
+          continue;
+        }
+        if (group.shape.type == shm::MetricType::kInfo) {
+          a.value = 1;
+        } else if (group.shape.native) {
           a.bounds = group.shape.bounds;
           a.buckets.resize(a.bounds.size() + 1);
           a.native = true;

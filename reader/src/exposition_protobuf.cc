@@ -107,11 +107,15 @@ void AppendNativeBuckets(std::string* out, const uint64_t* cells, uint32_t count
 }  // namespace
 
 void Collector::State::AppendProtobufFamilyHeader(const OutGroup& group, std::string* out) {
-  proto::AppendStringField(out, field::kFamilyName, group.shape.name);
+  // Info and StateSet are gauges here, as in text 0.0.4 (the format has
+  // neither); an Info family is named after its sample, <name>_info.
+  proto::AppendStringField(out, field::kFamilyName, group.shape.type == shm::MetricType::kInfo
+                                                        ? group.shape.name + "_info"
+                                                        : group.shape.name);
   if (!group.shape.help.empty()) proto::AppendStringField(out, field::kFamilyHelp, group.shape.help);
-  const uint64_t type = group.shape.type == shm::MetricType::kCounter ? kTypeCounter
-                        : group.shape.type == shm::MetricType::kGauge ? kTypeGauge
-                                                                       : kTypeHistogram;
+  const uint64_t type = group.shape.type == shm::MetricType::kCounter     ? kTypeCounter
+                        : group.shape.type == shm::MetricType::kHistogram ? kTypeHistogram
+                                                                           : kTypeGauge;
   proto::AppendVarintField(out, field::kFamilyType, type);
   if (!group.shape.unit.empty()) proto::AppendStringField(out, field::kFamilyUnit, group.shape.unit);
 }
@@ -123,6 +127,28 @@ void Collector::State::RenderSeriesProtobuf(const OutGroup& group, size_t index,
   const Source* begin = group.sources.data() + (previous != nullptr ? previous->source_end : 0);
   const Source* end = group.sources.data() + series.source_end;
   if (skip_faulted && SeriesVanished(begin, end, series.archived)) return;
+  const uint32_t labels_begin_ = previous == nullptr ? 0 : previous->proto_end;
+  const absl::string_view labels(group.proto_labels.data() + labels_begin_, series.proto_end - labels_begin_);
+  auto gauge_metric = [&](double value, absl::string_view extra_name, absl::string_view extra_value) {
+    const size_t metric = proto::Open(out, field::kFamilyMetric);
+    out->append(labels.data(), labels.size());
+    if (!extra_name.empty()) AppendProtobufLabel(out, extra_name, extra_value);
+    const size_t gauge = proto::Open(out, field::kMetricGauge);
+    proto::AppendDoubleField(out, field::kValue, value);
+    proto::Close(out, gauge);
+    proto::Close(out, metric);
+  };
+  if (group.shape.type == shm::MetricType::kInfo) {
+    gauge_metric(1, "", "");
+    return;
+  }
+  if (group.shape.type == shm::MetricType::kStateSet) {
+    const uint64_t current = StatesOf(group, begin, end, skip_faulted);
+    for (size_t state = 0; state < group.shape.states.size(); ++state) {
+      gauge_metric((current >> state & 1) != 0 ? 1 : 0, group.shape.name, group.shape.states[state]);
+    }
+    return;
+  }
   const size_t metric = proto::Open(out, field::kFamilyMetric);
   const uint32_t labels_begin = previous == nullptr ? 0 : previous->proto_end;
   out->append(group.proto_labels.data() + labels_begin, series.proto_end - labels_begin);
@@ -138,6 +164,9 @@ void Collector::State::RenderSeriesProtobuf(const OutGroup& group, size_t index,
       proto::Close(out, counter);
       break;
     }
+    case shm::MetricType::kInfo:
+    case shm::MetricType::kStateSet:
+      break;  // above
     case shm::MetricType::kGauge: {
       const size_t gauge = proto::Open(out, field::kMetricGauge);
       proto::AppendDoubleField(out, field::kValue, ScalarOf(group, begin, end, series.archived, skip_faulted));

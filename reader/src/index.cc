@@ -82,6 +82,8 @@ void Collector::State::RebuildIndex() {
       const bool gauge = shape.type == shm::MetricType::kGauge;
       const bool per_process = gauge && shape.merge == shm::GaugeMerge::kPerProcess;
       if (gauge && !open.alive && (shape.merge == shm::GaugeMerge::kLiveSum || per_process)) continue;
+      const bool live_only = shape.type == shm::MetricType::kInfo || shape.type == shm::MetricType::kStateSet;
+      if (live_only && !open.alive) continue;
       Candidate* c = candidate_for(shape, open.service, segment.path());
       if (c == nullptr) continue;
       c->in_segments = true;
@@ -179,6 +181,16 @@ void Collector::State::RebuildIndex() {
         group.line_ends.push_back(static_cast<uint32_t>(group.text_lines.size()));
         absl::StrAppend(&group.text_lines, family_name, "_count", braced, " ");
         group.line_ends.push_back(static_cast<uint32_t>(group.text_lines.size()));
+      } else if (group.shape.type == shm::MetricType::kStateSet) {
+        // One line per state: the state label is named after the family.
+        for (const std::string& state : group.shape.states) {
+          absl::StrAppend(&group.text_lines, family_name, "{", labels, ",", family_name, "=\"");
+          AppendLabelValue(&group.text_lines, state);
+          group.text_lines.append("\"} ");
+          group.line_ends.push_back(static_cast<uint32_t>(group.text_lines.size()));
+        }
+      } else if (group.shape.type == shm::MetricType::kInfo) {
+        absl::StrAppend(&group.text_lines, family_name, "_info", braced, " ");
       } else {
         absl::StrAppend(&group.text_lines, family_name, braced, " ");
         if (group.shape.type == shm::MetricType::kCounter) {

@@ -9,6 +9,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "shmetrics/reader.h"
 #include "shmetrics/shm/names.h"
 
@@ -212,7 +213,8 @@ absl::Status Segment::RefreshUnchecked() {
     absl::StatusOr<std::string> unit = ReadString(d.unit, shm::kMaxNameBytes, where + " unit");
     if (!unit.ok()) return unit.status();
     f.unit = *std::move(unit);
-    if (d.type < 1 || d.type > 3) return Corrupt(file, absl::StrCat(where, " has unknown type ", d.type));
+    const uint8_t last_type = header_.layout_version >= 2 ? 5 : 3;
+    if (d.type < 1 || d.type > last_type) return Corrupt(file, absl::StrCat(where, " has unknown type ", d.type));
     f.type = static_cast<shm::MetricType>(d.type);
     if (d.gauge_merge > static_cast<uint8_t>(shm::GaugeMerge::kPerProcess)) {
       return Corrupt(file, where + " has an unknown gauge merge mode");
@@ -243,9 +245,21 @@ absl::Status Segment::RefreshUnchecked() {
       f.native_shape.index_max = d.native_index_max;
       f.native_shape.zero_threshold = d.native_zero_threshold;
       f.native_shape.classic_bounds = d.bucket_count;
-    } else if (d.native_schema != 0 || d.native_index_min != 0 || d.native_index_max != 0 ||
-               std::bit_cast<uint64_t>(d.native_zero_threshold) != 0) {
+    } else if (d.native_schema != 0 || std::bit_cast<uint64_t>(d.native_zero_threshold) != 0 ||
+               (f.type != shm::MetricType::kStateSet && (d.native_index_min != 0 || d.native_index_max != 0))) {
       return Corrupt(file, where + " has native histogram fields but is not a native histogram");
+    }
+    if (f.type == shm::MetricType::kStateSet) {
+      absl::StatusOr<std::string> states =
+          ReadString(shm::StateSetStates(d), shm::kMaxStates * (shm::kMaxLabelValueBytes + 1), where + " states");
+      if (!states.ok()) return states.status();
+      f.states = absl::StrSplit(*states, '\0');
+      bool valid = f.states.size() <= shm::kMaxStates;
+      for (size_t i = 0; valid && i < f.states.size(); ++i) {
+        valid = !f.states[i].empty() && f.states[i].size() <= shm::kMaxLabelValueBytes &&
+                std::find(f.states.begin(), f.states.begin() + i, f.states[i]) == f.states.begin() + i;
+      }
+      if (!valid) return Corrupt(file, where + " has invalid states (1 to 64 distinct, 1 to 256 bytes each)");
     }
     if (f.type == shm::MetricType::kHistogram && (d.bucket_count != 0 || !native)) {
       if (d.bucket_count < 1 || d.bucket_count > shm::kMaxBuckets ||

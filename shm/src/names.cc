@@ -13,6 +13,8 @@ const char* MetricTypeName(MetricType type) {
     case MetricType::kCounter: return "counter";
     case MetricType::kGauge: return "gauge";
     case MetricType::kHistogram: return "histogram";
+    case MetricType::kInfo: return "info";
+    case MetricType::kStateSet: return "stateset";
   }
   return "unknown";
 }
@@ -55,6 +57,17 @@ absl::Status CheckFamilyRules(absl::string_view name, MetricType type, GaugeMerg
   }
   if (!IsValidMetricName(OpenMetricsFamilyName(name, type))) {
     return broken("a counter needs a name before its _total suffix");
+  }
+  if (type == MetricType::kInfo && absl::EndsWith(name, "_info")) {
+    return broken("an info family is named without its _info suffix (the exposition adds it)");
+  }
+  if (type == MetricType::kStateSet) {
+    if (!IsValidLabelName(name)) {
+      return broken("a stateset's name is also its state label's name: it must be a valid label name (no ':')");
+    }
+    for (const std::string& label : label_names) {
+      if (label == name) return broken("a stateset's label names cannot include its own name (its state label)");
+    }
   }
   if (label_names.size() > kMaxLabels) {
     return broken(absl::StrCat("too many label names (", label_names.size(), "); at most ", kMaxLabels));
@@ -124,6 +137,11 @@ std::vector<std::string> ExpositionNames(absl::string_view name, MetricType type
       break;
     case MetricType::kHistogram:
       for (const char* suffix : {"_bucket", "_sum", "_count", "_created"}) names.push_back(om + suffix);
+      break;
+    case MetricType::kInfo:
+      names.push_back(om + "_info");
+      break;
+    case MetricType::kStateSet:
       break;
   }
   std::sort(names.begin(), names.end());

@@ -99,17 +99,18 @@ absl::StatusOr<std::unique_ptr<ServiceKit>> ServiceKit::Create(Writer& writer, S
                                                      {"endpoint", "model"}));
   SHMETRICS_ASSIGN(families->calls, writer.AddCounter(llm + "_api_calls_total", "LLM API calls.",
                                                       {"endpoint", "model", "status"}));
-  GaugeFamily connections, users, info;
+  GaugeFamily connections, users;
+  InfoFamily info;
   SHMETRICS_ASSIGN(connections, writer.AddGauge("db_connections_active", "Open database connections."));
   SHMETRICS_ASSIGN(users, writer.AddGauge("concurrent_users", "Users with an active session."));
-  SHMETRICS_ASSIGN(info, writer.AddGauge("application_info", "Application name, version and environment.",
-                                         {"name", "version", "environment"}, GaugeMerge::kMax));
+  SHMETRICS_ASSIGN(info, writer.AddInfo("application", "Application name, version and environment.",
+                                        {"name", "version", "environment"}));
   SHMETRICS_ASSIGN(kit->db_connections_, connections.WithLabels({}));
   SHMETRICS_ASSIGN(kit->concurrent_users_, users.WithLabels({}));
-  Gauge info_gauge;
-  SHMETRICS_ASSIGN(info_gauge, info.WithLabels({options.app_name, options.version, options.environment}));
+  if (absl::Status added = info.Add({options.app_name, options.version, options.environment}); !added.ok()) {
+    return added;
+  }
 #undef SHMETRICS_ASSIGN
-  info_gauge.set(1);
   kit->families_ = std::move(families);
   kit->options_ = std::move(options);
   kit->log_ = writer.requests();

@@ -674,6 +674,27 @@ absl::StatusOr<shm::NativeShape> NativeShapeOf(const NativeHistogramOptions& opt
   return shape;
 }
 
+absl::Status ValidateStates(absl::string_view name, const std::vector<std::string>& states) {
+  if (states.empty() || states.size() > shm::kMaxStates) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stateset '", name, "' needs 1 to ", shm::kMaxStates, " states, got ", states.size()));
+  }
+  for (size_t i = 0; i < states.size(); ++i) {
+    const std::string& state = states[i];
+    if (state.empty() || state.size() > shm::kMaxLabelValueBytes || !shm::IsValidUtf8(state) ||
+        state.find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("stateset '", name, "': a state must be 1 to ",
+                                                     shm::kMaxLabelValueBytes, " bytes of UTF-8 without NUL"));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (states[j] == state) {
+        return absl::InvalidArgumentError(absl::StrCat("stateset '", name, "': state '", state, "' is repeated"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 bool SameNative(const shm::NativeShape& a, const shm::NativeShape& b) {
   return a.schema == b.schema && a.negative == b.negative && a.index_min == b.index_min &&
          a.index_max == b.index_max && a.zero_threshold == b.zero_threshold && a.classic_bounds == b.classic_bounds;
@@ -817,6 +838,9 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
   }
   if (absl::Status s = shm::CheckFamilyRules(name, type, merge, label_names); !s.ok()) return s;
   if (absl::Status s = shm::CheckUnit(name, type, spec.unit); !s.ok()) return s;
+  if (type == shm::MetricType::kStateSet) {
+    if (absl::Status s = ValidateStates(name, spec.states); !s.ok()) return s;
+  }
   if (type == shm::MetricType::kHistogram && !spec.native) {
     if (absl::Status s = ValidateBounds(bounds); !s.ok()) return s;
   }
@@ -828,6 +852,7 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
     const FamilySpec& existing = w.families[it->second].spec;
     if (existing.type != type || existing.label_names != label_names || existing.bounds != bounds ||
         existing.unit != spec.unit || existing.native != spec.native || existing.exemplars != spec.exemplars ||
+        existing.states != spec.states ||
         (spec.native && !SameNative(existing.native_shape, spec.native_shape))) {
       return absl::AlreadyExistsError(absl::StrCat(
           "metric '", name, "' is already registered as a ", existing.native ? "native " : "",
@@ -885,6 +910,11 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
     absl::StatusOr<shm::StringRef> unit_ref = w.Intern(spec.unit);
     if (!unit_ref.ok()) return unit_ref.status();
     d.unit = *unit_ref;
+  }
+  if (type == shm::MetricType::kStateSet) {
+    absl::StatusOr<shm::StringRef> states_ref = w.Intern(absl::StrJoin(spec.states, std::string(1, '\0')));
+    if (!states_ref.ok()) return states_ref.status();
+    shm::SetStateSetStates(d, *states_ref);
   }
   if (spec.native) {
     const shm::NativeShape& native = spec.native_shape;
@@ -1024,6 +1054,14 @@ absl::StatusOr<Handle> Writer::MakeHandle(uint32_t family, std::vector<absl::str
     return Histogram(impl_->slot, cells->first_cell, cells->bounds, cells->bucket_count, cells->first_exemplar);
   } else if constexpr (std::is_same_v<Handle, Counter>) {
     return Counter(impl_->slot, cells->first_cell, cells->first_exemplar);
+  } else if constexpr (std::is_same_v<Handle, StateSet>) {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    StateSet handle;
+    handle.slot_ = impl_->slot;
+    handle.cell_ = cells->first_cell;
+    handle.state_count_ = static_cast<uint32_t>(impl_->families[cells->family].spec.states.size());
+    handle.valid_ = true;
+    return handle;
   } else if constexpr (std::is_same_v<Handle, NativeHistogram>) {
     std::lock_guard<std::mutex> lock(g_registry_mu);
     const shm::NativeShape& shape = impl_->families[cells->family].spec.native_shape;
@@ -1110,6 +1148,50 @@ absl::StatusOr<NativeHistogramFamily> Writer::AddNativeHistogram(absl::string_vi
   return MakeFamily<NativeHistogramFamily>(AddFamily(name, help, std::move(spec)));
 }
 
+absl::StatusOr<InfoFamily> Writer::AddInfo(absl::string_view name, absl::string_view help,
+                                           std::vector<std::string> label_names) {
+  FamilySpec spec;
+  spec.type = shm::MetricType::kInfo;
+  spec.label_names = std::move(label_names);
+  return MakeFamily<InfoFamily>(AddFamily(name, help, std::move(spec)));
+}
+
+absl::StatusOr<StateSetFamily> Writer::AddStateSet(absl::string_view name, absl::string_view help,
+                                                   std::vector<std::string> label_names,
+                                                   std::vector<std::string> states) {
+  FamilySpec spec;
+  spec.type = shm::MetricType::kStateSet;
+  spec.label_names = std::move(label_names);
+  spec.states = std::move(states);
+  return MakeFamily<StateSetFamily>(AddFamily(name, help, std::move(spec)));
+}
+
+absl::Status InfoFamily::Add(std::initializer_list<absl::string_view> values) const {
+  return writer_->AddSeries(family_, std::vector<absl::string_view>(values)).status();
+}
+absl::Status InfoFamily::Add(const std::vector<std::string>& values) const {
+  return writer_->AddSeries(family_, std::vector<absl::string_view>(values.begin(), values.end())).status();
+}
+
+void StateSet::set(uint32_t state_index) const {
+  if (state_index >= state_count_) return;
+  internal::EnsureBound(slot_);
+  const internal::WriterSlot& slot = g_writer_slots[slot_];
+  // relaxed: as Gauge::set.
+  if (std::atomic_ref<uint32_t>(const_cast<uint32_t&>(slot.closed)).load(std::memory_order_relaxed) != 0) return;
+  auto* shared = reinterpret_cast<uint64_t*>(slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes);
+  std::atomic_ref<uint64_t>(shared[cell_]).store(uint64_t{state_index} + 1, std::memory_order_relaxed);
+}
+
+void StateSet::clear() const {
+  if (!valid_) return;
+  internal::EnsureBound(slot_);
+  const internal::WriterSlot& slot = g_writer_slots[slot_];
+  if (std::atomic_ref<uint32_t>(const_cast<uint32_t&>(slot.closed)).load(std::memory_order_relaxed) != 0) return;
+  auto* shared = reinterpret_cast<uint64_t*>(slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes);
+  std::atomic_ref<uint64_t>(shared[cell_]).store(0, std::memory_order_relaxed);
+}
+
 void NativeHistogram::ObserveSlow(uint32_t bucket_cell, bool out_of_range, double value) const {
   internal::AddSlow(slot_, cell_ + bucket_cell, uint64_t{1});
   internal::AddSlow(slot_, cell_ + shm::kNativeSumCell, value);
@@ -1133,6 +1215,7 @@ SHMETRICS_WITH_LABELS(CounterFamily, Counter)
 SHMETRICS_WITH_LABELS(GaugeFamily, Gauge)
 SHMETRICS_WITH_LABELS(HistogramFamily, Histogram)
 SHMETRICS_WITH_LABELS(NativeHistogramFamily, NativeHistogram)
+SHMETRICS_WITH_LABELS(StateSetFamily, StateSet)
 #undef SHMETRICS_WITH_LABELS
 
 }  // namespace shmetrics

@@ -48,6 +48,7 @@ struct FamilyView {
   shm::GaugeMerge gauge_merge = shm::GaugeMerge::kLiveSum;
   std::vector<std::string> label_names;
   std::vector<double> bounds;  // finite, strictly increasing; +Inf implicit
+  std::vector<std::string> states;  // a StateSet's
   bool native = false;         // a native histogram (bounds: its classic buckets, maybe none)
   shm::NativeShape native_shape;
   uint64_t created_unix_ns = 0;

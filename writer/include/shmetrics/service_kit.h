@@ -12,7 +12,7 @@
 //   <llm>_api_cost_dollars_total{endpoint,model}       counter
 //   <llm>_api_calls_total{endpoint,model,status}       counter
 //   concurrent_users                                   gauge (live sum)
-//   application_info{name,version,environment}        gauge, always 1
+//   application_info{name,version,environment}        info (a gauge, always 1, in text 0.0.4)
 //
 //   auto kit = shmetrics::ServiceKit::Create(*writer, {.app_name = "shop"}).value();
 //   {

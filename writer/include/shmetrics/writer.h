@@ -148,6 +148,51 @@ class NativeHistogramFamily {
   uint32_t family_ = 0;
 };
 
+// An Info family (OpenMetrics): each series' labels are the information
+// (version, commit, ...), its value always 1, shown as <name>_info while
+// its process lives. Add() registers a series; adding it again is a no-op.
+class InfoFamily {
+ public:
+  absl::Status Add(std::initializer_list<absl::string_view> values) const;
+  absl::Status Add(const std::vector<std::string>& values) const;
+
+ private:
+  friend class Writer;
+  Writer* writer_ = nullptr;
+  uint32_t family_ = 0;
+};
+
+// A StateSet series: one of the family's states is current (or none).
+// set() is a single atomic store into the segment, last writer wins across
+// threads; the exporter shows <name>{<name>="<state>"} 1 for the current
+// state and 0 for the others (across processes of a service: 1 where any
+// live process is in that state).
+class StateSet {
+ public:
+  StateSet() = default;
+  void set(uint32_t state_index) const;  // an index into the family's states; others are ignored
+  void clear() const;                    // no state
+  bool valid() const { return valid_; }
+
+ private:
+  friend class Writer;
+  uint32_t slot_ = internal::kUnsetSlot;
+  uint32_t cell_ = 0;
+  uint32_t state_count_ = 0;
+  bool valid_ = false;
+};
+
+class StateSetFamily {
+ public:
+  absl::StatusOr<StateSet> WithLabels(std::initializer_list<absl::string_view> values) const;
+  absl::StatusOr<StateSet> WithLabels(const std::vector<std::string>& values) const;
+
+ private:
+  friend class Writer;
+  Writer* writer_ = nullptr;
+  uint32_t family_ = 0;
+};
+
 // What a service knows when a request ends. Strings are truncated to the
 // record's fields (method 8, endpoint 48, error 32 bytes), at a UTF-8
 // character boundary.
@@ -214,6 +259,15 @@ class Writer {
   absl::StatusOr<NativeHistogramFamily> AddNativeHistogram(absl::string_view name, absl::string_view help,
                                                            std::vector<std::string> label_names,
                                                            const NativeHistogramOptions& options = {});
+  // OpenMetrics Info: `name` without the _info suffix (the exposition adds
+  // it). Text 0.0.4 shows it as a gauge <name>_info, as the Python client does.
+  absl::StatusOr<InfoFamily> AddInfo(absl::string_view name, absl::string_view help,
+                                     std::vector<std::string> label_names);
+  // OpenMetrics StateSet: 1 to 64 states (UTF-8, at most 256 bytes, no NUL,
+  // distinct); `name` is also the state label's name, so it must be a
+  // valid label name. Text 0.0.4 shows it as a gauge, as the Python client does.
+  absl::StatusOr<StateSetFamily> AddStateSet(absl::string_view name, absl::string_view help,
+                                             std::vector<std::string> label_names, std::vector<std::string> states);
 
   // The recent-requests log of this writer's segment.
   RequestLog requests() const;
@@ -240,6 +294,8 @@ class Writer {
   friend class GaugeFamily;
   friend class HistogramFamily;
   friend class NativeHistogramFamily;
+  friend class InfoFamily;
+  friend class StateSetFamily;
   friend struct WriterForkHandlers;
   explicit Writer(std::unique_ptr<Impl> impl);
   struct SeriesCells {
@@ -256,6 +312,7 @@ class Writer {
     std::vector<double> bounds;
     std::string unit;
     bool exemplars = false;
+    std::vector<std::string> states;  // StateSet
     bool native = false;
     shm::NativeShape native_shape;  // when native
   };

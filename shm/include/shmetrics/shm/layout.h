@@ -49,6 +49,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include "absl/strings/string_view.h"
 
 namespace shmetrics::shm {
@@ -80,7 +81,12 @@ enum class SegmentState : uint32_t {
   kClosed = 2,        // writer shut down cleanly; values are final
 };
 
-enum class MetricType : uint8_t { kCounter = 1, kGauge = 2, kHistogram = 3 };
+// Info and StateSet are OpenMetrics types (version 2): an Info series is
+// always 1 (its labels are the information); a StateSet series holds the
+// index + 1 of its current state in the shared lane's integer cell (0: no
+// state), written by set() with a plain atomic store, last writer wins.
+enum class MetricType : uint8_t { kCounter = 1, kGauge = 2, kHistogram = 3, kInfo = 4, kStateSet = 5 };
+inline constexpr uint32_t kMaxStates = 64;
 
 // How the exporter merges one gauge family across the processes of a service.
 enum class GaugeMerge : uint8_t {
@@ -190,12 +196,27 @@ struct FamilyDescriptor {
   StringRef unit;                   //  96  may be empty
   uint64_t created_unix_ns;         // 104
   int32_t native_index_min;         // 112  lowest bucket index kept (values below count there)
-  int32_t native_index_max;         // 116  highest (values above count there)
+  int32_t native_index_max;         // 116  highest (values above count there); a StateSet keeps
+                                    //      its states here instead (StateSetStates)
   double native_zero_threshold;     // 120  |value| <= this goes to the zero bucket
 };
 static_assert(sizeof(FamilyDescriptor) == 128);
 static_assert(offsetof(FamilyDescriptor, native_schema) == 28);
 static_assert(offsetof(FamilyDescriptor, native_index_min) == 112);
+static_assert(offsetof(FamilyDescriptor, native_index_max) == 116);
+
+// A StateSet's states, NUL-separated in the string arena: a StringRef kept
+// in the 8 bytes of native_index_min and native_index_max (only native
+// histograms use those).
+inline StringRef StateSetStates(const FamilyDescriptor& d) {
+  StringRef states;
+  static_assert(sizeof states == sizeof d.native_index_min + sizeof d.native_index_max);
+  std::memcpy(&states, &d.native_index_min, sizeof states);
+  return states;
+}
+inline void SetStateSetStates(FamilyDescriptor& d, StringRef states) {
+  std::memcpy(&d.native_index_min, &states, sizeof states);
+}
 static_assert(offsetof(FamilyDescriptor, native_zero_threshold) == 120);
 static_assert(offsetof(FamilyDescriptor, type) == 16);
 static_assert(offsetof(FamilyDescriptor, bucket_count) == 20);
@@ -287,7 +308,7 @@ static_assert(offsetof(ExemplarSlot, labels) == 32);
 // Lane owner word: 0 = free, otherwise (pid << 32 | kernel thread id low 32 bits).
 using LaneOwnerWord = uint64_t;
 
-// Capacities chosen at creation. Defaults fit a typical web service in 3.1 MiB (3,198,976 bytes).
+// Capacities chosen at creation. Defaults fit a typical web service in 3.4 MiB (3,592,192 bytes).
 struct Capacities {
   uint32_t families = 256;
   uint32_t series = 4096;
