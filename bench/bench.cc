@@ -282,6 +282,35 @@ std::vector<Case> WriterCases(shmetrics::Writer& writer, prometheus::Registry& r
       return Loop(stop, [&](uint64_t i) { h.observe(values[i & (kValueCount - 1)]); });
     });
   }});
+  // Exemplars: a 32-hex-digit trace id per operation (from a table: the
+  // loop pays a load, not a formatter), timestamp read inside.
+  static const std::vector<std::string> trace_ids = [] {
+    std::vector<std::string> ids;
+    std::mt19937_64 rng(7);
+    for (int i = 0; i < kValueCount; ++i) ids.push_back(absl::StrFormat("%016x%016x", rng(), rng()));
+    return ids;
+  }();
+  auto exemplar_counter = writer.AddCounter("bench_ex_total", "Ops.", {}, {.exemplars = true}).value().WithLabels({}).value();
+  auto exemplar_histogram = writer.AddHistogram("bench_ex_seconds", "Latency.", {}, kBounds, {.exemplars = true})
+                                .value().WithLabels({}).value();
+  cases.push_back({"shmetrics counter.inc(1, exemplar)", "shmetrics counter.inc()", [exemplar_counter](int threads, int ms) {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      const shmetrics::Counter c = exemplar_counter;
+      return Loop(stop, [&](uint64_t i) {
+        c.inc(1, shmetrics::Exemplar({{"trace_id", trace_ids[i & (kValueCount - 1)]}}));
+      });
+    });
+  }});
+  cases.push_back({"shmetrics histogram.observe(v, exemplar)", "shmetrics histogram.observe()",
+                   [exemplar_histogram](int threads, int ms) {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      const shmetrics::Histogram h = exemplar_histogram;
+      const double* values = g_values.data();
+      return Loop(stop, [&](uint64_t i) {
+        h.observe(values[i & (kValueCount - 1)], shmetrics::Exemplar({{"trace_id", trace_ids[i & (kValueCount - 1)]}}));
+      });
+    });
+  }});
   struct GoStyleNative {
     std::atomic<uint64_t> count{0};
     std::atomic<uint64_t> sum_bits{0};

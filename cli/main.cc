@@ -208,6 +208,28 @@ std::string SnapshotJson(const std::vector<reader::AggregatedSeries>& snapshot) 
       }
       absl::StrAppend(&out, "],\"count\":", count, ",\"sum\":");
       reader::AppendJsonNumber(&out, s.sum);
+      if (s.native) {
+        // The native buckets in use: {"index": count}, indices as in the segment format.
+        const shm::NativeShape& n = s.native_shape;
+        absl::StrAppend(&out, ",\"native\":{\"schema\":", n.schema, ",\"zero_threshold\":");
+        reader::AppendJsonNumber(&out, n.zero_threshold);
+        absl::StrAppend(&out, ",\"zero_count\":", s.native_cells[shm::kNativeZeroCell],
+                        ",\"out_of_range\":", s.native_cells[shm::kNativeOutOfRangeCell]);
+        auto sign = [&](const char* name, uint32_t first_cell) {
+          absl::StrAppend(&out, ",\"", name, "\":{");
+          bool any = false;
+          for (uint32_t j = 0; j < n.buckets_per_sign(); ++j) {
+            if (s.native_cells[first_cell + j] == 0) continue;
+            absl::StrAppend(&out, any ? "," : "", "\"", n.index_min + static_cast<int32_t>(j), "\":",
+                            s.native_cells[first_cell + j]);
+            any = true;
+          }
+          out += "}";
+        };
+        sign("positive", shm::kNativeFirstBucketCell);
+        if (n.negative) sign("negative", n.negative_first_cell());
+        out += "}";
+      }
     } else {
       out += ",\"value\":";
       reader::AppendJsonNumber(&out, s.value);
