@@ -159,7 +159,11 @@ class Exemplar {
  private:
   friend struct ExemplarWriter;
   static constexpr uint32_t kMaxLabels = 8;
-  ExemplarLabel labels_[kMaxLabels];
+  // Only labels_[0 .. count_) are written: the rest stays uninitialized,
+  // which costs nothing (an anonymous union member is not constructed).
+  union {
+    ExemplarLabel labels_[kMaxLabels];
+  };
   uint32_t count_ = 0;
   bool too_many_ = false;
   uint64_t timestamp_unix_ns_ = 0;
