@@ -75,6 +75,7 @@ struct ProcessSegments {
   uint64_t cells_used = 0, cells_capacity = 0;
   uint64_t lanes_used = 0, lanes_capacity = 0;
   uint64_t series_overflows = 0, lane_fallbacks = 0, records_dropped = 0;
+  uint64_t exemplars_dropped = 0, native_out_of_range = 0;
 };
 
 // Live segments by (service, pid).
@@ -96,6 +97,8 @@ std::map<std::pair<std::string, uint32_t>, ProcessSegments> LiveSegmentsByProces
     p.series_overflows += i.series_overflow_count;
     p.lane_fallbacks += i.lane_fallback_count;
     p.records_dropped += i.records_dropped;
+    p.exemplars_dropped += i.exemplars_dropped;
+    p.native_out_of_range += i.native_out_of_range;
   }
   return out;
 }
@@ -144,6 +147,14 @@ constexpr SegmentFamily kSegmentFamilies[] = {
     {"shmetrics_exporter_segment_records_dropped", true,
      "Request records not kept (no ring: written from a thread on the shared lane), since the process started.",
      &ProcessSegments::records_dropped},
+    {"shmetrics_exporter_segment_exemplars_dropped", true,
+     "Exemplars not kept (written from a thread on the shared lane, or labels over 128 characters or invalid), "
+     "since the process started.",
+     &ProcessSegments::exemplars_dropped},
+    {"shmetrics_exporter_segment_native_out_of_range", true,
+     "Native histogram observations outside their family's [min, max], counted in the outermost bucket, since the "
+     "process started.",
+     &ProcessSegments::native_out_of_range},
 };
 
 }  // namespace

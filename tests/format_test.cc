@@ -57,7 +57,7 @@ TEST_CASE("every documented field sits at the offset and size the code uses") {
         FIELD(SegmentHeader, lane_fallback_count), FIELD(SegmentHeader, error_ring_slots_per_lane),
         FIELD(SegmentHeader, reserved0), FIELD(SegmentHeader, records_dropped),
         FIELD(SegmentHeader, exemplars_offset), FIELD(SegmentHeader, exemplar_slots_per_lane),
-        FIELD(SegmentHeader, exemplar_slots_used), FIELD(SegmentHeader, exemplars_dropped),
+        FIELD(SegmentHeader, exemplar_slots_used), FIELD(SegmentHeader, exemplars_dropped), FIELD(SegmentHeader, native_out_of_range),
         FIELD(SegmentHeader, reserved)}},
       {"RingHeader",
        {FIELD(RingHeader, request_write_index), FIELD(RingHeader, error_write_index), FIELD(RingHeader, reserved)}},

@@ -245,6 +245,15 @@ std::set<std::string> TextSamples(const TempDir& dir, const std::string& body, c
   return lines;
 }
 
+// The sum of the values of the sample lines that begin with `prefix`.
+double SumOf(const std::set<std::string>& lines, const std::string& prefix) {
+  double sum = 0;
+  for (const std::string& line : lines) {
+    if (absl::StartsWith(line, prefix)) sum += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return sum;
+}
+
 // The services' samples only: the exporter's own change between scrapes.
 std::set<std::string> ServiceSamples(const std::set<std::string>& lines) {
   std::set<std::string> kept;
@@ -293,6 +302,8 @@ TEST_CASE("the three formats agree: protobuf decoded by python3-protobuf gives e
   CHECK(from_text.count(R"(lat_seconds_bucket{le="0.25",route="/x",service="svc"} 8.0)") == 1);
   CHECK(from_text.count(R"(wait_seconds_bucket{le="+Inf",service="svc"} 2.0)") == 1);
   CHECK(from_text.count(R"(idle_seconds_count{service="svc"} 0.0)") == 1);
+  // 100 is above lat_seconds' max, once per process.
+  CHECK(SumOf(TextSamples(dir, text.body, "text"), "shmetrics_exporter_segment_native_out_of_range_total{") == 2);
   CHECK(from_text.count(R"(application_info{commit="abc",service="svc",version="1.2.3"} 1.0)") == 1);
   CHECK(from_text.count(R"(mode{mode="serving",pool="p1",service="svc"} 1.0)") == 1);
   CHECK(from_text.count(R"(mode{mode="draining",pool="p1",service="svc"} 0.0)") == 1);
@@ -465,16 +476,59 @@ TEST_CASE("exemplars reach OpenMetrics and protobuf exactly as the writers attac
   };
   CHECK(from_om == want);
   CHECK(from_protobuf == want);
-  // The two broken exemplars were counted, not kept.
-  const auto segments = reader::ListSegments(dir.path()).value();
-  uint64_t dropped = 0;
-  for (const auto& entry : segments) {
-    auto segment = reader::Segment::Open(entry.path).value();
-    dropped += std::atomic_ref<const uint64_t>(*reinterpret_cast<const uint64_t*>(
-                                                   segment->mapping().data() + offsetof(shm::SegmentHeader, exemplars_dropped)))
-                   .load();
+  // The two broken exemplars were counted, not kept, and the exporter says so.
+  CHECK(SumOf(TextSamples(dir, testing::HttpGet(url).body, "text"),
+              "shmetrics_exporter_segment_exemplars_dropped_total{") == 2);
+}
+
+TEST_CASE("forged exemplars: a label twice is skipped, slots claimed by two series make the segment corrupt") {
+  TempDir dir;
+  auto writer = Writer::Create(testing::WriterIn(dir, "svc")).value();
+  auto family = writer->AddCounter("hits_total", "H.", {"k"}, {.exemplars = true}).value();
+  const Counter a = family.WithLabels({"a"}).value(), b = family.WithLabels({"b"}).value();
+  a.inc(1, Exemplar({{"trace_id", "x1"}}, 1000));
+  b.inc(1, Exemplar({{"trace_id", "x2"}}, 2000));
+  b.inc(1, Exemplar({{"id", "1"}, {"id", "2"}}, 3000));  // refused by the writer: counted, b keeps x2
+  writer->Close();
+  const std::string path = writer->path();
+  const std::string good = testing::ReadFile(path);
+  const auto& header = *reinterpret_cast<const shm::SegmentHeader*>(good.data());
+  CHECK(header.exemplars_dropped == 1);
+  auto segment = reader::Segment::Open(path).value();
+  REQUIRE(segment->series().size() == 2);
+  const reader::SeriesView* a_view = &segment->series()[0];
+  const reader::SeriesView* b_view = &segment->series()[1];
+  REQUIRE(a_view->label_values == std::vector<std::string>{"a"});
+  {
+    reader::ExemplarView view;
+    REQUIRE(segment->NewestExemplar(b_view->cells(), 0, &view));
+    CHECK(view.timestamp_unix_ns == 2000);
   }
-  CHECK(dropped == 2);
+  // Series b's slot rewritten with the label "trace_id" twice: skipped.
+  std::string forged = good;
+  const uint64_t slot = header.exemplars_offset + uint64_t{b_view->first_exemplar} * sizeof(shm::ExemplarSlot);
+  const char labels[] = "\x08trace_id\x01" "1" "\x08trace_id\x01" "2";
+  const uint16_t length = sizeof labels - 1;
+  forged.replace(slot + offsetof(shm::ExemplarSlot, labels_length), 2, reinterpret_cast<const char*>(&length), 2);
+  forged[slot + offsetof(shm::ExemplarSlot, label_count)] = 2;
+  forged.replace(slot + offsetof(shm::ExemplarSlot, labels), length, labels, length);
+  testing::WriteFile(path, forged);
+  {
+    auto reopened = reader::Segment::Open(path).value();
+    reader::ExemplarView view;
+    CHECK_FALSE(reopened->NewestExemplar(b_view->cells(), 0, &view));
+  }
+  // Series b claims series a's slot.
+  forged = good;
+  const uint64_t b_descriptor = header.series_table_offset + 1 * sizeof(shm::SeriesDescriptor);
+  const uint32_t a_slot = a_view->first_exemplar;
+  forged.replace(b_descriptor + offsetof(shm::SeriesDescriptor, first_exemplar), 4,
+                 reinterpret_cast<const char*>(&a_slot), 4);
+  testing::WriteFile(path, forged);
+  auto refused = reader::Segment::Open(path);
+  REQUIRE(!refused.ok());
+  CHECK(refused.status().message() ==
+        path + ": corrupt segment: series 1 claims the exemplar slots of another series");
 }
 
 TEST_CASE("torn exemplars: millions of writes under a concurrent reader, never a mixed exemplar") {

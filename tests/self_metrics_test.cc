@@ -262,7 +262,9 @@ TEST_CASE("a writer that overflows its series: the exporter shows its exact coun
            {"shmetrics_exporter_segment_lanes_capacity", 1},
            {"shmetrics_exporter_segment_series_overflows_total", 7},
            {"shmetrics_exporter_segment_lane_fallbacks_total", 1},
-           {"shmetrics_exporter_segment_records_dropped_total", 3}}) {
+           {"shmetrics_exporter_segment_records_dropped_total", 3},
+           {"shmetrics_exporter_segment_exemplars_dropped_total", 0},
+           {"shmetrics_exporter_segment_native_out_of_range_total", 0}}) {
     CHECK_MESSAGE(absl::StrContains(text.body, absl::StrCat("\n", name, labels, " ", value, "\n")), name);
   }
   // The overflowed label sets went to the overflow series: 7 + 1 from the thread on q0.

@@ -110,10 +110,10 @@ uint64_t Collector::State::StatesOf(const OutGroup& group, const Source* begin, 
   const size_t states = group.shape.states.size();
   for (const Source* source = begin; source != end; ++source) {
     if (skip_faulted && source->segment->Faulted()) continue;
-    // The shared lane holds index + 1 (the other lanes are zero): any other
-    // value is a process in no state, or a forged one.
-    const double value = source->segment->ScalarValue(source->cells);
-    if (value >= 1 && value <= static_cast<double>(states)) current |= uint64_t{1} << (static_cast<uint64_t>(value) - 1);
+    // The shared lane holds index + 1 (the other lanes are unused): any
+    // other value is a process in no state, or a forged one.
+    const uint64_t value = source->segment->SharedLaneCell(source->cells);
+    if (value >= 1 && value <= states) current |= uint64_t{1} << (value - 1);
   }
   return current;
 }

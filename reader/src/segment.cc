@@ -22,6 +22,7 @@ bool ValidExemplar(const shm::ExemplarSlot& slot) {
     return false;
   }
   size_t at = 0, runes = 0;
+  absl::string_view names[shm::kMaxLabels];
   for (uint8_t i = 0; i < slot.label_count; ++i) {
     for (int part = 0; part < 2; ++part) {
       if (at >= slot.labels_length) return false;
@@ -29,6 +30,12 @@ bool ValidExemplar(const shm::ExemplarSlot& slot) {
       if (at + 1 + length > slot.labels_length) return false;
       const absl::string_view text(slot.labels + at + 1, length);
       if (part == 0 ? !shm::IsValidLabelName(text) : !shm::IsValidUtf8(text)) return false;
+      if (part == 0) {
+        for (uint8_t j = 0; j < i; ++j) {
+          if (names[j] == text) return false;  // a label twice: no parser takes it
+        }
+        names[i] = text;
+      }
       for (char ch : text) runes += (static_cast<unsigned char>(ch) & 0xC0) != 0x80;
       at += 1 + length;
     }
@@ -321,9 +328,23 @@ absl::Status Segment::RefreshUnchecked() {
       const uint32_t allowed = f.type == shm::MetricType::kCounter     ? 1
                                : f.type == shm::MetricType::kHistogram ? static_cast<uint32_t>(f.bounds.size()) + 1
                                                                        : 0;
+      // The writer stores exemplar_slots_used before the series count that
+      // publishes the descriptor (acquired above): a series' slots are below it.
+      const uint32_t slots_used = std::min(
+          LoadRelaxed<uint32_t>(data + offsetof(shm::SegmentHeader, exemplar_slots_used)),
+          header_.exemplar_slots_per_lane);
       if (header_.layout_version < 2 || d.exemplar_count != allowed ||
-          uint64_t{d.first_exemplar} + d.exemplar_count > header_.exemplar_slots_per_lane) {
+          uint64_t{d.first_exemplar} + d.exemplar_count > slots_used) {
         return Corrupt(file, where + " has exemplar slots outside the exemplar region, or too many");
+      }
+      // Each slot belongs to one series: one that claims another's would
+      // show that series' exemplars as its own.
+      if (exemplar_slot_owned_.size() < header_.exemplar_slots_per_lane) {
+        exemplar_slot_owned_.resize(header_.exemplar_slots_per_lane, false);
+      }
+      for (uint32_t e = d.first_exemplar; e < d.first_exemplar + d.exemplar_count; ++e) {
+        if (exemplar_slot_owned_[e]) return Corrupt(file, where + " claims the exemplar slots of another series");
+        exemplar_slot_owned_[e] = true;
       }
       s.first_exemplar = d.first_exemplar;
       s.exemplar_count = d.exemplar_count;
@@ -436,6 +457,10 @@ bool Segment::NewestExemplar(SeriesCells series, uint32_t index, ExemplarView* o
     std::memcpy(out->labels, copy.labels, sizeof copy.labels);
   }
   return found;
+}
+
+uint64_t Segment::SharedLaneCell(SeriesCells series) const {
+  return LoadCell(header_.lane_count - 1, series.first_cell);
 }
 
 double Segment::HistogramValue(SeriesCells series, uint64_t* buckets) const {
@@ -577,6 +602,8 @@ SegmentInfo Segment::Info() const {
   info.lane_fallback_count =
       LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, lane_fallback_count));
   info.records_dropped = LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, records_dropped));
+  info.exemplars_dropped = LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, exemplars_dropped));
+  info.native_out_of_range = LoadRelaxed<uint64_t>(data + offsetof(shm::SegmentHeader, native_out_of_range));
   if (ring_count() > 0) {
     for (uint32_t lane = 0; lane < ring_count(); ++lane) {
       const uint64_t written = LoadRelaxed<uint64_t>(data + header_.rings_offset + lane * ring_stride_bytes_);

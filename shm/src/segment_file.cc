@@ -445,6 +445,7 @@ absl::Status WritableSegment::ReplaceInForkChild(const ForkSnapshot& snapshot) {
   h.lane_fallback_count = 0;
   h.records_dropped = 0;
   h.exemplars_dropped = 0;
+  h.native_out_of_range = 0;
   char service[kServiceNameBytes + 1] = {};
   std::memcpy(service, h.service_name, kServiceNameBytes);
   path_ = absl::StrCat(directory_, "/", SegmentFileName(service, static_cast<uint32_t>(pid), start_ticks, instance_));

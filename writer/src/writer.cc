@@ -468,6 +468,9 @@ struct ExemplarWriter {
           !shm::IsValidLabelName(label.name)) {
         return false;
       }
+      for (uint32_t j = 0; j < i; ++j) {
+        if (exemplar.labels_[j].name == label.name) return false;  // a label twice
+      }
       runes += label.name.size();
       if (IsAscii(label.value)) [[likely]] {  // trace ids: no UTF-8 decoding needed
         runes += label.value.size();
@@ -493,6 +496,11 @@ struct ExemplarWriter {
     return exemplar.timestamp_unix_ns_ != 0 ? exemplar.timestamp_unix_ns_ : internal::RealtimeNowNs();
   }
 };
+
+void internal::NoteOutOfRange(uint32_t slot_index) {
+  uint64_t* counter = g_writer_slots[slot_index].native_out_of_range;
+  if (counter != nullptr) std::atomic_ref<uint64_t>(*counter).fetch_add(1, std::memory_order_relaxed);
+}
 
 void internal::WriteExemplar(uint32_t slot_index, uint32_t exemplar_index, double value, const Exemplar& exemplar) {
   std::byte* base = LoadRelaxed(t_lanes[slot_index].exemplar_base);
@@ -785,6 +793,7 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& opti
   ws.exemplars_base = w.segment->base() + h.exemplars_offset;
   ws.exemplar_stride_bytes = uint64_t{h.exemplar_slots_per_lane} * sizeof(shm::ExemplarSlot);
   ws.exemplars_dropped = &h.exemplars_dropped;
+  ws.native_out_of_range = &h.native_out_of_range;
   UnbindSlotEverywhere(slot);  // no thread keeps a binding from the slot's last writer
   // The overflow label value is interned up front so that using an overflow
   // series never needs arena space.
@@ -1212,7 +1221,10 @@ void StateSet::clear() const {
 void NativeHistogram::ObserveSlow(uint32_t bucket_cell, bool out_of_range, double value) const {
   internal::AddSlow(slot_, cell_ + bucket_cell, uint64_t{1});
   internal::AddSlow(slot_, cell_ + shm::kNativeSumCell, value);
-  if (out_of_range) internal::AddSlow(slot_, cell_ + shm::kNativeOutOfRangeCell, uint64_t{1});
+  if (out_of_range) {
+    internal::AddSlow(slot_, cell_ + shm::kNativeOutOfRangeCell, uint64_t{1});
+    internal::NoteOutOfRange(slot_);
+  }
   if (classic_count_ != 0) {
     const uint32_t classic = internal::BucketIndex(classic_bounds_, classic_padded_, classic_count_, value);
     internal::AddSlow(slot_, cell_ + classic_first_cell_ + classic, uint64_t{1});

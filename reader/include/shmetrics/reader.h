@@ -157,6 +157,8 @@ struct SegmentInfo {
   uint64_t records_written = 0;      // request records, all rings
   uint64_t records_overwritten = 0;  // request records no longer in their ring
   uint64_t records_dropped = 0;      // from threads without a ring
+  uint64_t exemplars_dropped = 0;    // exemplars not kept (no own lane, broken labels)
+  uint64_t native_out_of_range = 0;  // native histogram observations outside their range
 };
 
 class Segment {
@@ -205,6 +207,8 @@ class Segment {
   // Copies each slot under its seqlock; a slot being written, or that
   // breaks a rule, is skipped.
   bool NewestExemplar(SeriesCells cells, uint32_t index, ExemplarView* out) const;
+  // The shared lane's integer cell of a series: where a StateSet keeps its state.
+  uint64_t SharedLaneCell(SeriesCells cells) const;
 
   // Number of rings (one per exclusive lane; 0 without rings).
   uint32_t ring_count() const;
@@ -228,6 +232,7 @@ class Segment {
   absl::StatusOr<std::string> ReadString(shm::StringRef ref, size_t max_bytes, absl::string_view what);
   static constexpr uint64_t kMaxStringBytesCopied = uint64_t{64} << 20;
   uint64_t string_bytes_copied_ = 0;
+  std::vector<bool> exemplar_slot_owned_;  // by Refresh(): slots some series claims
   uint64_t LoadCell(uint32_t lane, uint32_t cell) const;
   const std::byte* RingSlots(uint32_t lane, RingKind kind, uint64_t* slot_count, uint64_t* written) const;
 

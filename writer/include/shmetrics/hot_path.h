@@ -68,6 +68,7 @@ struct alignas(64) WriterSlot {
   std::byte* exemplars_base = nullptr;         // lane i's slots at exemplars_base + i * exemplar_stride_bytes
   uint64_t exemplar_stride_bytes = 0;
   uint64_t* exemplars_dropped = nullptr;       // in the segment header
+  uint64_t* native_out_of_range = nullptr;     // in the segment header
 };
 static_assert(sizeof(WriterSlot) == 128);
 extern WriterSlot g_writer_slots[kSlotCount];
@@ -170,6 +171,10 @@ class Exemplar {
 };
 
 namespace internal {
+// Counts a native histogram observation outside its range in the segment
+// header (an atomic add: rare by design, the exporter shows it per process).
+void NoteOutOfRange(uint32_t slot);
+
 // Writes `exemplar` with `value` into this thread's slot `exemplar_index`
 // of writer `slot` (seqlock, out of line: ~25 words of stores).
 void WriteExemplar(uint32_t slot, uint32_t exemplar_index, double value, const Exemplar& exemplar);
@@ -333,6 +338,7 @@ class NativeHistogram {
       internal::AddToOwnedCell<double>(lane, cell_ + shm::kNativeSumCell, value);
       if (out_of_range) [[unlikely]] {
         internal::AddToOwnedCell<uint64_t>(lane, cell_ + shm::kNativeOutOfRangeCell, uint64_t{1});
+        internal::NoteOutOfRange(slot_);
       }
       if (classic_count_ != 0) {
         const uint32_t classic = internal::BucketIndex(classic_bounds_, classic_padded_, classic_count_, value);

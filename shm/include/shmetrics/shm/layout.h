@@ -156,7 +156,8 @@ struct SegmentHeader {
   uint32_t exemplar_slots_per_lane; // 288  per exclusive lane (0: no exemplars)
   uint32_t exemplar_slots_used;     // 292  atomic: slots handed to series so far
   uint64_t exemplars_dropped;       // 296  exemplars not kept: no own lane, or labels too long / invalid
-  uint8_t reserved[208];            // 304 .. 512
+  uint64_t native_out_of_range;     // 304  native histogram observations outside their family's range
+  uint8_t reserved[200];            // 312 .. 512
 };
 static_assert(sizeof(SegmentHeader) == 512);
 static_assert(alignof(SegmentHeader) == 8);
@@ -180,6 +181,7 @@ static_assert(offsetof(SegmentHeader, records_dropped) == 272);
 static_assert(offsetof(SegmentHeader, exemplars_offset) == 280);
 static_assert(offsetof(SegmentHeader, exemplar_slots_used) == 292);
 static_assert(offsetof(SegmentHeader, exemplars_dropped) == 296);
+static_assert(offsetof(SegmentHeader, native_out_of_range) == 304);
 
 struct FamilyDescriptor {
   StringRef name;                   //   0
