@@ -186,6 +186,14 @@ TEST_CASE("native histogram: exact cells from several threads, out-of-range valu
   const reader::AggregatedSeries s = collector->Snapshot().at(0);
   CHECK(s.native_cells == want);
   CHECK(s.created_unix_ns == a.created_unix_ns);
+  // The service restarts: the series is created again, later; _created
+  // stays the first creation, kept by the archive.
+  auto restarted = Writer::Create(testing::WriterIn(dir, "svc")).value();
+  restarted->AddNativeHistogram("lat_seconds", "Latency.", {"route"}, options).value().WithLabels({"/a"}).value().observe(1);
+  REQUIRE(collector->Scan().ok());
+  const reader::AggregatedSeries after = collector->Snapshot().at(0);
+  CHECK(after.created_unix_ns == a.created_unix_ns);
+  CHECK(reader::Segment::Open(restarted->path()).value()->series().at(0).created_unix_ns > a.created_unix_ns);
 }
 
 TEST_CASE("a foreign native histogram descriptor is refused: bad schema, range or flags") {
@@ -369,6 +377,18 @@ TEST_CASE("a real Prometheus with native histograms scrapes protobuf: histogram_
     for (double v : values) h.WithLabels({}).value().observe(v);
   };
   WriterProcess w1(dir.path(), "batch", work), w2(dir.path(), "batch", work), w3(dir.path(), "batch", work);
+  // And one that keeps writing the same distribution, 1000 values a round,
+  // for rate(): its rate over a minute has the same percentiles.
+  auto live_writer = Writer::Create(testing::WriterIn(dir, "batch")).value();
+  const NativeHistogram live = live_writer->AddNativeHistogram("job_live_seconds", "Job time.", {}, {.min = 1e-4, .max = 100})
+                                   .value().WithLabels({}).value();
+  std::atomic<bool> stop_live{false};
+  std::thread live_thread([&] {
+    while (!stop_live.load()) {
+      for (double v : values) live.observe(v);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
   Exporter exporter(dir);
   const int port = testing::FreePort();
   const std::string config = dir.path() + "/prometheus.yml";
@@ -406,6 +426,25 @@ TEST_CASE("a real Prometheus with native histograms scrapes protobuf: histogram_
   REQUIRE_MESSAGE(q_at != std::string::npos, p99);
   const double estimate = std::stod(p99.substr(q_at + 2));
   CHECK_MESSAGE(std::fabs(estimate - truth) / truth <= std::exp2(1.0 / 8) - 1, p99, " truth ", truth);
+  // rate() over the live writer's native histogram: the same 99th percentile,
+  // once a few scrapes are in.
+  std::string rate_p99;
+  for (int i = 0; i < 150; ++i) {
+    rate_p99 = query("histogram_quantile(0.99%2Crate(job_live_seconds%5B1m%5D))");
+    const size_t at = rate_p99.rfind(",\"");
+    if (absl::StrContains(rate_p99, "\"result\":[{") && at != std::string::npos &&
+        std::isfinite(std::stod(rate_p99.substr(at + 2))) &&
+        absl::StrContains(query("count_over_time(job_live_seconds%5B1m%5D)"), "\"5\"]")) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  stop_live.store(true);
+  live_thread.join();
+  const size_t rate_at = rate_p99.rfind(",\"");
+  REQUIRE_MESSAGE(rate_at != std::string::npos, rate_p99);
+  const double rate_estimate = std::stod(rate_p99.substr(rate_at + 2));
+  CHECK_MESSAGE(std::fabs(rate_estimate - truth) / truth <= std::exp2(1.0 / 8) - 1, rate_p99, " truth ", truth);
   CHECK(prometheus.Stop() == 0);
   // /api/stats estimates at the native resolution too.
   const std::string stats = testing::HttpGet(exporter.url("/api/stats")).body;
