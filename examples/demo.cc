@@ -4,7 +4,8 @@
 // (the pre-fork server model); each runs --threads threads that serve
 // simulated requests through the service kit: endpoints with their own
 // latency and error rates, a cache, database queries and paid LLM calls
-// with tokens and cost. Every
+// with tokens and cost (chat latency also in a native histogram, with a
+// trace id exemplar per call). Every
 // worker writes its own segment; run shmetrics-exporter beside it to see
 // them aggregated at http://127.0.0.1:9464/metrics.
 #include <signal.h>
@@ -48,7 +49,10 @@ constexpr Endpoint kEndpoints[] = {
 // One simulated request: the kit's request scope measures it for real (the
 // handler sleeps a twentieth of the simulated latency), records the count,
 // the duration, in-progress and a record in the recent-requests ring.
-void Serve(shmetrics::ServiceKit& kit, unsigned seed, double requests_per_second) {
+void Serve(shmetrics::ServiceKit& kit, const shmetrics::NativeHistogramFamily& chat_latency, unsigned seed,
+           double requests_per_second) {
+  const shmetrics::NativeHistogram flash = chat_latency.WithLabels({"gemini-1.5-flash"}).value();
+  const shmetrics::NativeHistogram pro = chat_latency.WithLabels({"gemini-1.5-pro"}).value();
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> uniform(0, 1);
   std::normal_distribution<double> normal(0, 0.6);
@@ -74,9 +78,14 @@ void Serve(shmetrics::ServiceKit& kit, unsigned seed, double requests_per_second
       }
       const bool failed = uniform(rng) < e.error_rate;
       if (e.uses_llm) {
-        const char* model = uniform(rng) < 0.7 ? "gemini-1.5-flash" : "gemini-1.5-pro";
+        const bool is_flash = uniform(rng) < 0.7;
+        const char* model = is_flash ? "gemini-1.5-flash" : "gemini-1.5-pro";
         kit.record_llm_usage(e.path, model, 200 + static_cast<uint64_t>(uniform(rng) * 1800), std::nullopt,
                              failed ? "error" : "success");
+        char trace_id[33];
+        std::snprintf(trace_id, sizeof trace_id, "%016llx%016llx", static_cast<unsigned long long>(rng()),
+                      static_cast<unsigned long long>(rng()));
+        (is_flash ? flash : pro).observe(seconds, shmetrics::Exemplar({{"trace_id", trace_id}}));
       }
       std::this_thread::sleep_for(std::chrono::duration<double>(seconds / 20));
       request.set_response_bytes(200 + static_cast<uint64_t>(uniform(rng) * 4000));
@@ -125,6 +134,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "shmetrics-demo: %s\n", std::string(kit.status().message()).c_str());
     return 1;
   }
+  shmetrics::NativeHistogramOptions chat_options;
+  chat_options.min = 1e-3;
+  chat_options.max = 120;
+  chat_options.unit = "seconds";
+  chat_options.exemplars = true;
+  auto chat_latency = (*writer)->AddNativeHistogram(
+      "demo_chat_duration_seconds", "Chat latency by model (a native histogram, with trace id exemplars).",
+      {"model"}, chat_options);
+  if (!chat_latency.ok()) {
+    std::fprintf(stderr, "shmetrics-demo: %s\n", std::string(chat_latency.status().message()).c_str());
+    return 1;
+  }
   signal(SIGINT, &OnSignal);
   signal(SIGTERM, &OnSignal);
   std::vector<pid_t> children;
@@ -132,7 +153,7 @@ int main(int argc, char** argv) {
     const pid_t child = fork();
     if (child == 0) {
       std::vector<std::thread> pool;
-      for (int t = 0; t < threads; ++t) pool.emplace_back(Serve, std::ref(**kit), unsigned(w * 100 + t), rate);
+      for (int t = 0; t < threads; ++t) pool.emplace_back(Serve, std::ref(**kit), std::cref(*chat_latency), unsigned(w * 100 + t), rate);
       for (auto& thread : pool) thread.join();
       _exit(0);
     }
