@@ -32,7 +32,7 @@ constexpr uint32_t kCounterCreated = 3;
 constexpr uint32_t kHistogramCount = 1, kHistogramSum = 2, kHistogramBucket = 3, kHistogramSchema = 5,
                    kHistogramZeroThreshold = 6, kHistogramZeroCount = 7, kHistogramNegativeSpan = 9,
                    kHistogramNegativeDelta = 10, kHistogramPositiveSpan = 12, kHistogramPositiveDelta = 13,
-                   kHistogramCreated = 15;
+                   kHistogramCreated = 15, kHistogramExemplars = 16;
 constexpr uint32_t kBucketCumulativeCount = 1, kBucketUpperBound = 2, kBucketExemplar = 3;
 constexpr uint32_t kCounterExemplar = 2;
 constexpr uint32_t kExemplarLabel = 1, kExemplarValue = 2, kExemplarTimestamp = 3;
@@ -193,11 +193,15 @@ void Collector::State::RenderSeriesProtobuf(const OutGroup& group, size_t index,
       // Classic buckets, finite bounds only: +Inf is the count, written
       // out only to carry an exemplar.
       uint64_t cumulative = 0;
+      // A native histogram's exemplars also go in Histogram.exemplars,
+      // where a Prometheus newer than 2.42 looks for them.
+      std::string native_exemplars;
       for (size_t b = 0; b < bucket_count; ++b) {
         cumulative += buckets[b];
         ExemplarView exemplar;
         const bool with_exemplar =
             group.exemplars && NewestExemplar(begin, end, static_cast<uint32_t>(b), skip_faulted, &exemplar);
+        if (with_exemplar && group.shape.native) AppendExemplar(&native_exemplars, field::kHistogramExemplars, exemplar);
         const bool infinite = b + 1 == bucket_count;
         if (infinite && !with_exemplar) break;
         const size_t bucket = proto::Open(out, field::kHistogramBucket);
@@ -219,6 +223,7 @@ void Collector::State::RenderSeriesProtobuf(const OutGroup& group, size_t index,
                             field::kHistogramPositiveSpan, field::kHistogramPositiveDelta, true);
       }
       if (series.created_unix_ns != 0) AppendTimestamp(out, field::kHistogramCreated, series.created_unix_ns);
+      out->append(native_exemplars);
       proto::Close(out, histogram);
       break;
     }
