@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <random>
+#include <map>
 #include <set>
 #include <thread>
 #include <atomic>
@@ -574,6 +575,35 @@ TEST_CASE("forged exemplars: a label twice is skipped, slots claimed by two seri
   REQUIRE(!refused.ok());
   CHECK(refused.status().message() ==
         path + ": corrupt segment: series 1 claims the exemplar slots of another series");
+}
+
+TEST_CASE("exemplars across fork(): the child's go to its own segment, the parent's stay in the parent's") {
+  TempDir dir;
+  auto writer = Writer::Create(testing::WriterIn(dir, "svc")).value();
+  const Counter counter =
+      writer->AddCounter("jobs_total", "J.", {}, {.exemplars = true}).value().WithLabels({}).value();
+  counter.inc(1, Exemplar({{"trace_id", "parent"}}, 1000));
+  const std::string parent_path = writer->path();
+  const pid_t child = testing::Fork();
+  if (child == 0) {
+    counter.inc(1, Exemplar({{"trace_id", "child"}}, 2000));
+    _exit(writer->path() != parent_path ? 0 : 1);
+  }
+  REQUIRE(testing::WaitChild(child) == 0);
+  counter.inc(1, Exemplar({{"trace_id", "parent-after"}}, 3000));
+  std::map<std::string, std::string> trace_by_file;
+  const std::vector<reader::DirectoryEntry> entries = reader::ListSegments(dir.path()).value();
+  for (const auto& entry : entries) {
+    auto segment = reader::Segment::Open(entry.path).value();
+    reader::ExemplarView view;
+    REQUIRE(segment->NewestExemplar(segment->series().at(0).cells(), 0, &view));
+    view.ForEachLabel([&](absl::string_view, absl::string_view value) { trace_by_file[entry.path] = std::string(value); });
+  }
+  REQUIRE(trace_by_file.size() == 2);
+  CHECK(trace_by_file.at(parent_path) == "parent-after");
+  for (const auto& [path, trace] : trace_by_file) {
+    if (path != parent_path) CHECK(trace == "child");
+  }
 }
 
 TEST_CASE("torn exemplars: millions of writes under a concurrent reader, never a mixed exemplar") {
