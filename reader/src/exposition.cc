@@ -29,13 +29,20 @@ void AppendCount(std::string* out, uint64_t value) {
   out->append(buffer, result.ptr);
 }
 
-// A creation time in seconds, to the millisecond, and the line's end.
-void AppendCreated(std::string* out, uint64_t created_unix_ns) {
-  const uint64_t ms = created_unix_ns / 1000000;
+// A Unix time in seconds, to the millisecond: _created values and exemplar
+// timestamps, the same instant in every format.
+void AppendUnixSeconds(std::string* out, uint64_t unix_ns) {
+  const uint64_t ms = unix_ns / 1000000;
   AppendCount(out, ms / 1000);
-  char fraction[5] = {'.', static_cast<char>('0' + ms % 1000 / 100), static_cast<char>('0' + ms % 100 / 10),
-                      static_cast<char>('0' + ms % 10), '\n'};
-  out->append(fraction, 5);
+  const char fraction[4] = {'.', static_cast<char>('0' + ms % 1000 / 100), static_cast<char>('0' + ms % 100 / 10),
+                            static_cast<char>('0' + ms % 10)};
+  out->append(fraction, 4);
+}
+
+// A creation time and the line's end.
+void AppendCreated(std::string* out, uint64_t created_unix_ns) {
+  AppendUnixSeconds(out, created_unix_ns);
+  out->push_back('\n');
 }
 
 }  // namespace
@@ -149,11 +156,7 @@ void AppendOpenMetricsExemplar(std::string* out, const ExemplarView& exemplar) {
   out->append("} ");
   AppendDouble(out, exemplar.value);
   out->push_back(' ');
-  const uint64_t ms = exemplar.timestamp_unix_ns / 1000000;
-  out->append(std::to_string(ms / 1000));
-  const char fraction[4] = {'.', static_cast<char>('0' + ms % 1000 / 100), static_cast<char>('0' + ms % 100 / 10),
-                            static_cast<char>('0' + ms % 10)};
-  out->append(fraction, 4);
+  AppendUnixSeconds(out, exemplar.timestamp_unix_ns);
 }
 }  // namespace
 

@@ -127,8 +127,9 @@ void Collector::State::RenderSeriesProtobuf(const OutGroup& group, size_t index,
   const Source* begin = group.sources.data() + (previous != nullptr ? previous->source_end : 0);
   const Source* end = group.sources.data() + series.source_end;
   if (skip_faulted && SeriesVanished(begin, end, series.archived)) return;
-  const uint32_t labels_begin_ = previous == nullptr ? 0 : previous->proto_end;
-  const absl::string_view labels(group.proto_labels.data() + labels_begin_, series.proto_end - labels_begin_);
+  // This series' Metric.label fields, encoded when the index was built.
+  const uint32_t labels_begin = previous == nullptr ? 0 : previous->proto_end;
+  const absl::string_view labels(group.proto_labels.data() + labels_begin, series.proto_end - labels_begin);
   auto gauge_metric = [&](double value, absl::string_view extra_name, absl::string_view extra_value) {
     const size_t metric = proto::Open(out, field::kFamilyMetric);
     out->append(labels.data(), labels.size());
@@ -150,8 +151,7 @@ void Collector::State::RenderSeriesProtobuf(const OutGroup& group, size_t index,
     return;
   }
   const size_t metric = proto::Open(out, field::kFamilyMetric);
-  const uint32_t labels_begin = previous == nullptr ? 0 : previous->proto_end;
-  out->append(group.proto_labels.data() + labels_begin, series.proto_end - labels_begin);
+  out->append(labels.data(), labels.size());
   switch (group.shape.type) {
     case shm::MetricType::kCounter: {
       const size_t counter = proto::Open(out, field::kMetricCounter);

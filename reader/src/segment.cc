@@ -36,7 +36,7 @@ bool ValidExemplar(const shm::ExemplarSlot& slot) {
         }
         names[i] = text;
       }
-      for (char ch : text) runes += (static_cast<unsigned char>(ch) & 0xC0) != 0x80;
+      runes += shm::Utf8Length(text);
       at += 1 + length;
     }
   }

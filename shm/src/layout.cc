@@ -62,6 +62,12 @@ bool IsValidServiceName(absl::string_view name) {
   return true;
 }
 
+size_t Utf8Length(absl::string_view text) {
+  size_t characters = 0;
+  for (char ch : text) characters += (static_cast<unsigned char>(ch) & 0xC0) != 0x80;  // not a continuation byte
+  return characters;
+}
+
 bool IsValidUtf8(absl::string_view text) {
   const auto* p = reinterpret_cast<const unsigned char*>(text.data());
   const auto* end = p + text.size();

@@ -476,7 +476,7 @@ struct ExemplarWriter {
         runes += label.value.size();
       } else {
         if (!shm::IsValidUtf8(label.value)) return false;
-        for (char ch : label.value) runes += (static_cast<unsigned char>(ch) & 0xC0) != 0x80;
+        runes += shm::Utf8Length(label.value);
       }
       out[at++] = static_cast<char>(label.name.size());
       std::memcpy(out + at, label.name.data(), label.name.size());
@@ -572,12 +572,30 @@ LaneReleaser::~LaneReleaser() {
 }
 }  // namespace
 
-void Gauge::set(double value) const {
-  internal::EnsureBound(slot_);
-  const internal::WriterSlot& slot = g_writer_slots[slot_];
+namespace {
+// Binds this thread in writer `slot_index` and returns the writer's slot,
+// or nullptr once the writer is closed (its values are final): the check
+// of Gauge::set and StateSet, which write into the shared lane.
+const internal::WriterSlot* OpenWriterSlot(uint32_t slot_index) {
+  internal::EnsureBound(slot_index);
+  const internal::WriterSlot& slot = g_writer_slots[slot_index];
   // relaxed: Close() stores it under the registry mutex before unbinding
   // this thread, which then rebinds (EnsureBound) under the same mutex.
-  if (std::atomic_ref<uint32_t>(const_cast<uint32_t&>(slot.closed)).load(std::memory_order_relaxed) != 0) return;
+  if (std::atomic_ref<uint32_t>(const_cast<uint32_t&>(slot.closed)).load(std::memory_order_relaxed) != 0) {
+    return nullptr;
+  }
+  return &slot;
+}
+
+std::byte* SharedLane(const internal::WriterSlot& slot) {
+  return slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes;
+}
+}  // namespace
+
+void Gauge::set(double value) const {
+  const internal::WriterSlot* open = OpenWriterSlot(slot_);
+  if (open == nullptr) return;
+  const internal::WriterSlot& slot = *open;
   const uint32_t high_water =
       std::atomic_ref<uint32_t>(*const_cast<uint32_t*>(slot.lanes_high_water)).load(std::memory_order_acquire);
   const uint32_t lanes = std::min(high_water, slot.shared_lane);
@@ -595,7 +613,7 @@ void Gauge::set(double value) const {
   };
   for (uint32_t i = 0; i < lanes; ++i) add_lane(i, true);
   add_lane(slot.shared_lane, false);
-  auto* shared = reinterpret_cast<double*>(slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes);
+  auto* shared = reinterpret_cast<double*>(SharedLane(slot));
   std::atomic_ref<double>(shared[cell_ + 1]).store(value - others, std::memory_order_relaxed);
 }
 
@@ -718,11 +736,6 @@ absl::Status ValidateStates(absl::string_view name, const std::vector<std::strin
     }
   }
   return absl::OkStatus();
-}
-
-bool SameNative(const shm::NativeShape& a, const shm::NativeShape& b) {
-  return a.schema == b.schema && a.negative == b.negative && a.index_min == b.index_min &&
-         a.index_max == b.index_max && a.zero_threshold == b.zero_threshold && a.classic_bounds == b.classic_bounds;
 }
 
 }  // namespace
@@ -879,7 +892,7 @@ absl::StatusOr<uint32_t> Writer::AddFamily(absl::string_view name, absl::string_
     if (existing.type != type || existing.label_names != label_names || existing.bounds != bounds ||
         existing.unit != spec.unit || existing.native != spec.native || existing.exemplars != spec.exemplars ||
         existing.states != spec.states ||
-        (spec.native && !SameNative(existing.native_shape, spec.native_shape))) {
+        (spec.native && existing.native_shape != spec.native_shape)) {
       return absl::AlreadyExistsError(absl::StrCat(
           "metric '", name, "' is already registered as a ", existing.native ? "native " : "",
           shm::MetricTypeName(existing.type), " with labels [", absl::StrJoin(existing.label_names, ","), "]",
@@ -1200,22 +1213,18 @@ absl::Status InfoFamily::Add(const std::vector<std::string>& values) const {
 }
 
 void StateSet::set(uint32_t state_index) const {
-  if (state_index >= state_count_) return;
-  internal::EnsureBound(slot_);
-  const internal::WriterSlot& slot = g_writer_slots[slot_];
-  // relaxed: as Gauge::set.
-  if (std::atomic_ref<uint32_t>(const_cast<uint32_t&>(slot.closed)).load(std::memory_order_relaxed) != 0) return;
-  auto* shared = reinterpret_cast<uint64_t*>(slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes);
-  std::atomic_ref<uint64_t>(shared[cell_]).store(uint64_t{state_index} + 1, std::memory_order_relaxed);
+  if (state_index < state_count_) Store(uint64_t{state_index} + 1);
 }
 
 void StateSet::clear() const {
-  if (!valid_) return;
-  internal::EnsureBound(slot_);
-  const internal::WriterSlot& slot = g_writer_slots[slot_];
-  if (std::atomic_ref<uint32_t>(const_cast<uint32_t&>(slot.closed)).load(std::memory_order_relaxed) != 0) return;
-  auto* shared = reinterpret_cast<uint64_t*>(slot.lanes_base + uint64_t{slot.shared_lane} * slot.lane_stride_bytes);
-  std::atomic_ref<uint64_t>(shared[cell_]).store(0, std::memory_order_relaxed);
+  if (valid_) Store(0);
+}
+
+void StateSet::Store(uint64_t cell_value) const {
+  const internal::WriterSlot* open = OpenWriterSlot(slot_);
+  if (open == nullptr) return;
+  auto* shared = reinterpret_cast<uint64_t*>(SharedLane(*open));
+  std::atomic_ref<uint64_t>(shared[cell_]).store(cell_value, std::memory_order_relaxed);
 }
 
 void NativeHistogram::ObserveSlow(uint32_t bucket_cell, bool out_of_range, double value) const {

@@ -48,12 +48,9 @@ struct FamilyShape {
   shm::NativeShape native_shape;  // when native
   std::vector<std::string> states;  // a StateSet's
   bool SameAs(const FamilyShape& other) const {
-    const shm::NativeShape& a = native_shape;
-    const shm::NativeShape& b = other.native_shape;
     return type == other.type && label_names == other.label_names && bounds == other.bounds &&
            unit == other.unit && native == other.native && states == other.states &&
-           (!native || (a.schema == b.schema && a.negative == b.negative && a.index_min == b.index_min &&
-                        a.index_max == b.index_max && a.zero_threshold == b.zero_threshold)) &&
+           (!native || native_shape == other.native_shape) &&
            (type != shm::MetricType::kGauge || merge == other.merge);
   }
 };

@@ -176,6 +176,7 @@ class StateSet {
 
  private:
   friend class Writer;
+  void Store(uint64_t cell_value) const;  // into the shared lane: index + 1, or 0
   uint32_t slot_ = internal::kUnsetSlot;
   uint32_t cell_ = 0;
   uint32_t state_count_ = 0;

@@ -346,6 +346,8 @@ bool IsValidMetricName(absl::string_view name);   // [a-zA-Z_:][a-zA-Z0-9_:]*
 bool IsValidLabelName(absl::string_view name);    // [a-zA-Z_][a-zA-Z0-9_]*, not "__" prefixed
 bool IsValidServiceName(absl::string_view name);  // [a-zA-Z0-9_-]{1,48}
 bool IsValidUtf8(absl::string_view text);
+// Characters (code points) in valid UTF-8: its bytes that start one.
+size_t Utf8Length(absl::string_view text);
 // The longest prefix of `text` of at most `max_bytes` bytes that does not
 // end inside a UTF-8 character: cutting valid UTF-8 with it keeps it valid.
 absl::string_view Utf8Prefix(absl::string_view text, size_t max_bytes);

@@ -44,6 +44,7 @@ struct NativeShape {
     return kNativeFirstBucketCell + buckets_per_sign() * (negative ? 2 : 1);
   }
   uint32_t cell_count() const { return classic_first_cell() + (classic_bounds > 0 ? classic_bounds + 1 : 0); }
+  bool operator==(const NativeShape&) const = default;
 };
 
 // Per schema s > 0: for each of the 2^(s+1) slices of an octave, the number
