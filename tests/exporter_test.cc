@@ -277,18 +277,8 @@ TEST_CASE("a real Prometheus server scrapes the exporter and PromQL returns what
   WriterProcess a(dir.path(), "web", WebTraffic);
   WriterProcess b(dir.path(), "web", WebTraffic);
   Exporter exporter(dir);
-  const int port = testing::FreePort();
-  const std::string config = dir.path() + "/prometheus.yml";
-  testing::WriteFile(config, absl::StrCat("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: shmetrics\n"
-                                          "    static_configs:\n      - targets: ['127.0.0.1:", exporter.port(), "']\n"));
-  const std::string data = dir.path() + "/tsdb";
-  Subprocess prometheus({"/usr/bin/prometheus", "--config.file=" + config, "--storage.tsdb.path=" + data,
-                         absl::StrCat("--web.listen-address=127.0.0.1:", port)},
-                        dir.path() + "/prometheus.log");
-  auto query = [&](const std::string& promql) {
-    const std::string url = absl::StrCat("http://127.0.0.1:", port, "/api/v1/query?query=", promql);
-    return HttpGet(url).body;
-  };
+  testing::PrometheusServer prometheus(dir, exporter);
+  auto query = [&](const std::string& promql) { return prometheus.Query(promql); };
   std::string total;
   for (int i = 0; i < 150; ++i) {
     total = query("sum(http_requests_total%7Bstatus%3D%22200%22%2Cendpoint%3D%22%2Fapi%22%7D)");

@@ -6,6 +6,8 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -123,6 +125,42 @@ class Exporter {
   std::string log_;
   std::unique_ptr<Subprocess> process_;
 };
+
+// A real Prometheus (Debian's) on loopback, scraping `exporter` every
+// second, with `feature` (--enable-feature=..., or none); its storage and
+// log in `dir`. Stopped when destroyed.
+class PrometheusServer {
+ public:
+  PrometheusServer(const TempDir& dir, const Exporter& exporter, const std::string& feature = "")
+      : port_(FreePort()) {
+    const std::string config = dir.path() + "/prometheus.yml";
+    WriteFile(config, absl::StrCat("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: shmetrics\n"
+                                   "    static_configs:\n      - targets: ['127.0.0.1:", exporter.port(), "']\n"));
+    std::vector<std::string> argv = {"/usr/bin/prometheus", "--config.file=" + config,
+                                     "--storage.tsdb.path=" + dir.path() + "/tsdb",
+                                     absl::StrCat("--web.listen-address=127.0.0.1:", port_)};
+    if (!feature.empty()) argv.push_back("--enable-feature=" + feature);
+    process_ = std::make_unique<Subprocess>(argv, dir.path() + "/prometheus.log");
+  }
+  // The body of GET `path_and_query` ("/api/v1/query?query=..."), or "".
+  std::string Get(const std::string& path_and_query) const {
+    return HttpGet(absl::StrCat("http://127.0.0.1:", port_, path_and_query)).body;
+  }
+  // An instant query; `promql` URL-encoded.
+  std::string Query(const std::string& promql) const { return Get("/api/v1/query?query=" + promql); }
+  int Stop() { return process_->Stop(); }
+
+ private:
+  int port_;
+  std::unique_ptr<Subprocess> process_;
+};
+
+// The value of a one-sample instant query's answer (`..."value":[t,"v"]...`), or NaN.
+inline double QueryValue(const std::string& body) {
+  const size_t at = body.rfind(",\"");
+  if (!absl::StrContains(body, "\"result\":[{") || at == std::string::npos) return std::nan("");
+  return std::strtod(body.c_str() + at + 2, nullptr);
+}
 
 // True for a sample line of the exporter's own metrics: shmetrics_exporter_*
 // and the standard process_* metrics it adds about itself.
