@@ -195,7 +195,9 @@ struct Case {
   std::function<double(int threads, int ms)> run;
 };
 
-std::vector<Case> WriterCases(shmetrics::Writer& writer, prometheus::Registry& registry) {
+// `precise_writer` is configured as `writer` but with Clock::kPrecise.
+std::vector<Case> WriterCases(shmetrics::Writer& writer, shmetrics::Writer& precise_writer,
+                              prometheus::Registry& registry) {
   auto counter = writer.AddCounter("bench_ops_total", "Ops.").value().WithLabels({}).value();
   auto gauge = writer.AddGauge("bench_in_progress", "In progress.").value().WithLabels({}).value();
   auto histogram = writer.AddHistogram("bench_latency_seconds", "Latency.", {}, kBounds).value().WithLabels({}).value();
@@ -311,6 +313,19 @@ std::vector<Case> WriterCases(shmetrics::Writer& writer, prometheus::Registry& r
       });
     });
   }});
+  auto precise_exemplar_histogram =
+      precise_writer.AddHistogram("bench_ex_seconds", "Latency.", {}, kBounds, {.exemplars = true})
+          .value().WithLabels({}).value();
+  cases.push_back({"shmetrics histogram.observe(v, exemplar), precise clock", "shmetrics histogram.observe()",
+                   [precise_exemplar_histogram](int threads, int ms) {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      const shmetrics::Histogram h = precise_exemplar_histogram;
+      const double* values = g_values.data();
+      return Loop(stop, [&](uint64_t i) {
+        h.observe(values[i & (kValueCount - 1)], shmetrics::Exemplar({{"trace_id", trace_ids[i & (kValueCount - 1)]}}));
+      });
+    });
+  }});
   struct GoStyleNative {
     std::atomic<uint64_t> count{0};
     std::atomic<uint64_t> sum_bits{0};
@@ -354,8 +369,9 @@ std::vector<Case> WriterCases(shmetrics::Writer& writer, prometheus::Registry& r
   }});
   // The request log: v1 (the code before issue 12) and the current one, with
   // the timestamp given and with the clock read inside, on the same inputs.
-  auto record_case = [&cases, log](const std::string& name, const std::string& baseline, bool v1_path,
-                                   bool clock_inside) {
+  const shmetrics::RequestLog precise_log = precise_writer.requests();
+  auto record_case = [&cases](const std::string& name, const std::string& baseline, bool v1_path, bool clock_inside,
+                              const shmetrics::RequestLog& log) {
     cases.push_back({name, baseline, [log, v1_path, clock_inside](int threads, int ms) {
       return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
         const double* values = g_values.data();
@@ -369,10 +385,14 @@ std::vector<Case> WriterCases(shmetrics::Writer& writer, prometheus::Registry& r
       });
     }});
   };
-  record_case("record (v1 copy), timestamp given", "old design: deque of 100 requests under a mutex", true, false);
-  record_case("shmetrics requests().record(), timestamp given", "record (v1 copy), timestamp given", false, false);
-  record_case("record (v1 copy), clock read inside", "old design: deque of 100 requests under a mutex", true, true);
-  record_case("shmetrics requests().record(), clock read inside", "record (v1 copy), clock read inside", false, true);
+  record_case("record (v1 copy), timestamp given", "old design: deque of 100 requests under a mutex", true, false, log);
+  record_case("shmetrics requests().record(), timestamp given", "record (v1 copy), timestamp given", false, false, log);
+  record_case("record (v1 copy), clock read inside", "old design: deque of 100 requests under a mutex", true, true, log);
+  // Clock read inside: the default clock (coarse), then Clock::kPrecise.
+  record_case("shmetrics requests().record(), clock read inside", "record (v1 copy), clock read inside", false, true,
+              log);
+  record_case("shmetrics requests().record(), precise clock inside", "record (v1 copy), clock read inside", false,
+              true, precise_log);
   cases.push_back({"old design: mutex + map of vectors + deque", "limit: thread-owned store", [](int threads, int ms) {
     return RunThreads(threads, ms, [](int, std::atomic<bool>& stop) {
       const double* values = g_values.data();
@@ -408,8 +428,11 @@ void WriterTable(const std::vector<int>& thread_counts, int ms, int reps, const 
   options.directory = directory;
   options.capacities.exclusive_lanes = 64;
   auto writer = shmetrics::Writer::Create(options).value();
+  options.service = "bench-precise";  // the same, with nanosecond timestamps
+  options.clock = shmetrics::WriterOptions::Clock::kPrecise;
+  auto precise_writer = shmetrics::Writer::Create(options).value();
   prometheus::Registry registry;
-  std::vector<Case> cases = WriterCases(*writer, registry);
+  std::vector<Case> cases = WriterCases(*writer, *precise_writer, registry);
   std::map<std::string, std::vector<double>> results;
   for (const Case& c : cases) {
     for (int threads : thread_counts) {

@@ -556,6 +556,61 @@ TEST_CASE("forged exemplars: a label twice is skipped, slots claimed by two seri
         path + ": corrupt segment: series 1 claims the exemplar slots of another series");
 }
 
+TEST_CASE("exemplar labels of every length reach the slot byte for byte, and label names are checked by content "
+          "every time (a name rewritten in place is checked again)") {
+  TempDir dir;
+  auto writer = Writer::Create(testing::WriterIn(dir, "svc")).value();
+  const Counter hits = writer->AddCounter("hits_total", "H.", {}, {.exemplars = true}).value().WithLabels({}).value();
+  hits.inc(1, Exemplar({{"first", "1"}}, 1));  // binds this thread's lane before the reader opens the segment
+  auto segment = reader::Segment::Open(writer->path()).value();
+  REQUIRE(segment->series().size() == 1);
+  const auto cells = segment->series()[0].cells();
+  auto labels_of = [&](const reader::ExemplarView& view) {
+    std::string out;
+    view.ForEachLabel([&](absl::string_view name, absl::string_view value) { absl::StrAppend(&out, name, "=", value, ";"); });
+    return out;
+  };
+  // Every name length 1..40 and value length 0..70: the slot holds exactly
+  // those bytes (the packer's word boundaries fall everywhere).
+  uint64_t ts = 1;
+  for (size_t name_bytes = 1; name_bytes <= 40; ++name_bytes) {
+    for (size_t value_bytes = 0; value_bytes + name_bytes <= 110; value_bytes += 7) {
+      std::string name(name_bytes, 'n'), value(value_bytes, 'v');
+      for (size_t i = 0; i < name.size(); ++i) name[i] = static_cast<char>('a' + (i * 7 + name_bytes) % 26);
+      for (size_t i = 0; i < value.size(); ++i) value[i] = static_cast<char>('0' + (i * 3 + value_bytes) % 10);
+      hits.inc(1, Exemplar({{name, value}, {"z", "q"}}, ++ts));
+      reader::ExemplarView view;
+      REQUIRE(segment->NewestExemplar(cells, 0, &view));
+      REQUIRE(view.timestamp_unix_ns == ts);
+      REQUIRE(labels_of(view) == absl::StrCat(name, "=", value, ";z=q;"));
+      REQUIRE(view.labels_length == 2 + name_bytes + value_bytes + 4);
+    }
+  }
+  CHECK(segment->Info().exemplars_dropped == 0);
+  // The same buffer holds a valid name, then an invalid one of the same
+  // length, then the valid one again: only the invalid one is refused.
+  std::string name = "trace_id";
+  hits.inc(1, Exemplar({{name, "a"}}, ++ts));
+  name[5] = '-';  // "trace-id"
+  hits.inc(1, Exemplar({{name, "b"}}, ++ts));
+  CHECK(segment->Info().exemplars_dropped == 1);
+  name = "9race_id";  // a digit first
+  hits.inc(1, Exemplar({{name, "c"}}, ++ts));
+  name = "__race_id";
+  hits.inc(1, Exemplar({{name, "d"}}, ++ts));
+  name = "trace_id_with_more_than_16_bytes";
+  hits.inc(1, Exemplar({{name, "e"}}, ++ts));
+  name = "trace_id_with_more_than_16 bytes";
+  hits.inc(1, Exemplar({{name, "f"}}, ++ts));
+  CHECK(segment->Info().exemplars_dropped == 4);
+  name = "trace_id";
+  hits.inc(1, Exemplar({{name, "g"}}, ++ts));
+  reader::ExemplarView view;
+  REQUIRE(segment->NewestExemplar(cells, 0, &view));
+  CHECK(labels_of(view) == "trace_id=g;");
+  CHECK(segment->Info().exemplars_dropped == 4);
+}
+
 TEST_CASE("exemplars across fork(): the child's go to its own segment, the parent's stay in the parent's") {
   TempDir dir;
   auto writer = Writer::Create(testing::WriterIn(dir, "svc")).value();

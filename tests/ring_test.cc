@@ -188,33 +188,68 @@ TEST_CASE("with error slots only, errors are kept and other requests go nowhere"
   CHECK(segment->Info().records_dropped == 0);
 }
 
-TEST_CASE("record() reads CLOCK_REALTIME when given no timestamp: each record's time lies between readings taken "
-          "just before and just after it") {
+uint64_t ClockNs(clockid_t clock) {
+  timespec ts;
+  clock_gettime(clock, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+}
+
+TEST_CASE("record() given no timestamp reads CLOCK_REALTIME_COARSE by default: each record's time is exactly "
+          "between coarse readings taken just before and just after it, and never ahead of CLOCK_REALTIME") {
   TempDir dir;
   auto writer = MakeWriter(dir);
   const RequestLog log = writer->requests();
   auto segment = reader::Segment::Open(writer->path()).value();
-  auto now = [] {
-    timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
-  };
-  // Long enough to cross many of the clock's 1 ms windows and re-anchors.
-  uint64_t outside = 0, k = 0;
-  const uint64_t start = now();
-  while (now() - start < 20'000'000) {
-    const uint64_t before = now();
+  timespec resolution;
+  REQUIRE(clock_getres(CLOCK_REALTIME_COARSE, &resolution) == 0);
+  // Long enough to cross several kernel ticks (1-4 ms each).
+  uint64_t outside = 0, ahead = 0, k = 0, distinct = 0, last = 0;
+  const uint64_t start = ClockNs(CLOCK_REALTIME);
+  while (ClockNs(CLOCK_REALTIME) - start < 20'000'000) {
+    const uint64_t before = ClockNs(CLOCK_REALTIME_COARSE);
     log.record({"GET", "/t", 200, 1, 1, false, ""});
-    const uint64_t after = now();
+    const uint64_t after = ClockNs(CLOCK_REALTIME_COARSE), precise_after = ClockNs(CLOCK_REALTIME);
+    const auto read = segment->ReadRing(0, reader::RingKind::kRequests, k++);
+    REQUIRE(read.records.size() == 1);
+    const uint64_t t = read.records[0].timestamp_unix_ns;
+    outside += t < before || t > after;
+    ahead += t > precise_after;
+    distinct += t != last;
+    last = t;
+  }
+  MESSAGE(k << " records, " << distinct << " distinct times, tick " << resolution.tv_nsec << " ns");
+  CHECK(outside == 0);
+  CHECK(ahead == 0);
+  CHECK(distinct >= 2);  // the clock moved: it is read, not cached once
+}
+
+TEST_CASE("with Clock::kPrecise, record() given no timestamp reads CLOCK_REALTIME: each record's time lies between "
+          "readings taken just before and just after it") {
+  TempDir dir;
+  WriterOptions options = testing::WriterIn(dir, "ring");
+  options.clock = WriterOptions::Clock::kPrecise;
+  auto writer = Writer::Create(options).value();
+  const RequestLog log = writer->requests();
+  auto segment = reader::Segment::Open(writer->path()).value();
+  // Long enough to cross many of the clock's 1 ms windows and re-anchors.
+  uint64_t outside = 0, k = 0, distinct = 0, last = 0;
+  const uint64_t start = ClockNs(CLOCK_REALTIME);
+  while (ClockNs(CLOCK_REALTIME) - start < 20'000'000) {
+    const uint64_t before = ClockNs(CLOCK_REALTIME);
+    log.record({"GET", "/t", 200, 1, 1, false, ""});
+    const uint64_t after = ClockNs(CLOCK_REALTIME);
     const auto read = segment->ReadRing(0, reader::RingKind::kRequests, k++);
     REQUIRE(read.records.size() == 1);
     // The extrapolated time may be off by the rate's error over a window
     // (tens of nanoseconds); a microsecond is far more than that.
     const uint64_t t = read.records[0].timestamp_unix_ns;
     outside += t + 1000 < before || t > after + 1000;
+    distinct += t != last;
+    last = t;
   }
-  MESSAGE(k << " records");
+  MESSAGE(k << " records, " << distinct << " distinct times");
   CHECK(outside == 0);
+  CHECK(distinct == k);  // nanoseconds: no two records of this loop share a time
 }
 
 TEST_CASE("a slot left half-written (a producer killed mid-write) is skipped and counted, never returned") {

@@ -45,15 +45,6 @@ bool IsValidMetricName(absl::string_view name) {
   return true;
 }
 
-bool IsValidLabelName(absl::string_view name) {
-  if (name.empty() || name.size() > kMaxNameBytes || name.substr(0, 2) == "__") return false;
-  for (size_t i = 0; i < name.size(); ++i) {
-    const char ch = name[i];
-    if (!(IsAsciiLetter(ch) || ch == '_' || (i > 0 && IsDigit(ch)))) return false;
-  }
-  return true;
-}
-
 bool IsValidServiceName(absl::string_view name) {
   if (name.empty() || name.size() > 48) return false;
   for (char ch : name) {

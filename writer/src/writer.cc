@@ -296,9 +296,9 @@ void UnbindSlotEverywhere(uint32_t slot) {
 
 // ------------------------------------------------------------ request log
 
-// A record is written straight into its ring slot as 16 words, each
-// computed in registers: no staging copy in memory, no library call, no
-// per-field memset, no loop with a data-dependent trip count.
+// A record is written straight into its ring slot, each word computed in
+// registers: no staging copy in memory, no library call, no per-field
+// memset, and only the words of a text field that its text reaches.
 constexpr size_t kRecordWords = sizeof(shm::RequestRecord) / 8;
 constexpr size_t kLengthsWord = offsetof(shm::RequestRecord, status) / 8;
 constexpr size_t kMethodWord = offsetof(shm::RequestRecord, method) / 8;
@@ -310,6 +310,11 @@ static_assert(offsetof(shm::RequestRecord, timestamp_unix_ns) == 8 && offsetof(s
 // Word 4: status (bytes 0-1), flags (2), method, endpoint and error lengths (3-5), reserved (6-7).
 static_assert(offsetof(shm::RequestRecord, flags) == 34 && offsetof(shm::RequestRecord, method_length) == 35 &&
               offsetof(shm::RequestRecord, endpoint_length) == 36 && offsetof(shm::RequestRecord, error_length) == 37);
+
+// The clock of the timestamps a writer takes itself (WriterOptions::clock).
+inline uint64_t ClockNs(const internal::WriterSlot& slot) {
+  return slot.precise_clock != 0 ? internal::RealtimeNowNs() : internal::CoarseRealtimeNs();
+}
 
 inline uint64_t Load8(const char* p) {
   uint64_t word;
@@ -350,24 +355,23 @@ inline void StorePayload(uint64_t& word, uint64_t value) {
   std::atomic_ref<uint64_t>(word).store(value, std::memory_order_release);
 }
 
-// Stores text[0 .. n) zero-padded into the kWords words of a field.
+// Stores text[0 .. n) into the words of a field that hold it, the last
+// one zero-padded; the field's later words keep whatever an older record
+// left there (a reader reads only the field's length, see
+// docs/segment-format.md). Fewer stores than a zero-padded field: the
+// record path is bound by its stores.
 template <size_t kWords>
 inline void StoreField(uint64_t* words, const char* text, size_t n) {
   if (n < 8) {
-    StorePayload(words[0], LoadShort(text, n));
-#pragma GCC unroll 8
-    for (size_t i = 1; i < kWords; ++i) StorePayload(words[i], 0);
+    if (n > 0) StorePayload(words[0], LoadShort(text, n));
     return;
   }
-  // Branch-free: every load stays inside the text (its address is clamped
-  // to the last 8 bytes), and the word that holds the end is shifted down.
-#pragma GCC unroll 8
-  for (size_t i = 0; i < kWords; ++i) {
-    const size_t offset = 8 * i;
-    const uint64_t word = Load8(text + std::min(offset, n - 8));
-    const size_t past_end = offset + 8 > n ? offset + 8 - n : 0;  // bytes of this word beyond the text
-    StorePayload(words[i], past_end >= 8 ? 0 : word >> (8 * past_end));
-  }
+  // Every load stays inside the text: the last word's address is clamped
+  // to the text's last 8 bytes and shifted down.
+  const size_t full_words = n / 8;
+#pragma GCC unroll 1
+  for (size_t i = 0; i < full_words; ++i) StorePayload(words[i], Load8(text + 8 * i));
+  if (const size_t tail = n % 8; tail > 0) StorePayload(words[full_words], Load8(text + n - 8) >> (8 * (8 - tail)));
 }
 
 // Slot `k mod slot_count` of a ring whose slots start at `slots`.
@@ -411,7 +415,7 @@ void RequestLog::record(const RequestRecordInput& request) const {
   uint64_t* const words = to_requests ? RingSlot(request_slots, slot.request_slots, k)
                                       : RingSlot(error_slots, slot.error_slots, k);
 
-  const uint64_t timestamp = request.timestamp_unix_ns != 0 ? request.timestamp_unix_ns : internal::RealtimeNowNs();
+  const uint64_t timestamp = request.timestamp_unix_ns != 0 ? request.timestamp_unix_ns : ClockNs(slot);
   const size_t method_bytes = FittingBytes(request.method, shm::kRecordMethodBytes);
   const size_t endpoint_bytes = FittingBytes(request.endpoint, shm::kRecordEndpointBytes);
   const size_t error_bytes = FittingBytes(request.error_message, shm::kRecordErrorBytes);
@@ -445,56 +449,112 @@ void RequestLog::record(const RequestRecordInput& request) const {
 inline bool IsAscii(absl::string_view text) {
   uint64_t high = 0;
   size_t i = 0;
-  for (; i + 8 <= text.size(); i += 8) {
-    uint64_t word;
-    std::memcpy(&word, text.data() + i, 8);
-    high |= word;
-  }
+  for (; i + 8 <= text.size(); i += 8) high |= Load8(text.data() + i);
   for (; i < text.size(); ++i) high |= static_cast<unsigned char>(text[i]);
   return (high & 0x8080808080808080ull) == 0;
 }
 
+// The last label name of at most 16 bytes that this thread found valid:
+// exemplars name the same label ("trace_id") time after time, and
+// comparing two words costs less than checking every byte (6 of the 31 ns
+// of an exemplar on the 2-core EPYC). Compared by content, so a name at a
+// reused address is never taken for another.
+struct ValidLabelName {
+  uint64_t words[2];  // the name's bytes, zero-padded
+  uint64_t size;      // 0: none yet
+};
+constinit thread_local ValidLabelName t_valid_label_name = {{0, 0}, 0};
+
+inline bool IsValidLabelNameCached(absl::string_view name) {
+  const size_t size = name.size();
+  if (size == 0 || size > 16) return shm::IsValidLabelName(name);
+  // Bytes 0..7 and 8..15 of the name, zero-padded; no load outside it.
+  const uint64_t low = size >= 8 ? Load8(name.data()) : LoadShort(name.data(), size);
+  const uint64_t high = size > 8 ? Load8(name.data() + size - 8) >> (8 * (16 - size)) : 0;
+  ValidLabelName& last = t_valid_label_name;
+  if (last.size == size && last.words[0] == low && last.words[1] == high) return true;
+  if (!shm::IsValidLabelName(name)) return false;
+  last = {{low, high}, size};
+  return true;
+}
+
+// Packs a byte stream into whole words and stores each (StorePayload) as
+// soon as it is complete. The words are built in registers from 8-byte
+// loads of the source: a staging buffer written byte-wise and read back
+// word-wise stalls on store forwarding (it cost a third of the exemplar
+// path).
+class WordPacker {
+ public:
+  explicit WordPacker(uint64_t* out) : out_(out) {}
+  // Appends the low `n` bytes of `word` (1..8; the bytes above must be 0).
+  void Put(uint64_t word, unsigned n) {
+    pending_ |= word << (8 * fill_);  // fill_ < 8: a shift of at most 56
+    const unsigned total = fill_ + n;
+    if (total < 8) {
+      fill_ = total;
+      return;
+    }
+    StorePayload(*out_++, pending_);
+    pending_ = fill_ == 0 ? 0 : word >> (64 - 8 * fill_);  // what did not fit
+    fill_ = total - 8;
+  }
+  void Put(absl::string_view text) {
+    size_t i = 0;
+    for (; i + 8 <= text.size(); i += 8) Put(Load8(text.data() + i), 8);
+    if (i < text.size()) Put(LoadShort(text.data() + i, text.size() - i), static_cast<unsigned>(text.size() - i));
+  }
+  // Stores the last, partial word, zero-padded.
+  void Finish() {
+    if (fill_ > 0) StorePayload(*out_++, pending_);
+  }
+
+ private:
+  uint64_t* out_;
+  uint64_t pending_ = 0;
+  unsigned fill_ = 0;  // bytes in pending_, 0..7
+};
+
 // Reaches Exemplar's private parts (a friend).
 struct ExemplarWriter {
-  // Encodes the labels as the slot keeps them (u8 length, name, u8
-  // length, value, ...) into `out`; false when a rule is broken.
-  static bool Encode(const Exemplar& exemplar, char (&out)[shm::kExemplarLabelBytes], uint16_t* length,
-                     uint8_t* count) {
-    if (exemplar.too_many_ || exemplar.count_ == 0) return false;
-    size_t at = 0, runes = 0;
+  // Bytes of the labels as the slot keeps them (u8 length, name, u8
+  // length, value, ...), or 0 when a rule is broken.
+  static size_t EncodedBytes(const Exemplar& exemplar) {
+    if (exemplar.too_many_ || exemplar.count_ == 0) return 0;
+    size_t bytes = 0, runes = 0;
     for (uint32_t i = 0; i < exemplar.count_; ++i) {
       const ExemplarLabel& label = exemplar.labels_[i];
-      if (at + 2 + label.name.size() + label.value.size() > shm::kExemplarLabelBytes ||
-          !shm::IsValidLabelName(label.name)) {
-        return false;
-      }
+      bytes += 2 + label.name.size() + label.value.size();
+      if (bytes > shm::kExemplarLabelBytes || !IsValidLabelNameCached(label.name)) return 0;
       for (uint32_t j = 0; j < i; ++j) {
-        if (exemplar.labels_[j].name == label.name) return false;  // a label twice
+        if (exemplar.labels_[j].name == label.name) return 0;  // a label twice
       }
       runes += label.name.size();
       if (IsAscii(label.value)) [[likely]] {  // trace ids: no UTF-8 decoding needed
         runes += label.value.size();
       } else {
-        if (!shm::IsValidUtf8(label.value)) return false;
+        if (!shm::IsValidUtf8(label.value)) return 0;
         runes += shm::Utf8Length(label.value);
       }
-      out[at++] = static_cast<char>(label.name.size());
-      std::memcpy(out + at, label.name.data(), label.name.size());
-      at += label.name.size();
-      out[at++] = static_cast<char>(label.value.size());
-      std::memcpy(out + at, label.value.data(), label.value.size());
-      at += label.value.size();
     }
-    if (runes > shm::kMaxExemplarRunes) return false;
-    // Zero the rest of the last word: whole words are copied.
-    std::memset(out + at, 0, std::min<size_t>(shm::AlignUp(at, 8), shm::kExemplarLabelBytes) - at);
-    *length = static_cast<uint16_t>(at);
-    *count = static_cast<uint8_t>(exemplar.count_);
-    return true;
+    return runes > shm::kMaxExemplarRunes ? 0 : bytes;
   }
-  static uint64_t Timestamp(const Exemplar& exemplar) {
-    return exemplar.timestamp_unix_ns_ != 0 ? exemplar.timestamp_unix_ns_ : internal::RealtimeNowNs();
+  // Stores the labels (already checked by EncodedBytes()) from `words` on,
+  // the last word zero-padded.
+  static void Store(const Exemplar& exemplar, uint64_t* words) {
+    WordPacker packer(words);
+    for (uint32_t i = 0; i < exemplar.count_; ++i) {
+      const ExemplarLabel& label = exemplar.labels_[i];
+      packer.Put(label.name.size(), 1);
+      packer.Put(label.name);
+      packer.Put(label.value.size(), 1);
+      packer.Put(label.value);
+    }
+    packer.Finish();
   }
+  static uint64_t Timestamp(const Exemplar& exemplar, const internal::WriterSlot& slot) {
+    return exemplar.timestamp_unix_ns_ != 0 ? exemplar.timestamp_unix_ns_ : ClockNs(slot);
+  }
+  static uint8_t LabelCount(const Exemplar& exemplar) { return static_cast<uint8_t>(exemplar.count_); }
 };
 
 void internal::NoteOutOfRange(uint32_t slot_index) {
@@ -509,10 +569,8 @@ void internal::WriteExemplar(uint32_t slot_index, uint32_t exemplar_index, doubl
     base = LoadRelaxed(t_lanes[slot_index].exemplar_base);
   }
   const WriterSlot& slot = g_writer_slots[slot_index];
-  alignas(8) char labels[shm::kExemplarLabelBytes];
-  uint16_t length = 0;
-  uint8_t count = 0;
-  if (base == nullptr || !ExemplarWriter::Encode(exemplar, labels, &length, &count)) [[unlikely]] {
+  const size_t length = base == nullptr ? 0 : ExemplarWriter::EncodedBytes(exemplar);
+  if (length == 0) [[unlikely]] {
     // The shared lane keeps no exemplars (one writer per slot), nor does a
     // broken exemplar get in.
     if (slot.exemplars_dropped != nullptr) {
@@ -520,7 +578,7 @@ void internal::WriteExemplar(uint32_t slot_index, uint32_t exemplar_index, doubl
     }
     return;
   }
-  const uint64_t timestamp = ExemplarWriter::Timestamp(exemplar);
+  const uint64_t timestamp = ExemplarWriter::Timestamp(exemplar, slot);
   auto* words = reinterpret_cast<uint64_t*>(base + uint64_t{exemplar_index} * sizeof(shm::ExemplarSlot));
   constexpr size_t kLabelWord = offsetof(shm::ExemplarSlot, labels) / 8;
   static_assert(kLabelWord == 4 && offsetof(shm::ExemplarSlot, value) == 8 &&
@@ -532,12 +590,8 @@ void internal::WriteExemplar(uint32_t slot_index, uint32_t exemplar_index, doubl
   std::atomic_ref<uint64_t>(words[0]).store(sequence + 1, std::memory_order_relaxed);
   StorePayload(words[1], std::bit_cast<uint64_t>(value));
   StorePayload(words[2], timestamp);
-  StorePayload(words[3], uint64_t{length} | uint64_t{count} << 16);
-  for (size_t w = 0; w * 8 < length; ++w) {
-    uint64_t word = 0;
-    std::memcpy(&word, labels + w * 8, 8);
-    StorePayload(words[kLabelWord + w], word);
-  }
+  StorePayload(words[3], uint64_t{length} | uint64_t{ExemplarWriter::LabelCount(exemplar)} << 16);
+  ExemplarWriter::Store(exemplar, words + kLabelWord);
   std::atomic_ref<uint64_t>(words[0]).store(sequence + 2, std::memory_order_release);
 }
 
@@ -807,6 +861,7 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& opti
   ws.exemplar_stride_bytes = uint64_t{h.exemplar_slots_per_lane} * sizeof(shm::ExemplarSlot);
   ws.exemplars_dropped = &h.exemplars_dropped;
   ws.native_out_of_range = &h.native_out_of_range;
+  ws.precise_clock = options.clock == WriterOptions::Clock::kPrecise ? 1 : 0;
   UnbindSlotEverywhere(slot);  // no thread keeps a binding from the slot's last writer
   // The overflow label value is interned up front so that using an overflow
   // series never needs arena space.

@@ -69,6 +69,7 @@ struct alignas(64) WriterSlot {
   uint64_t exemplar_stride_bytes = 0;
   uint64_t* exemplars_dropped = nullptr;       // in the segment header
   uint64_t* native_out_of_range = nullptr;     // in the segment header
+  uint32_t precise_clock = 0;                  // WriterOptions::clock == kPrecise
 };
 static_assert(sizeof(WriterSlot) == 128);
 extern WriterSlot g_writer_slots[kSlotCount];

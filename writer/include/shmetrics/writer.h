@@ -65,6 +65,15 @@ struct WriterOptions {
     kError,           // return ResourceExhausted
   } on_full = OnFull::kOverflowSeries;
   bool remove_on_close = false;  // unlink the file on Close() (values are then lost)
+  // The clock of the timestamps the writer takes itself: request records
+  // given no timestamp_unix_ns, and exemplars given none.
+  enum class Clock {
+    kCoarse,   // CLOCK_REALTIME_COARSE: the kernel tick's resolution (1-4 ms,
+               // as clock_getres reports), ~5 ns a reading, never ahead of
+               // CLOCK_REALTIME; like the cached times of nginx and HAProxy
+    kPrecise,  // CLOCK_REALTIME to the nanosecond: ~10-17 ns a reading through a
+               // per-thread TSC anchor, the vDSO's 22-28 ns where the TSC is unusable
+  } clock = Clock::kCoarse;
 };
 
 class Writer;
@@ -205,15 +214,14 @@ struct RequestRecordInput {
   uint64_t response_bytes = 0;
   bool error = false;               // also goes to the error ring
   absl::string_view error_message;
-  uint64_t timestamp_unix_ns = 0;   // when it ended; 0: read CLOCK_REALTIME (see
-                                    // writer/src/realtime_clock.h: ~10 ns where the
-                                    // kernel keeps time with the TSC, else the vDSO's ~25 ns)
+  uint64_t timestamp_unix_ns = 0;   // when it ended; 0: the writer reads its clock
+                                    // (WriterOptions::clock: coarse by default)
 };
 
 // The recent-requests log: each thread writes its own ring in the segment
 // (the last 64 requests and, separately, the last 16 errors per thread by
 // default). record() is wait-free: no lock, no allocation, no syscall (the
-// timestamp comes from a per-thread TSC anchor or the vDSO clock). A thread that has no lane of its own
+// timestamp comes from the vDSO, see WriterOptions::clock). A thread that has no lane of its own
 // (more threads than lanes) has no ring: its records are counted as dropped.
 // Thread-safe; cheap to copy.
 class RequestLog {

@@ -343,7 +343,7 @@ constexpr uint64_t AlignUp(uint64_t value, uint64_t alignment) {
 // Character rules that are part of the format: a reader rejects a segment
 // whose names break them, so that no output format can be broken by a name.
 bool IsValidMetricName(absl::string_view name);   // [a-zA-Z_:][a-zA-Z0-9_:]*
-bool IsValidLabelName(absl::string_view name);    // [a-zA-Z_][a-zA-Z0-9_]*, not "__" prefixed
+inline bool IsValidLabelName(absl::string_view name);  // [a-zA-Z_][a-zA-Z0-9_]*, not "__" prefixed
 bool IsValidServiceName(absl::string_view name);  // [a-zA-Z0-9_-]{1,48}
 bool IsValidUtf8(absl::string_view text);
 // Characters (code points) in valid UTF-8: its bytes that start one.
@@ -351,5 +351,18 @@ size_t Utf8Length(absl::string_view text);
 // The longest prefix of `text` of at most `max_bytes` bytes that does not
 // end inside a UTF-8 character: cutting valid UTF-8 with it keeps it valid.
 absl::string_view Utf8Prefix(absl::string_view text, size_t max_bytes);
+
+// Inline: the exemplar hot path checks its label names with it.
+inline bool IsValidLabelName(absl::string_view name) {
+  // Bit c of the two words: byte c may appear in a label name ([A-Za-z0-9_]).
+  constexpr uint64_t kNameBytes[2] = {0x03FF000000000000ull, 0x07FFFFFE87FFFFFEull};
+  if (name.empty() || name.size() > kMaxNameBytes) return false;
+  if ((name[0] >= '0' && name[0] <= '9') || (name[0] == '_' && name.size() > 1 && name[1] == '_')) return false;
+  for (const char ch : name) {
+    const auto byte = static_cast<unsigned char>(ch);
+    if (byte >= 128 || ((kNameBytes[byte >> 6] >> (byte & 63)) & 1) == 0) return false;
+  }
+  return true;
+}
 
 }  // namespace shmetrics::shm
