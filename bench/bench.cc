@@ -313,19 +313,6 @@ std::vector<Case> WriterCases(shmetrics::Writer& writer, shmetrics::Writer& prec
       });
     });
   }});
-  auto precise_exemplar_histogram =
-      precise_writer.AddHistogram("bench_ex_seconds", "Latency.", {}, kBounds, {.exemplars = true})
-          .value().WithLabels({}).value();
-  cases.push_back({"shmetrics histogram.observe(v, exemplar), precise clock", "shmetrics histogram.observe()",
-                   [precise_exemplar_histogram](int threads, int ms) {
-    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
-      const shmetrics::Histogram h = precise_exemplar_histogram;
-      const double* values = g_values.data();
-      return Loop(stop, [&](uint64_t i) {
-        h.observe(values[i & (kValueCount - 1)], shmetrics::Exemplar({{"trace_id", trace_ids[i & (kValueCount - 1)]}}));
-      });
-    });
-  }});
   struct GoStyleNative {
     std::atomic<uint64_t> count{0};
     std::atomic<uint64_t> sum_bits{0};

@@ -611,6 +611,52 @@ TEST_CASE("exemplar labels of every length reach the slot byte for byte, and lab
   CHECK(segment->Info().exemplars_dropped == 4);
 }
 
+TEST_CASE("the newest exemplar across threads is the one written last, with the default clock (exemplars read "
+          "the precise one)") {
+  TempDir dir;
+  auto writer = Writer::Create(testing::WriterIn(dir, "svc")).value();
+  const Counter hits = writer->AddCounter("hits_total", "H.", {}, {.exemplars = true}).value().WithLabels({}).value();
+  // Two threads, each on its own lane, take turns: `turn` says who writes
+  // next (0 or 1), and 2 hands back to the main thread for a check.
+  std::atomic<int> turn{-1}, round_done{0};
+  std::atomic<bool> stop{false};
+  auto worker = [&](int me, const char* who) {
+    hits.inc(1, Exemplar({{"who", who}}));  // binds its lane
+    round_done.fetch_add(1);
+    while (!stop.load()) {
+      if (turn.load() != me) {
+        std::this_thread::yield();
+        continue;
+      }
+      hits.inc(1, Exemplar({{"who", who}}));
+      turn.store(2);
+    }
+  };
+  std::thread a(worker, 0, "a"), b(worker, 1, "b");
+  while (round_done.load() < 2) std::this_thread::yield();
+  auto segment = reader::Segment::Open(writer->path()).value();
+  const auto cells = segment->series()[0].cells();
+  auto run = [&](int who) {
+    turn.store(who);
+    while (turn.load() != 2) std::this_thread::yield();
+  };
+  int wrong = 0;
+  for (int round = 0; round < 400; ++round) {
+    const int first = round % 2, second = 1 - first;
+    run(first);
+    run(second);
+    reader::ExemplarView view;
+    REQUIRE(segment->NewestExemplar(cells, 0, &view));
+    std::string who;
+    view.ForEachLabel([&](absl::string_view, absl::string_view value) { who = std::string(value); });
+    wrong += who != (second == 0 ? "a" : "b");
+  }
+  stop.store(true);
+  a.join();
+  b.join();
+  CHECK(wrong == 0);
+}
+
 TEST_CASE("exemplars across fork(): the child's go to its own segment, the parent's stay in the parent's") {
   TempDir dir;
   auto writer = Writer::Create(testing::WriterIn(dir, "svc")).value();

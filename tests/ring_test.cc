@@ -252,6 +252,22 @@ TEST_CASE("with Clock::kPrecise, record() given no timestamp reads CLOCK_REALTIM
   CHECK(distinct == k);  // nanoseconds: no two records of this loop share a time
 }
 
+TEST_CASE("an evicted record's text does not linger in the segment: bytes past each field's length are zero") {
+  TempDir dir;
+  auto writer = MakeWriter(dir);
+  const RequestLog log = writer->requests();
+  log.record({"PROPFIND", "/users/4242/tokens/sk_live_SECRETSECRET42", 402, 1, 1, true,
+              "card 4111111111111111 declined!"});
+  CHECK(absl::StrContains(testing::ReadFile(writer->path()), "SECRETSECRET42"));
+  // Every request and error slot of the ring is replaced by shorter records.
+  for (int i = 0; i < 1000; ++i) log.record({"GET", "/u", 500, 1, 1, true, "e"});
+  const std::string file = testing::ReadFile(writer->path());
+  CHECK_FALSE(absl::StrContains(file, "SECRET"));
+  CHECK_FALSE(absl::StrContains(file, "41111111"));
+  CHECK_FALSE(absl::StrContains(file, "PROPFIND"));
+  CHECK_FALSE(absl::StrContains(file, "declined"));
+}
+
 TEST_CASE("a slot left half-written (a producer killed mid-write) is skipped and counted, never returned") {
   TempDir dir;
   auto writer = MakeWriter(dir);

@@ -1,7 +1,7 @@
-// The writer's clocks for the timestamps it takes itself (request records
-// and exemplars), in nanoseconds since the epoch. By default
-// (WriterOptions::Clock::kCoarse) that is CoarseRealtimeNs() below. With
-// Clock::kPrecise it is RealtimeNowNs(): CLOCK_REALTIME at nanosecond
+// The writer's clocks for the timestamps it takes itself, in nanoseconds
+// since the epoch. Request records: CoarseRealtimeNs() below by default
+// (WriterOptions::Clock::kCoarse), RealtimeNowNs() with Clock::kPrecise.
+// Exemplars: always RealtimeNowNs(): CLOCK_REALTIME at nanosecond
 // resolution, for about the cost of one unordered rdtsc (~10 ns on the
 // 2-core EPYC VM, ~17 ns on the 16-vCPU Xeon) instead of the vDSO's 22-28 ns
 // (an ordered rdtsc plus its conversion).

@@ -298,7 +298,8 @@ void UnbindSlotEverywhere(uint32_t slot) {
 
 // A record is written straight into its ring slot, each word computed in
 // registers: no staging copy in memory, no library call, no per-field
-// memset, and only the words of a text field that its text reaches.
+// memset, and only the words of a text field that its text or the
+// replaced record's text reaches.
 constexpr size_t kRecordWords = sizeof(shm::RequestRecord) / 8;
 constexpr size_t kLengthsWord = offsetof(shm::RequestRecord, status) / 8;
 constexpr size_t kMethodWord = offsetof(shm::RequestRecord, method) / 8;
@@ -356,12 +357,16 @@ inline void StorePayload(uint64_t& word, uint64_t value) {
 }
 
 // Stores text[0 .. n) into the words of a field that hold it, the last
-// one zero-padded; the field's later words keep whatever an older record
-// left there (a reader reads only the field's length, see
-// docs/segment-format.md). Fewer stores than a zero-padded field: the
-// record path is bound by its stores.
+// one zero-padded, and zeroes the words that the slot's older record
+// (`old_n` bytes) reached beyond them. So the bytes past a field's length
+// are always zero, as in a zero-padded field (an evicted record's text
+// does not linger in the segment), for fewer stores: the record path is
+// bound by its stores, and the words past both texts are left alone.
 template <size_t kWords>
-inline void StoreField(uint64_t* words, const char* text, size_t n) {
+inline void StoreField(uint64_t* words, const char* text, size_t n, size_t old_n) {
+  const size_t old_words = std::min<size_t>((old_n + 7) / 8, kWords);  // clamped: never past the field
+#pragma GCC unroll 1
+  for (size_t i = (n + 7) / 8; i < old_words; ++i) StorePayload(words[i], 0);
   if (n < 8) {
     if (n > 0) StorePayload(words[0], LoadShort(text, n));
     return;
@@ -422,14 +427,19 @@ void RequestLog::record(const RequestRecordInput& request) const {
   const uint64_t lengths = uint64_t{request.status} | uint64_t{request.error ? shm::kRecordFlagError : 0u} << 16 |
                            uint64_t{method_bytes} << 24 | uint64_t{endpoint_bytes} << 32 |
                            uint64_t{error_bytes} << 40;
+  // The lengths of the record this one replaces: only this thread writes the slot.
+  const uint64_t old_lengths = LoadRelaxed(words[kLengthsWord]);
   WriteRecord(words, k, index, [&](uint64_t* w) {
     StorePayload(w[1], timestamp);
     StorePayload(w[2], request.duration_ns);
     StorePayload(w[3], request.response_bytes);
     StorePayload(w[kLengthsWord], lengths);
-    StoreField<shm::kRecordMethodBytes / 8>(w + kMethodWord, request.method.data(), method_bytes);
-    StoreField<shm::kRecordEndpointBytes / 8>(w + kEndpointWord, request.endpoint.data(), endpoint_bytes);
-    StoreField<shm::kRecordErrorBytes / 8>(w + kErrorWord, request.error_message.data(), error_bytes);
+    StoreField<shm::kRecordMethodBytes / 8>(w + kMethodWord, request.method.data(), method_bytes,
+                                            (old_lengths >> 24) & 0xFF);
+    StoreField<shm::kRecordEndpointBytes / 8>(w + kEndpointWord, request.endpoint.data(), endpoint_bytes,
+                                              (old_lengths >> 32) & 0xFF);
+    StoreField<shm::kRecordErrorBytes / 8>(w + kErrorWord, request.error_message.data(), error_bytes,
+                                           (old_lengths >> 40) & 0xFF);
   });
   if (to_requests && to_errors) {
     const uint64_t e = LoadRelaxed(header->error_write_index);
@@ -551,8 +561,12 @@ struct ExemplarWriter {
     }
     packer.Finish();
   }
-  static uint64_t Timestamp(const Exemplar& exemplar, const internal::WriterSlot& slot) {
-    return exemplar.timestamp_unix_ns_ != 0 ? exemplar.timestamp_unix_ns_ : ClockNs(slot);
+  // Always the precise clock, whatever WriterOptions::clock says: readers
+  // pick the newest exemplar across lanes and processes by its timestamp,
+  // and threads within one coarse tick would all tie (the lowest lane would
+  // win every time); OpenMetrics also shows it beside the series' _created.
+  static uint64_t Timestamp(const Exemplar& exemplar) {
+    return exemplar.timestamp_unix_ns_ != 0 ? exemplar.timestamp_unix_ns_ : internal::RealtimeNowNs();
   }
   static uint8_t LabelCount(const Exemplar& exemplar) { return static_cast<uint8_t>(exemplar.count_); }
 };
@@ -578,7 +592,7 @@ void internal::WriteExemplar(uint32_t slot_index, uint32_t exemplar_index, doubl
     }
     return;
   }
-  const uint64_t timestamp = ExemplarWriter::Timestamp(exemplar, slot);
+  const uint64_t timestamp = ExemplarWriter::Timestamp(exemplar);
   auto* words = reinterpret_cast<uint64_t*>(base + uint64_t{exemplar_index} * sizeof(shm::ExemplarSlot));
   constexpr size_t kLabelWord = offsetof(shm::ExemplarSlot, labels) / 8;
   static_assert(kLabelWord == 4 && offsetof(shm::ExemplarSlot, value) == 8 &&

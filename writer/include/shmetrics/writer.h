@@ -65,8 +65,11 @@ struct WriterOptions {
     kError,           // return ResourceExhausted
   } on_full = OnFull::kOverflowSeries;
   bool remove_on_close = false;  // unlink the file on Close() (values are then lost)
-  // The clock of the timestamps the writer takes itself: request records
-  // given no timestamp_unix_ns, and exemplars given none.
+  // The clock of the timestamps the writer takes itself for request
+  // records given no timestamp_unix_ns. (Exemplars given none always read
+  // the precise clock: readers pick the newest by timestamp.) With kCoarse,
+  // records of several threads within one tick share a timestamp, and
+  // /api/requests lists those by process and thread, not in true order.
   enum class Clock {
     kCoarse,   // CLOCK_REALTIME_COARSE: the kernel tick's resolution (1-4 ms,
                // as clock_getres reports), ~5 ns a reading, never ahead of
