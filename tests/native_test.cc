@@ -9,6 +9,7 @@
 #include <random>
 #include <map>
 #include <set>
+#include <chrono>
 #include <thread>
 #include <atomic>
 #include <cstring>
@@ -639,6 +640,10 @@ TEST_CASE("the newest exemplar across threads is the one written last, with the 
   auto run = [&](int who) {
     turn.store(who);
     while (turn.load() != 2) std::this_thread::yield();
+    // Spacing, not a timing check: two threads' TSC-anchored clocks agree
+    // to about a microsecond (each measures the TSC's rate on its own), so
+    // writes closer together than that may come out in either order.
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
   };
   int wrong = 0;
   for (int round = 0; round < 400; ++round) {

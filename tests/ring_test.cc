@@ -240,10 +240,12 @@ TEST_CASE("with Clock::kPrecise, record() given no timestamp reads CLOCK_REALTIM
     const uint64_t after = ClockNs(CLOCK_REALTIME);
     const auto read = segment->ReadRing(0, reader::RingKind::kRequests, k++);
     REQUIRE(read.records.size() == 1);
-    // The extrapolated time may be off by the rate's error over a window
-    // (tens of nanoseconds); a microsecond is far more than that.
+    // The extrapolated time may be off by the rate's error over a window:
+    // tens of nanoseconds typically, a few microseconds at worst (see
+    // writer/src/realtime_clock.h); the coarse clock would be off by up to
+    // a tick (1-4 ms).
     const uint64_t t = read.records[0].timestamp_unix_ns;
-    outside += t + 1000 < before || t > after + 1000;
+    outside += t + 10'000 < before || t > after + 10'000;
     distinct += t != last;
     last = t;
   }

@@ -12,9 +12,12 @@
 // time plus the ticks since, converted at that rate; then the thread reads
 // CLOCK_REALTIME again (the slow path, ~45 ns) and re-anchors. Errors do
 // not accumulate: each window starts from a fresh CLOCK_REALTIME reading.
-// Within a window the error is the rate's (a few parts in 10^5 of at most
-// 1 ms: tens of nanoseconds), and a reading may be that much earlier than
-// one from the window before. A rate that disagrees with the previous one
+// Within a window the error is the rate's: typically a few parts in 10^5
+// of at most 1 ms, tens of nanoseconds; at worst, when both pairs that
+// measured the rate took kMaxPairTicks to read, about 0.2% of the window
+// plus half a pair, a few microseconds. A reading may be that much earlier
+// than one from the window before, and two threads' readings (each has its
+// own anchor) may disagree by as much. A rate that disagrees with the previous one
 // by more than 0.1% (CLOCK_REALTIME was stepped meanwhile) is thrown away
 // and measured again.
 //
