@@ -610,6 +610,11 @@ TEST_CASE("exemplar labels of every length reach the slot byte for byte, and lab
   REQUIRE(segment->NewestExemplar(cells, 0, &view));
   CHECK(labels_of(view) == "trace_id=g;");
   CHECK(segment->Info().exemplars_dropped == 4);
+  // A long trace id replaced by a short one leaves no byte of it in the file.
+  hits.inc(1, Exemplar({{"trace_id", "5ec2e75ec2e75ec2e75ec2e75ec2e7ff"}}, ++ts));
+  CHECK(absl::StrContains(testing::ReadFile(writer->path()), "5ec2e75ec2e7"));
+  hits.inc(1, Exemplar({{"t", "1"}}, ++ts));
+  CHECK_FALSE(absl::StrContains(testing::ReadFile(writer->path()), "5ec2e7"));
 }
 
 TEST_CASE("the newest exemplar across threads is the one written last, with the default clock (exemplars read "

@@ -549,8 +549,13 @@ struct ExemplarWriter {
     return runes > shm::kMaxExemplarRunes ? 0 : bytes;
   }
   // Stores the labels (already checked by EncodedBytes()) from `words` on,
-  // the last word zero-padded.
-  static void Store(const Exemplar& exemplar, uint64_t* words) {
+  // the last word zero-padded, and zeroes the words that the replaced
+  // exemplar's labels (`old_bytes`) reached beyond them: the bytes past
+  // labels_length stay zero, and a replaced trace id does not linger.
+  static void Store(const Exemplar& exemplar, size_t bytes, size_t old_bytes, uint64_t* words) {
+    const size_t old_words = std::min<size_t>((old_bytes + 7) / 8, shm::kExemplarLabelBytes / 8);  // clamped
+#pragma GCC unroll 1
+    for (size_t i = (bytes + 7) / 8; i < old_words; ++i) StorePayload(words[i], 0);
     WordPacker packer(words);
     for (uint32_t i = 0; i < exemplar.count_; ++i) {
       const ExemplarLabel& label = exemplar.labels_[i];
@@ -601,11 +606,12 @@ void internal::WriteExemplar(uint32_t slot_index, uint32_t exemplar_index, doubl
   // The seqlock of the rings (WriteRecord): odd, payload with release
   // stores, even. Only this thread writes the slot.
   const uint64_t sequence = LoadRelaxed(words[0]) & ~uint64_t{1};
+  const uint64_t old_length = LoadRelaxed(words[3]) & 0xFFFF;  // the replaced exemplar's labels_length
   std::atomic_ref<uint64_t>(words[0]).store(sequence + 1, std::memory_order_relaxed);
   StorePayload(words[1], std::bit_cast<uint64_t>(value));
   StorePayload(words[2], timestamp);
   StorePayload(words[3], uint64_t{length} | uint64_t{ExemplarWriter::LabelCount(exemplar)} << 16);
-  ExemplarWriter::Store(exemplar, words + kLabelWord);
+  ExemplarWriter::Store(exemplar, length, old_length, words + kLabelWord);
   std::atomic_ref<uint64_t>(words[0]).store(sequence + 2, std::memory_order_release);
 }
 

@@ -69,7 +69,7 @@ struct WriterOptions {
   // records given no timestamp_unix_ns. (Exemplars given none always read
   // the precise clock: readers pick the newest by timestamp.) With kCoarse,
   // records of several threads within one tick share a timestamp, and
-  // /api/requests lists those by process and thread, not in true order.
+  // /api/recent lists those by process and thread, not in true order.
   enum class Clock {
     kCoarse,   // CLOCK_REALTIME_COARSE: the kernel tick's resolution (1-4 ms,
                // as clock_getres reports), ~5 ns a reading, never ahead of
@@ -224,7 +224,9 @@ struct RequestRecordInput {
 // The recent-requests log: each thread writes its own ring in the segment
 // (the last 64 requests and, separately, the last 16 errors per thread by
 // default). record() is wait-free: no lock, no allocation, no syscall (the
-// timestamp comes from the vDSO, see WriterOptions::clock). A thread that has no lane of its own
+// timestamp comes from the vDSO, see WriterOptions::clock; the precise
+// clock's first reading in a process reads which clocksource the kernel
+// uses from /sys, once). A thread that has no lane of its own
 // (more threads than lanes) has no ring: its records are counted as dropped.
 // Thread-safe; cheap to copy.
 class RequestLog {
