@@ -356,17 +356,25 @@ inline void StorePayload(uint64_t& word, uint64_t value) {
   std::atomic_ref<uint64_t>(word).store(value, std::memory_order_release);
 }
 
+// Zeroes the words of a field that an older text of `old_bytes` reached
+// beyond a new one of `bytes` (at most `capacity_words`, whatever
+// `old_bytes` says). With the new text's last word zero-padded, the bytes
+// past a field's length stay zero (an evicted record's text or a replaced
+// trace id does not linger in the segment), for fewer stores than zeroing
+// the whole field: the words past both texts are zero already.
+inline void ZeroStaleWords(uint64_t* words, size_t bytes, size_t old_bytes, size_t capacity_words) {
+  const size_t old_words = std::min((old_bytes + 7) / 8, capacity_words);
+#pragma GCC unroll 1
+  for (size_t i = (bytes + 7) / 8; i < old_words; ++i) StorePayload(words[i], 0);
+}
+
 // Stores text[0 .. n) into the words of a field that hold it, the last
-// one zero-padded, and zeroes the words that the slot's older record
-// (`old_n` bytes) reached beyond them. So the bytes past a field's length
-// are always zero, as in a zero-padded field (an evicted record's text
-// does not linger in the segment), for fewer stores: the record path is
-// bound by its stores, and the words past both texts are left alone.
+// one zero-padded, and zeroes what the slot's older record (`old_n`
+// bytes) left beyond it (ZeroStaleWords): the record path is bound by its
+// stores.
 template <size_t kWords>
 inline void StoreField(uint64_t* words, const char* text, size_t n, size_t old_n) {
-  const size_t old_words = std::min<size_t>((old_n + 7) / 8, kWords);  // clamped: never past the field
-#pragma GCC unroll 1
-  for (size_t i = (n + 7) / 8; i < old_words; ++i) StorePayload(words[i], 0);
+  ZeroStaleWords(words, n, old_n, kWords);
   if (n < 8) {
     if (n > 0) StorePayload(words[0], LoadShort(text, n));
     return;
@@ -549,13 +557,10 @@ struct ExemplarWriter {
     return runes > shm::kMaxExemplarRunes ? 0 : bytes;
   }
   // Stores the labels (already checked by EncodedBytes()) from `words` on,
-  // the last word zero-padded, and zeroes the words that the replaced
-  // exemplar's labels (`old_bytes`) reached beyond them: the bytes past
-  // labels_length stay zero, and a replaced trace id does not linger.
+  // the last word zero-padded, and zeroes what the replaced exemplar's
+  // labels (`old_bytes`) left beyond them (ZeroStaleWords).
   static void Store(const Exemplar& exemplar, size_t bytes, size_t old_bytes, uint64_t* words) {
-    const size_t old_words = std::min<size_t>((old_bytes + 7) / 8, shm::kExemplarLabelBytes / 8);  // clamped
-#pragma GCC unroll 1
-    for (size_t i = (bytes + 7) / 8; i < old_words; ++i) StorePayload(words[i], 0);
+    ZeroStaleWords(words, bytes, old_bytes, shm::kExemplarLabelBytes / 8);
     WordPacker packer(words);
     for (uint32_t i = 0; i < exemplar.count_; ++i) {
       const ExemplarLabel& label = exemplar.labels_[i];
