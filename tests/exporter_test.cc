@@ -279,12 +279,8 @@ TEST_CASE("a real Prometheus server scrapes the exporter and PromQL returns what
   Exporter exporter(dir);
   testing::PrometheusServer prometheus(dir, exporter);
   auto query = [&](const std::string& promql) { return prometheus.Query(promql); };
-  std::string total;
-  for (int i = 0; i < 150; ++i) {
-    total = query("sum(http_requests_total%7Bstatus%3D%22200%22%2Cendpoint%3D%22%2Fapi%22%7D)");
-    if (absl::StrContains(total, "\"result\":[{")) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  const std::string total =
+      prometheus.QueryUntil("sum(http_requests_total%7Bstatus%3D%22200%22%2Cendpoint%3D%22%2Fapi%22%7D)", "\"result\":[{");
   CHECK_MESSAGE(absl::StrContains(total, "\"240\"]"), total);
   // 240 observations, 40 in each of the 6 buckets; PromQL must agree with EstimateQuantile.
   const std::string p50 = query("histogram_quantile(0.5%2Csum%20by%20(le)(http_request_duration_seconds_bucket))");

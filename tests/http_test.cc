@@ -616,13 +616,12 @@ TEST_CASE("TLS and basic auth from --web.config.file: a real Prometheus scrapes 
                                   "--storage.tsdb.path=" + dir.path() + "/tsdb",
                                   absl::StrCat("--web.listen-address=127.0.0.1:", port)},
                                  dir.path() + "/prometheus.log");
-  std::string result;
-  for (int i = 0; i < 150; ++i) {
-    result = HttpGet(absl::StrCat("http://127.0.0.1:", port,
-                                  "/api/v1/query?query=http_requests_total%7Bservice%3D%22web%22%7D")).body;
-    if (absl::StrContains(result, "\"result\":[{")) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  const std::string result = testing::PrometheusServer::PollUntil(
+      [&] {
+        return HttpGet(absl::StrCat("http://127.0.0.1:", port,
+                                    "/api/v1/query?query=http_requests_total%7Bservice%3D%22web%22%7D")).body;
+      },
+      [](const std::string& body) { return absl::StrContains(body, "\"result\":[{"); });
   CHECK_MESSAGE(absl::StrContains(result, "\"7\"]"), result);
   const std::string up = HttpGet(absl::StrCat("http://127.0.0.1:", port, "/api/v1/query?query=up")).body;
   CHECK_MESSAGE(absl::StrContains(up, "\"1\"]"), up);

@@ -396,12 +396,7 @@ TEST_CASE("a real Prometheus with native histograms scrapes protobuf: histogram_
   });
   Exporter exporter(dir);
   testing::PrometheusServer prometheus(dir, exporter, "native-histograms");
-  std::string count;
-  for (int i = 0; i < 150; ++i) {
-    count = prometheus.Query("histogram_count(job_seconds)");
-    if (absl::StrContains(count, "\"result\":[{")) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  const std::string count = prometheus.QueryUntil("histogram_count(job_seconds)", "\"result\":[{");
   CHECK_MESSAGE(absl::StrContains(count, "\"3000\"]"), count);
   // The sum Prometheus stored is the exporter's, to the last digit.
   const double exporter_sum =
@@ -417,15 +412,12 @@ TEST_CASE("a real Prometheus with native histograms scrapes protobuf: histogram_
   CHECK_MESSAGE(within_a_bucket(testing::QueryValue(p99)), p99, " truth ", truth);
   // rate() over the live writer's native histogram: the same 99th percentile,
   // once a few scrapes are in.
-  std::string rate_p99;
-  for (int i = 0; i < 150; ++i) {
-    rate_p99 = prometheus.Query("histogram_quantile(0.99%2Crate(job_live_seconds%5B1m%5D))");
-    if (std::isfinite(testing::QueryValue(rate_p99)) &&
-        absl::StrContains(prometheus.Query("count_over_time(job_live_seconds%5B1m%5D)"), "\"5\"]")) {
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  const std::string rate_p99 = testing::PrometheusServer::PollUntil(
+      [&] { return prometheus.Query("histogram_quantile(0.99%2Crate(job_live_seconds%5B1m%5D))"); },
+      [&](const std::string& body) {
+        return std::isfinite(testing::QueryValue(body)) &&
+               absl::StrContains(prometheus.Query("count_over_time(job_live_seconds%5B1m%5D)"), "\"5\"]");
+      });
   stop_live.store(true);
   live_thread.join();
   REQUIRE_MESSAGE(!std::isnan(testing::QueryValue(rate_p99)), rate_p99);
@@ -750,12 +742,9 @@ TEST_CASE("a real Prometheus with exemplar storage scrapes OpenMetrics and retur
   WriterProcess w(dir.path(), "shop", ExemplarFamilies);
   Exporter exporter(dir);
   testing::PrometheusServer prometheus(dir, exporter, "exemplar-storage");
-  std::string exemplars;
-  for (int i = 0; i < 150; ++i) {
-    exemplars = prometheus.Get("/api/v1/query_exemplars?query=checkout_seconds_bucket&start=1764201500&end=1764201700");
-    if (absl::StrContains(exemplars, "cccc")) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  const std::string exemplars = testing::PrometheusServer::PollUntil(
+      [&] { return prometheus.Get("/api/v1/query_exemplars?query=checkout_seconds_bucket&start=1764201500&end=1764201700"); },
+      [](const std::string& body) { return absl::StrContains(body, "cccc"); });
   CHECK_MESSAGE(absl::StrContains(exemplars, "{\"trace_id\":\"aaaa\"},\"value\":\"0.05\",\"timestamp\":1764201600.200}"),
                 exemplars);
   CHECK(absl::StrContains(exemplars, "{\"trace_id\":\"cccc\"},\"value\":\"7\",\"timestamp\":1764201600.400}"));

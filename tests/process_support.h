@@ -6,12 +6,14 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -148,6 +150,22 @@ class PrometheusServer {
   }
   // An instant query; `promql` URL-encoded.
   std::string Query(const std::string& promql) const { return Get("/api/v1/query?query=" + promql); }
+  // `fetch()` every 200 ms until `done(body)`, at most 150 times (30 s: a
+  // few scrapes once Prometheus is up); the last body either way.
+  template <typename Fetch, typename Done>
+  static std::string PollUntil(Fetch fetch, Done done) {
+    std::string body;
+    for (int i = 0; i < 150; ++i) {
+      body = fetch();
+      if (done(body)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return body;
+  }
+  // Query(promql) until its answer contains `text`.
+  std::string QueryUntil(const std::string& promql, const std::string& text) const {
+    return PollUntil([&] { return Query(promql); }, [&](const std::string& body) { return absl::StrContains(body, text); });
+  }
   int Stop() { return process_->Stop(); }
 
  private:
