@@ -1,7 +1,9 @@
 // Request and error rings: intact records under a concurrent reader, exact
 // conservation, torn slots skipped, and the merged views.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <latch>
@@ -268,6 +270,33 @@ TEST_CASE("an evicted record's text does not linger in the segment: bytes past e
   CHECK_FALSE(absl::StrContains(file, "41111111"));
   CHECK_FALSE(absl::StrContains(file, "PROPFIND"));
   CHECK_FALSE(absl::StrContains(file, "declined"));
+}
+
+TEST_CASE("forged lengths in a slot (255 each) make the writer zero only inside each field when the slot is reused") {
+  TempDir dir;
+  auto writer = MakeWriter(dir);
+  const RequestLog log = writer->requests();
+  for (uint64_t k = 0; k < 64; ++k) log.record({"GET", absl::StrCat("/r", k), 200, k, 1, false, ""});
+  // Slot 0 (record 0) now claims 255 bytes of method, endpoint and error:
+  // more than each field holds, the error's 255 reaching far into slot 1.
+  const std::string file = testing::ReadFile(writer->path());
+  const auto& header = *reinterpret_cast<const shm::SegmentHeader*>(file.data());
+  const uint64_t lengths_at = header.rings_offset + sizeof(shm::RingHeader) + offsetof(shm::RequestRecord, method_length);
+  const int fd = open(writer->path().c_str(), O_RDWR | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  const unsigned char forged[3] = {255, 255, 255};
+  REQUIRE(pwrite(fd, forged, 3, static_cast<off_t>(lengths_at)) == 3);
+  close(fd);
+  log.record({"PUT", "/r64", 201, 64, 1, false, ""});  // reuses slot 0
+  auto segment = reader::Segment::Open(writer->path()).value();
+  const auto read = segment->ReadRing(0, reader::RingKind::kRequests, 0);
+  CHECK(read.torn == 0);
+  REQUIRE(read.records.size() == 64);  // records 1 .. 64, each intact: slot 1 untouched
+  CHECK(read.records.front().endpoint == "/r1");
+  CHECK(read.records.front().duration_ns == 1);
+  CHECK(read.records.back().endpoint == "/r64");
+  CHECK(read.records.back().method == "PUT");
+  CHECK(read.records.back().error_message.empty());
 }
 
 TEST_CASE("a slot left half-written (a producer killed mid-write) is skipped and counted, never returned") {
