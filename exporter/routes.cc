@@ -25,13 +25,41 @@ Routes::Routes(std::unique_ptr<reader::Collector> collector, std::chrono::millis
 }
 
 void Routes::MaybeScan() {
+  std::unique_lock lock(scan_mu_);
+  if (scanning_stopped_.load() || scanning_) return;
+  if (std::chrono::steady_clock::now() - last_scan_ < min_scan_interval_) return;
+  ScanUnlocked(lock);
+}
+
+void Routes::ScanForRequest() {
+  const auto arrival = std::chrono::steady_clock::now();
+  std::unique_lock lock(scan_mu_);
+  if (scanning_) {
+    scan_done_.wait_until(lock, last_scan_ + kScanWait, [&] { return !scanning_ || scanning_stopped_.load(); });
+    if (scanning_) return;  // stuck (or stopping): the last view
+  }
   if (scanning_stopped_.load()) return;
-  std::unique_lock lock(scan_mu_, std::try_to_lock);
-  if (!lock.owns_lock()) return;
-  const auto now = std::chrono::steady_clock::now();
-  if (now - last_scan_ < min_scan_interval_) return;
-  last_scan_ = now;
+  if (last_scan_ >= arrival) return;  // began after this request arrived: fresh enough
+  if (arrival - last_scan_ < min_scan_interval_) return;
+  ScanUnlocked(lock);
+}
+
+void Routes::ScanUnlocked(std::unique_lock<std::mutex>& lock) {
+  scanning_ = true;
+  last_scan_ = std::chrono::steady_clock::now();
+  lock.unlock();
+  // Collector::Scan builds the next view aside: requests that do not wait
+  // on this scan render the last view meanwhile.
   if (absl::Status s = collector_->Scan(); !s.ok()) Log(LogLevel::kError, "scan failed", {{"err", s.message()}});
+  lock.lock();
+  scanning_ = false;
+  scan_done_.notify_all();
+}
+
+void Routes::StopScanning() {
+  scanning_stopped_.store(true);
+  std::lock_guard lock(scan_mu_);  // a waiter between its check and its wait sees the flag or gets the notify
+  scan_done_.notify_all();
 }
 
 SelfStats Routes::Self() {
@@ -55,7 +83,7 @@ HttpResponse Routes::Handle(const HttpRequest& request) {
     response.body = "shmetrics exporter\n/metrics\n/api/health\n/api/stats\n/api/recent\n/api/errors\n";
     return response;
   }
-  MaybeScan();
+  ScanForRequest();
   if (path == "/metrics") return Metrics(request);
   std::string body;
   if (path == "/api/recent" || path == "/api/errors") {

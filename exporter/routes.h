@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <memory>
+#include <condition_variable>
 #include <mutex>
 
 #include "http_server.h"
@@ -26,12 +27,21 @@ class Routes {
          size_t piece_bytes);
 
   HttpResponse Handle(const HttpRequest& request);
-  // Rescans at most every min_scan_interval. Never waits: while another
-  // thread scans (or a scan is stuck), the last view is served.
+  // For the background scanner: rescans unless a scan runs or one began
+  // less than min_scan_interval ago. Never waits.
   void MaybeScan();
+  // For a request: makes the view at least as new as the directory was when
+  // the request arrived. A scan already running is waited for, then one is
+  // started if that scan began before the arrival (and min_scan_interval
+  // allows). The wait ends kScanWait after the running scan began: a scan
+  // that long is stuck (a hung file system), and every request then gets
+  // the last view at once instead of waiting on it.
+  void ScanForRequest();
   // No scan starts after this (on the way out: a handler thread stuck in
-  // a scan could not be joined).
-  void StopScanning() { scanning_stopped_.store(true); }
+  // a scan could not be joined), and requests waiting on a scan stop.
+  void StopScanning();
+
+  static constexpr std::chrono::seconds kScanWait{1};
   // For the self-metrics: the server is started after the routes.
   void SetServer(const HttpServer* server) { server_.store(server); }
   const reader::Collector& collector() const { return *collector_; }
@@ -48,9 +58,14 @@ class Routes {
   std::atomic<const HttpServer*> server_{nullptr};
   std::atomic<bool> scanning_stopped_{false};
 
+  // Runs one scan, scan_mu_ held on entry and exit but not during it.
+  void ScanUnlocked(std::unique_lock<std::mutex>& lock);
+
   // std::mutex, not absl::Mutex: Debian's Abseil carries no TSan annotations.
   std::mutex scan_mu_;
-  std::chrono::steady_clock::time_point last_scan_;  // guarded by scan_mu_
+  std::condition_variable scan_done_;               // notified when a scan ends
+  bool scanning_ = false;                           // guarded by scan_mu_
+  std::chrono::steady_clock::time_point last_scan_;  // when the last scan began; guarded by scan_mu_
   std::mutex self_mu_;
   SelfStats self_;  // guarded by self_mu_
 };

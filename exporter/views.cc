@@ -216,7 +216,7 @@ void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self
         "\",compiler=\"" SHMETRICS_COMPILER "\",build_type=\"" SHMETRICS_BUILD_TYPE "\"}",
         1, true);
   gauge("shmetrics_exporter_scan_running_seconds",
-        "How long the directory scan in progress has run (0: none runs); the last view is served meanwhile.", "",
+        "How long the directory scan in progress has run (0: none runs); past 1 s, requests get the last view.", "",
         collector.ScanRunningSeconds(), true);
 
   // Capacity and losses of each live writer process's segment.

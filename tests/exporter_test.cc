@@ -162,6 +162,71 @@ TEST_CASE("a writer killed with -9 and restarted: the exported counter never dec
   CHECK(absl::StrContains(r.body, sample + "105\n"));
 }
 
+TEST_CASE("a scrape that arrives during a background scan waits for it: each new writer is in the next scrape") {
+  TempDir dir;
+  // 3,000 foreign files make every scan take a while, so the exporter's
+  // background scan (every 200 ms) is often running when a scrape arrives.
+  for (int i = 0; i < 3000; ++i) {
+    const std::string junk = absl::StrCat(dir.path(), "/shmetrics.junk.", 100000 + i, ".1.0");
+    testing::WriteFile(junk, std::string(64, 'x'));
+  }
+  Exporter exporter(dir);
+  for (int round = 1; round <= 12; ++round) {
+    WriterProcess writer(dir.path(), absl::StrCat("svc", round),
+                         [](Writer& w) { w.AddCounter("jobs_total", "Jobs.").value().WithLabels({}).value().add(1); });
+    const std::string body = HttpGet(exporter.url("/metrics")).body;
+    CHECK_MESSAGE(absl::StrContains(body, absl::StrCat("jobs_total{service=\"svc", round, "\"} 1\n")), round);
+  }
+}
+
+TEST_CASE("a scan stuck in open() (a hung file system): requests get the last view instead of waiting on it") {
+  TempDir dir;
+  WriterProcess web(dir.path(), "web", WebTraffic);
+  const std::string stall_while = dir.path() + ".stall-while";
+  std::string asan_options = getenv("ASAN_OPTIONS") != nullptr ? getenv("ASAN_OPTIONS") : "";
+  Exporter exporter(dir, {},
+                    {std::string("LD_PRELOAD=") + SHMETRICS_STALL_SHIM, "SHMETRICS_TEST_STALL_WHILE=" + stall_while,
+                     // ASan wants its runtime first; the shim comes before it.
+                     "ASAN_OPTIONS=" + asan_options + (asan_options.empty() ? "" : ":") + "verify_asan_link_order=0"});
+  const std::string web_sample = "http_requests_total{method=\"GET\",endpoint=\"/api\",status=\"200\",service=\"web\"} 120\n";
+  REQUIRE(absl::StrContains(HttpGet(exporter.url("/metrics")).body, web_sample));
+
+  testing::WriteFile(stall_while, "");
+  testing::WriteFile(dir.path() + "/shmetrics.stall.4242.1.0", std::string(64, 'x'));
+  // The background scan blocks on that file (no request has come to start
+  // one); health, a request, waits for it at most a second after it began
+  // and then reports how long it has run.
+  for (int i = 0; i < 400 && !std::filesystem::exists(stall_while + ".entered"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  REQUIRE(std::filesystem::exists(stall_while + ".entered"));
+  double running_seconds = 0;
+  for (int i = 0; i < 200 && running_seconds < 1.5; ++i) {
+    const std::string health = HttpGet(exporter.url("/api/health")).body;
+    const size_t at = health.find("\"scan_running_seconds\":");
+    REQUIRE(at != std::string::npos);
+    running_seconds = std::stod(health.substr(at + 23));
+    if (running_seconds < 1.5) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  REQUIRE(running_seconds >= 1.5);
+
+  // A writer that starts now is not in the view until the scan ends: the
+  // scrape is answered from the last view, not held up by the stuck scan.
+  WriterProcess late(dir.path(), "late",
+                     [](Writer& w) { w.AddCounter("jobs_total", "Jobs.").value().WithLabels({}).value().add(3); });
+  const auto during = HttpGet(exporter.url("/metrics"));
+  CHECK(during.status == 200);
+  CHECK(absl::StrContains(during.body, web_sample));
+  CHECK_FALSE(absl::StrContains(during.body, "jobs_total{service=\"late\"}"));
+
+  std::filesystem::remove(stall_while);
+  std::filesystem::remove(stall_while + ".entered");
+  const auto after = HttpGet(exporter.url("/metrics"));  // waits for the scan that now ends, then scans
+  CHECK(absl::StrContains(after.body, web_sample));
+  CHECK(absl::StrContains(after.body, "jobs_total{service=\"late\"} 3\n"));
+  CHECK(absl::StrContains(after.body, "shmetrics_exporter_segments{state=\"corrupt\"} 1\n"));  // the stall file
+}
+
 TEST_CASE("a corrupt segment next to good ones: the good ones are served, health says what is wrong") {
   TempDir dir;
   WriterProcess a(dir.path(), "web", WebTraffic);

@@ -92,10 +92,20 @@ class WriterProcess {
 
 class Exporter {
  public:
-  explicit Exporter(const TempDir& dir, std::vector<std::string> extra = {})
+  // `environment`, when given, holds NAME=value pairs set for the exporter
+  // only (through env(1)).
+  explicit Exporter(const TempDir& dir, std::vector<std::string> extra = {}, std::vector<std::string> environment = {})
       : port_(FreePort()), log_(dir.path() + "/../" + std::filesystem::path(dir.path()).filename().string() + ".exporter.log") {
-    std::vector<std::string> argv = {SHMETRICS_EXPORTER_BIN, "--dir", dir.path(), "--web.listen-address",
-                                     absl::StrCat("127.0.0.1:", port_), "--min-scan-interval-ms", "0"};
+    std::vector<std::string> argv;
+    if (!environment.empty()) {
+      argv.push_back("/usr/bin/env");
+      argv.insert(argv.end(), environment.begin(), environment.end());
+    }
+    for (std::string arg : {std::string(SHMETRICS_EXPORTER_BIN), std::string("--dir"), dir.path(),
+                            std::string("--web.listen-address"), absl::StrCat("127.0.0.1:", port_),
+                            std::string("--min-scan-interval-ms"), std::string("0")}) {
+      argv.push_back(std::move(arg));
+    }
     argv.insert(argv.end(), extra.begin(), extra.end());
     process_ = std::make_unique<Subprocess>(argv, log_);
     // It scans once before it listens: a connection accepted means ready
