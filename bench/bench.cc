@@ -313,6 +313,21 @@ std::vector<Case> WriterCases(shmetrics::Writer& writer, shmetrics::Writer& prec
       });
     });
   }});
+  // The same with the timestamp given (a request handler that read the
+  // clock once for its record passes it on): the exemplar path without a
+  // clock reading, which costs 17 ns on the 16-vCPU Xeon (docs/benchmarks.md).
+  cases.push_back({"shmetrics histogram.observe(v, exemplar), timestamp given", "shmetrics histogram.observe(v, exemplar)",
+                   [exemplar_histogram](int threads, int ms) {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      const shmetrics::Histogram h = exemplar_histogram;
+      const double* values = g_values.data();
+      constexpr uint64_t kSomeTimeUnixNs = 1'800'000'000'000'000'000;
+      return Loop(stop, [&](uint64_t i) {
+        h.observe(values[i & (kValueCount - 1)],
+                  shmetrics::Exemplar({{"trace_id", trace_ids[i & (kValueCount - 1)]}}, kSomeTimeUnixNs + i));
+      });
+    });
+  }});
   struct GoStyleNative {
     std::atomic<uint64_t> count{0};
     std::atomic<uint64_t> sum_bits{0};

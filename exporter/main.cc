@@ -195,6 +195,7 @@ int Run(int argc, char** argv) {
   size_t max_connections = 1024;
   std::string header_timeout = "10s", idle_timeout = "2m", write_timeout = "1m";
   int min_scan_interval_ms = 100;
+  int scan_wait_ms = 1000;
   app.add_option("--dir", directory, "segment directory ($SHMETRICS_DIR, else /dev/shm)");
   app.add_option("--service", service, "serve only this service (default: all)");
   CLI::Option* listen_option =
@@ -223,6 +224,10 @@ int Run(int argc, char** argv) {
       ->delimiter(',')
       ->allow_extra_args(false);
   app.add_option("--min-scan-interval-ms", min_scan_interval_ms, "rescan the directory at most this often")
+      ->check(CLI::Range(0, 60000));
+  app.add_option("--scan-wait-ms", scan_wait_ms,
+                 "a request waits for a scan in progress until it has run this long, then gets the last view "
+                 "(0: never waits)")
       ->check(CLI::Range(0, 60000));
   // Deprecated: kept for one release.
   const char* deprecated = "Deprecated (each logs a warning; gone in the next release)";
@@ -305,7 +310,8 @@ int Run(int argc, char** argv) {
   (void)(*collector)->Scan();
   http.max_connections = RaiseDescriptorLimit(max_connections);
 
-  Routes routes(*std::move(collector), std::chrono::milliseconds(min_scan_interval_ms), http.piece_bytes);
+  Routes routes(*std::move(collector), std::chrono::milliseconds(min_scan_interval_ms),
+                std::chrono::milliseconds(scan_wait_ms), http.piece_bytes);
   const bool tls = (*security)->tls != nullptr;
   auto server = HttpServer::Start(*endpoints, http, *security,
                                   [&routes](const HttpRequest& request) { return routes.Handle(request); });

@@ -19,8 +19,11 @@ HttpResponse Json(unsigned status, std::string body) {
 }  // namespace
 
 Routes::Routes(std::unique_ptr<reader::Collector> collector, std::chrono::milliseconds min_scan_interval,
-               size_t piece_bytes)
-    : collector_(std::move(collector)), min_scan_interval_(min_scan_interval), piece_bytes_(piece_bytes) {
+               std::chrono::milliseconds scan_wait, size_t piece_bytes)
+    : collector_(std::move(collector)),
+      min_scan_interval_(min_scan_interval),
+      scan_wait_(scan_wait),
+      piece_bytes_(piece_bytes) {
   self_.start_unix_seconds = shm::NowUnixNs() * 1e-9;
 }
 
@@ -31,21 +34,34 @@ void Routes::MaybeScan() {
   ScanUnlocked(lock);
 }
 
-void Routes::ScanForRequest() {
+void Routes::ScanForRequest(bool wait) {
   const auto arrival = std::chrono::steady_clock::now();
   std::unique_lock lock(scan_mu_);
-  if (scanning_) {
-    scan_done_.wait_until(lock, last_scan_ + kScanWait, [&] { return !scanning_ || scanning_stopped_.load(); });
-    if (scanning_) return;  // stuck (or stopping): the last view
+  if (tied_handlers_ >= kMaxTiedHandlers) return;
+  ++tied_handlers_;
+  while (!scanning_stopped_.load()) {
+    if (scanning_) {
+      if (!wait) break;
+      // Each scan gets its own deadline: when the one waited for ends and
+      // another starts (from another request, or the background scanner),
+      // the wait goes on for that one.
+      const uint64_t waited_for = scans_started_;
+      const bool moved_on = scan_done_.wait_until(lock, last_scan_ + scan_wait_, [&] {
+        return !scanning_ || scans_started_ != waited_for || scanning_stopped_.load();
+      });
+      if (!moved_on) break;  // slow or stuck: the last view
+      continue;
+    }
+    // Idle. A scan that began after the arrival saw what the request must.
+    if (last_scan_ < arrival && arrival - last_scan_ >= min_scan_interval_) ScanUnlocked(lock);
+    break;
   }
-  if (scanning_stopped_.load()) return;
-  if (last_scan_ >= arrival) return;  // began after this request arrived: fresh enough
-  if (arrival - last_scan_ < min_scan_interval_) return;
-  ScanUnlocked(lock);
+  --tied_handlers_;
 }
 
 void Routes::ScanUnlocked(std::unique_lock<std::mutex>& lock) {
   scanning_ = true;
+  ++scans_started_;
   last_scan_ = std::chrono::steady_clock::now();
   lock.unlock();
   // Collector::Scan builds the next view aside: requests that do not wait
@@ -83,7 +99,7 @@ HttpResponse Routes::Handle(const HttpRequest& request) {
     response.body = "shmetrics exporter\n/metrics\n/api/health\n/api/stats\n/api/recent\n/api/errors\n";
     return response;
   }
-  ScanForRequest();
+  ScanForRequest(/*wait=*/path != "/api/health");
   if (path == "/metrics") return Metrics(request);
   std::string body;
   if (path == "/api/recent" || path == "/api/errors") {

@@ -11,8 +11,8 @@
 #pragma once
 
 #include <chrono>
-#include <memory>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 
 #include "http_server.h"
@@ -23,25 +23,36 @@ namespace shmetrics::exporter {
 
 class Routes {
  public:
+  // min_scan_interval: a scan starts at most this long after the last one
+  // began. scan_wait: how long after a running scan began a request still
+  // waits for it (see ScanForRequest).
   Routes(std::unique_ptr<reader::Collector> collector, std::chrono::milliseconds min_scan_interval,
-         size_t piece_bytes);
+         std::chrono::milliseconds scan_wait, size_t piece_bytes);
 
   HttpResponse Handle(const HttpRequest& request);
   // For the background scanner: rescans unless a scan runs or one began
   // less than min_scan_interval ago. Never waits.
   void MaybeScan();
   // For a request: makes the view at least as new as the directory was when
-  // the request arrived. A scan already running is waited for, then one is
-  // started if that scan began before the arrival (and min_scan_interval
-  // allows). The wait ends kScanWait after the running scan began: a scan
-  // that long is stuck (a hung file system), and every request then gets
-  // the last view at once instead of waiting on it.
-  void ScanForRequest();
+  // the request arrived (or min_scan_interval before). A scan already
+  // running is waited for, then one is started if no scan began after the
+  // arrival. Bounded three ways, so that a slow or stuck scan (a hung file
+  // system) cannot take the server:
+  //  - `wait` false (health, for liveness probes): never waits, scans only
+  //    if none runs;
+  //  - a running scan is waited for only until scan_wait after it began:
+  //    then the last view is served;
+  //  - at most kMaxTiedHandlers handler threads wait or scan at once; a
+  //    request beyond that is served the last view at once, so the other
+  //    handler threads keep serving.
+  void ScanForRequest(bool wait);
   // No scan starts after this (on the way out: a handler thread stuck in
   // a scan could not be joined), and requests waiting on a scan stop.
   void StopScanning();
 
-  static constexpr std::chrono::seconds kScanWait{1};
+  static constexpr int kMaxTiedHandlers = kHandlerThreads / 2;
+  static_assert(kMaxTiedHandlers >= 1 && kMaxTiedHandlers < kHandlerThreads);
+
   // For the self-metrics: the server is started after the routes.
   void SetServer(const HttpServer* server) { server_.store(server); }
   const reader::Collector& collector() const { return *collector_; }
@@ -54,6 +65,7 @@ class Routes {
 
   std::unique_ptr<reader::Collector> collector_;
   const std::chrono::milliseconds min_scan_interval_;
+  const std::chrono::milliseconds scan_wait_;
   const size_t piece_bytes_;
   std::atomic<const HttpServer*> server_{nullptr};
   std::atomic<bool> scanning_stopped_{false};
@@ -63,9 +75,12 @@ class Routes {
 
   // std::mutex, not absl::Mutex: Debian's Abseil carries no TSan annotations.
   std::mutex scan_mu_;
-  std::condition_variable scan_done_;               // notified when a scan ends
-  bool scanning_ = false;                           // guarded by scan_mu_
-  std::chrono::steady_clock::time_point last_scan_;  // when the last scan began; guarded by scan_mu_
+  std::condition_variable scan_done_;  // notified when a scan ends
+  // All guarded by scan_mu_:
+  bool scanning_ = false;
+  uint64_t scans_started_ = 0;
+  std::chrono::steady_clock::time_point last_scan_;  // when the last scan began
+  int tied_handlers_ = 0;                             // handler threads in ScanForRequest
   std::mutex self_mu_;
   SelfStats self_;  // guarded by self_mu_
 };

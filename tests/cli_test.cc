@@ -177,7 +177,7 @@ TEST_CASE("cli top shows series by rate, plain when piped and full-screen in a t
   CHECK(absl::StrContains(first_row.substr(0, first_row.find('\n')), "busy_total{service=busy}"));
   CHECK_FALSE(absl::StartsWith(first_row, "         0.0 "));
   // In a pseudo-terminal: alternate screen, in-place refresh, q quits.
-  const auto tty = RunCommand("(sleep 1; printf q) | timeout 20 script -qfec " +
+  const auto tty = RunCommand("(sleep 2; printf q) | timeout 20 script -qfec " +
                               testing::ShellQuote(Cli(dir, "top --interval 0.2")) + " /dev/null");
   CHECK(tty.exit_code == 0);
   CHECK(absl::StartsWith(tty.output, "\x1b[?1049h\x1b[H\x1b[2Jshmetrics top: "));

@@ -178,7 +178,16 @@ TEST_CASE("kill -9 mid-run: every completed increment is in the segment, and it 
       progress->store(i, std::memory_order_release);
     }
   }
-  while (progress->load(std::memory_order_acquire) < 200000) std::this_thread::yield();
+  // Until the child is well into its loop (or, should it die first, not forever).
+  for (uint64_t spin = 0; progress->load(std::memory_order_acquire) < 200000; ++spin) {
+    siginfo_t info{};
+    if (spin % 4096 == 0 && waitid(P_PID, static_cast<id_t>(child), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+        info.si_pid != 0) {
+      break;
+    }
+    std::this_thread::yield();
+  }
+  REQUIRE(progress->load(std::memory_order_acquire) >= 200000);
   auto live = reader::Segment::Open(dir.SegmentPaths().at(0)).value();
   CHECK(live->WriterAlive());
   kill(child, SIGKILL);

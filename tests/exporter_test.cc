@@ -162,7 +162,7 @@ TEST_CASE("a writer killed with -9 and restarted: the exported counter never dec
   CHECK(absl::StrContains(r.body, sample + "105\n"));
 }
 
-TEST_CASE("a scrape that arrives during a background scan waits for it: each new writer is in the next scrape") {
+TEST_CASE("scrapes that arrive during a background scan wait for it: each new writer is in the next two scrapes") {
   TempDir dir;
   // 3,000 foreign files make every scan take a while, so the exporter's
   // background scan (every 200 ms) is often running when a scrape arrives.
@@ -170,19 +170,27 @@ TEST_CASE("a scrape that arrives during a background scan waits for it: each new
     const std::string junk = absl::StrCat(dir.path(), "/shmetrics.junk.", 100000 + i, ".1.0");
     testing::WriteFile(junk, std::string(64, 'x'));
   }
-  Exporter exporter(dir);
+  // A wait long enough for any scan under a sanitizer on a busy machine.
+  Exporter exporter(dir, {"--scan-wait-ms", "60000"});
   for (int round = 1; round <= 12; ++round) {
     WriterProcess writer(dir.path(), absl::StrCat("svc", round),
                          [](Writer& w) { w.AddCounter("jobs_total", "Jobs.").value().WithLabels({}).value().add(1); });
-    const std::string body = HttpGet(exporter.url("/metrics")).body;
-    CHECK_MESSAGE(absl::StrContains(body, absl::StrCat("jobs_total{service=\"svc", round, "\"} 1\n")), round);
+    // Two at once: the second waits for the scan the first started (or
+    // for the background one and then the first's).
+    std::string bodies[2];
+    std::thread other([&] { bodies[1] = HttpGet(exporter.url("/metrics")).body; });
+    bodies[0] = HttpGet(exporter.url("/metrics")).body;
+    other.join();
+    for (const std::string& body : bodies) {
+      CHECK_MESSAGE(absl::StrContains(body, absl::StrCat("jobs_total{service=\"svc", round, "\"} 1\n")), round);
+    }
   }
 }
 
 TEST_CASE("a scan stuck in open() (a hung file system): requests get the last view instead of waiting on it") {
   TempDir dir;
   WriterProcess web(dir.path(), "web", WebTraffic);
-  const std::string stall_while = dir.path() + ".stall-while";
+  const std::string stall_while = dir.path() + "/stall-while";  // not a segment's name: never opened by a scan
   std::string asan_options = getenv("ASAN_OPTIONS") != nullptr ? getenv("ASAN_OPTIONS") : "";
   Exporter exporter(dir, {},
                     {std::string("LD_PRELOAD=") + SHMETRICS_STALL_SHIM, "SHMETRICS_TEST_STALL_WHILE=" + stall_while,
@@ -190,23 +198,23 @@ TEST_CASE("a scan stuck in open() (a hung file system): requests get the last vi
                      "ASAN_OPTIONS=" + asan_options + (asan_options.empty() ? "" : ":") + "verify_asan_link_order=0"});
   const std::string web_sample = "http_requests_total{method=\"GET\",endpoint=\"/api\",status=\"200\",service=\"web\"} 120\n";
   REQUIRE(absl::StrContains(HttpGet(exporter.url("/metrics")).body, web_sample));
+  auto scan_running_seconds = [&] {
+    const std::string health = HttpGet(exporter.url("/api/health")).body;  // health never waits on a scan
+    const size_t at = health.find("\"scan_running_seconds\":");
+    return at == std::string::npos ? -1.0 : std::stod(health.substr(at + 23));
+  };
 
   testing::WriteFile(stall_while, "");
   testing::WriteFile(dir.path() + "/shmetrics.stall.4242.1.0", std::string(64, 'x'));
-  // The background scan blocks on that file (no request has come to start
-  // one); health, a request, waits for it at most a second after it began
-  // and then reports how long it has run.
+  // The background scan blocks on that file (no request comes to start
+  // one); once it has run past --scan-wait-ms (1 s), no request waits on it.
   for (int i = 0; i < 400 && !std::filesystem::exists(stall_while + ".entered"); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   }
   REQUIRE(std::filesystem::exists(stall_while + ".entered"));
   double running_seconds = 0;
-  for (int i = 0; i < 200 && running_seconds < 1.5; ++i) {
-    const std::string health = HttpGet(exporter.url("/api/health")).body;
-    const size_t at = health.find("\"scan_running_seconds\":");
-    REQUIRE(at != std::string::npos);
-    running_seconds = std::stod(health.substr(at + 23));
-    if (running_seconds < 1.5) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (int i = 0; i < 200 && (running_seconds = scan_running_seconds()) < 1.5; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   REQUIRE(running_seconds >= 1.5);
 
@@ -219,9 +227,13 @@ TEST_CASE("a scan stuck in open() (a hung file system): requests get the last vi
   CHECK(absl::StrContains(during.body, web_sample));
   CHECK_FALSE(absl::StrContains(during.body, "jobs_total{service=\"late\"}"));
 
+  // Unstuck: once the scan has ended, the next scrape scans again.
   std::filesystem::remove(stall_while);
-  std::filesystem::remove(stall_while + ".entered");
-  const auto after = HttpGet(exporter.url("/metrics"));  // waits for the scan that now ends, then scans
+  for (int i = 0; i < 200 && (running_seconds = scan_running_seconds()) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  REQUIRE(running_seconds == 0);
+  const auto after = HttpGet(exporter.url("/metrics"));
   CHECK(absl::StrContains(after.body, web_sample));
   CHECK(absl::StrContains(after.body, "jobs_total{service=\"late\"} 3\n"));
   CHECK(absl::StrContains(after.body, "shmetrics_exporter_segments{state=\"corrupt\"} 1\n"));  // the stall file

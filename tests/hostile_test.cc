@@ -179,8 +179,8 @@ TEST_CASE("FIFOs swapped in for a segment and for the archive: every scrape answ
     REQUIRE(mkfifo(planted.c_str(), 0600) == 0);
     const std::string& target = round % 2 == 0 ? segment : archive;
     REQUIRE(Exchange(fifo, target));  // the FIFO now has the target's name
-    CHECK(CurlStatus(exporter.url("/metrics"), "", 2) == "200");
-    CHECK(CurlStatus(exporter.url("/api/health"), "", 2) == "200");
+    CHECK(CurlStatus(exporter.url("/metrics"), "", 10) == "200");  // answers; how fast is the bench's business
+    CHECK(CurlStatus(exporter.url("/api/health"), "", 10) == "200");
     if (round < 4) {
       for (const char* command : {" ls", " dump", " tail", " check"}) {
         CAPTURE(command);

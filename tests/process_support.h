@@ -109,8 +109,11 @@ class Exporter {
     argv.insert(argv.end(), extra.begin(), extra.end());
     process_ = std::make_unique<Subprocess>(argv, log_);
     // It scans once before it listens: a connection accepted means ready
-    // (plain HTTP or TLS alike).
-    for (int i = 0; i < 200 && !Listening(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    // (plain HTTP or TLS alike). Up to 30 s (a large directory under a
+    // sanitizer); not at all once it has exited (a test of a refusal).
+    for (int i = 0; i < 1200 && !Listening() && !Exited(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
   }
   ~Exporter() {
     process_.reset();
@@ -123,6 +126,12 @@ class Exporter {
   std::string Log() const { return ReadFile(log_); }
 
  private:
+  bool Exited() const {
+    siginfo_t info{};
+    // WNOWAIT: the exit status stays for Stop() to collect.
+    return waitid(P_PID, static_cast<id_t>(process_->pid()), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+           info.si_pid != 0;
+  }
   bool Listening() const {
     const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in address{};

@@ -256,6 +256,31 @@ TEST_CASE("with Clock::kPrecise, record() given no timestamp reads CLOCK_REALTIM
   CHECK(distinct == k);  // nanoseconds: no two records of this loop share a time
 }
 
+TEST_CASE("PreciseNowUnixNs() reads CLOCK_REALTIME, and a record given its reading carries exactly that time") {
+  TempDir dir;
+  auto writer = MakeWriter(dir);
+  const RequestLog log = writer->requests();
+  auto segment = reader::Segment::Open(writer->path()).value();
+  uint64_t outside = 0, k = 0, mismatched = 0;
+  const uint64_t start = ClockNs(CLOCK_REALTIME);
+  while (ClockNs(CLOCK_REALTIME) - start < 20'000'000) {
+    const uint64_t before = ClockNs(CLOCK_REALTIME);
+    const uint64_t now = PreciseNowUnixNs();
+    const uint64_t after = ClockNs(CLOCK_REALTIME);
+    outside += now + 10'000 < before || now > after + 10'000;  // the tolerance of the kPrecise test above
+    if (k % 64 == 0) {
+      log.record({"GET", "/t", 200, 1, 1, false, "", now});
+      const auto read = segment->ReadRing(0, reader::RingKind::kRequests, k / 64);
+      REQUIRE(read.records.size() == 1);
+      mismatched += read.records[0].timestamp_unix_ns != now;
+    }
+    ++k;
+  }
+  MESSAGE(k << " readings");
+  CHECK(outside == 0);
+  CHECK(mismatched == 0);
+}
+
 TEST_CASE("an evicted record's text does not linger in the segment: bytes past each field's length are zero") {
   TempDir dir;
   auto writer = MakeWriter(dir);

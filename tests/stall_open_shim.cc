@@ -1,8 +1,8 @@
 // LD_PRELOAD shim for tests: opening a file whose name starts with
 // "shmetrics.stall." blocks while the file named by
 // SHMETRICS_TEST_STALL_WHILE exists (at most 60 s), as an open on a hung
-// network file system would; it first creates that name plus ".entered",
-// so a test knows which thread is stuck and when. Everything else goes
+// network file system would; when it does, it first creates that name plus
+// ".entered", so a test knows that a scan is stuck, and when. Everything else goes
 // straight to libc.
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -24,13 +24,14 @@ bool NamesStallFile(const char* path) {
 void StallIfAsked(const char* path) {
   const char* control = getenv("SHMETRICS_TEST_STALL_WHILE");
   if (control == nullptr || path == nullptr || !NamesStallFile(path)) return;
+  struct stat st;
+  if (stat(control, &st) != 0) return;
   char entered[4096];
   if (snprintf(entered, sizeof entered, "%s.entered", control) < int(sizeof entered)) {
     static auto next_open = reinterpret_cast<int (*)(const char*, int, ...)>(dlsym(RTLD_NEXT, "open"));
     const int fd = next_open(entered, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
     if (fd >= 0) close(fd);
   }
-  struct stat st;
   for (int i = 0; i < 6000 && stat(control, &st) == 0; ++i) usleep(10000);
 }
 

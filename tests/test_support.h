@@ -189,11 +189,12 @@ class Subprocess {
   }
   ~Subprocess() { Stop(); }
   pid_t pid() const { return pid_; }
-  // SIGTERM and wait up to 5 s, then SIGKILL. Returns the exit status (see WaitChild).
+  // SIGTERM and wait up to 20 s (a sanitizer build on a busy machine), then
+  // SIGKILL. Returns the exit status (see WaitChild).
   int Stop() {
     if (pid_ <= 0) return exit_status_;
     kill(pid_, SIGTERM);
-    for (int i = 0; i < 500; ++i) {
+    for (int i = 0; i < 2000; ++i) {
       int status = 0;
       if (waitpid(pid_, &status, WNOHANG) == pid_) {
         exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);

@@ -292,7 +292,18 @@ TEST_CASE("read-only views never lose a dead writer's counter when another colle
     REQUIRE(viewer->Scan().ok());
     CHECK(JobsTotal(*viewer) == expected);  // now from the archive it reloaded
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // top refreshes every 0.2 s: wait for a refresh that shows the total.
+  auto last_total_line = [&] {
+    std::string last_line;
+    for (absl::string_view line : absl::StrSplit(testing::ReadFile(top_log), '\n')) {
+      if (absl::StrContains(line, "jobs_total{service=batch}")) last_line = std::string(line);
+    }
+    return last_line;
+  };
+  const std::string expected_total = absl::StrCat(" ", expected, " ");
+  for (int i = 0; i < 300 && !absl::StrContains(last_total_line(), expected_total); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   top.Stop();
   // Every refresh of top showed the running total, never less than before.
   double last = 0;

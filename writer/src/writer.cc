@@ -620,6 +620,8 @@ void internal::WriteExemplar(uint32_t slot_index, uint32_t exemplar_index, doubl
   std::atomic_ref<uint64_t>(words[0]).store(sequence + 2, std::memory_order_release);
 }
 
+uint64_t PreciseNowUnixNs() { return internal::RealtimeNowNs(); }
+
 RequestLog Writer::requests() const {
   RequestLog log;
   log.slot_ = impl_->slot;
