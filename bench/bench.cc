@@ -328,6 +328,27 @@ std::vector<Case> WriterCases(shmetrics::Writer& writer, shmetrics::Writer& prec
       });
     });
   }});
+  // The same with each trace id in a flat 32-byte buffer, as a request's
+  // span context holds it in hex, rather than in a heap std::string of a
+  // 4,096-entry table (6-9 ns of the row above on the 2-core EPYC).
+  static const std::vector<std::array<char, 32>> flat_trace_ids = [] {
+    std::vector<std::array<char, 32>> ids(kValueCount);
+    for (int i = 0; i < kValueCount; ++i) std::memcpy(ids[i].data(), trace_ids[i].data(), 32);
+    return ids;
+  }();
+  cases.push_back({"shmetrics histogram.observe(v, exemplar), trace id in a flat buffer",
+                   "shmetrics histogram.observe(v, exemplar)", [exemplar_histogram](int threads, int ms) {
+    return RunThreads(threads, ms, [&](int, std::atomic<bool>& stop) {
+      const shmetrics::Histogram h = exemplar_histogram;
+      const double* values = g_values.data();
+      const std::array<char, 32>* ids = flat_trace_ids.data();
+      return Loop(stop, [&](uint64_t i) {
+        const std::array<char, 32>& id = ids[i & (kValueCount - 1)];
+        h.observe(values[i & (kValueCount - 1)],
+                  shmetrics::Exemplar({{"trace_id", absl::string_view(id.data(), id.size())}}));
+      });
+    });
+  }});
   struct GoStyleNative {
     std::atomic<uint64_t> count{0};
     std::atomic<uint64_t> sum_bits{0};

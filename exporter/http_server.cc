@@ -82,9 +82,8 @@ struct HttpServer::Shared {
   std::unique_ptr<net::thread_pool> auth_pool = std::make_unique<net::thread_pool>(1);
   // Handlers run here, never on the event loop: a route may scan the
   // directory or build a large JSON view (tens of milliseconds at 100,000
-  // series), and must not hold up other connections' I/O. Routes ties at
-  // most half of them to scans (kHandlerThreads), so a scan stuck on a hung
-  // file system leaves the others serving.
+  // series), and must not hold up other connections' I/O. They never scan;
+  // at most two wait for a scan (ScanScheduler), so the others serve.
   std::unique_ptr<net::thread_pool> handler_pool = std::make_unique<net::thread_pool>(kHandlerThreads);
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
   std::vector<std::thread> threads;

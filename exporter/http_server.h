@@ -80,9 +80,9 @@ HttpResponse JsonErrorResponse(unsigned status, absl::string_view message);
 // the event loop and must render a piece, not a whole large body.
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
 
-// Threads that run the handlers (Routes), off the event loop. Routes lets at
-// most half of them wait on or run a directory scan, so the rest always
-// serve.
+// Threads that run the handlers (Routes), off the event loop. At most
+// ScanScheduler::kMaxWaiters of them wait for a directory scan at once, so
+// the rest always serve.
 inline constexpr int kHandlerThreads = 4;
 
 struct HttpServerOptions {

@@ -307,11 +307,22 @@ int Run(int argc, char** argv) {
     return fail(collector.status().code() == absl::StatusCode::kFailedPrecondition ? kArchiveLocked : kBadDirectory,
                 collector.status().message());
   }
-  (void)(*collector)->Scan();
   http.max_connections = RaiseDescriptorLimit(max_connections);
 
-  Routes routes(*std::move(collector), std::chrono::milliseconds(min_scan_interval_ms),
-                std::chrono::milliseconds(scan_wait_ms), http.piece_bytes);
+  // Indexes of large directories, and the views slow clients pinned, are
+  // freed in big pieces that glibc would otherwise keep: trimmed after a
+  // scan at most every 10 s (on the scanner thread).
+  auto last_trim = std::chrono::steady_clock::now();
+  auto trim = [&last_trim] {
+    if (std::chrono::steady_clock::now() - last_trim < std::chrono::seconds(10)) return;
+    last_trim = std::chrono::steady_clock::now();
+    malloc_trim(0);
+  };
+  Routes routes(*std::move(collector),
+                {.min_interval = std::chrono::milliseconds(min_scan_interval_ms),
+                 .scan_wait = std::chrono::milliseconds(scan_wait_ms)},
+                http.piece_bytes, trim);
+  routes.scheduler().ScanOnce();  // the first view, before anyone asks
   const bool tls = (*security)->tls != nullptr;
   auto server = HttpServer::Start(*endpoints, http, *security,
                                   [&routes](const HttpRequest& request) { return routes.Handle(request); });
@@ -327,19 +338,14 @@ int Run(int argc, char** argv) {
   }
   Log(LogLevel::kInfo, "serving", {{"version", SHMETRICS_VERSION}, {"dir", directory}});
 
-  // Scans in the background too, so dead writers are retired and problems
-  // logged even while nobody scrapes. On its own thread: a scan stuck in
-  // the kernel (a hung file system) must not keep a signal from stopping us.
-  std::atomic<bool> stop{false};
+  // The only thread that scans (scan_scheduler.h): every 200 ms, so dead
+  // writers are retired and problems logged while nobody scrapes, and when
+  // a request asks. A scan stuck in the kernel (a hung file system) then
+  // holds this thread, never a handler, and cannot keep a signal from
+  // stopping us.
   std::atomic<bool> scanner_done{false};
   std::thread scanner([&] {
-    for (uint64_t round = 1; !stop.load(); ++round) {
-      routes.MaybeScan();
-      // Indexes of large directories, and the views slow clients pinned,
-      // are freed in big pieces that glibc would otherwise keep.
-      if (round % 50 == 0) malloc_trim(0);
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
+    routes.scheduler().Run();
     scanner_done.store(true);
   });
   std::shared_ptr<const HttpSecurity> in_force = *security;
@@ -362,20 +368,17 @@ int Run(int argc, char** argv) {
     (*server)->SetSecurity(in_force);
     Log(LogLevel::kInfo, "web config reloaded; new connections use it", {{"file", web_config_file}});
   }
-  stop.store(true);
-  routes.StopScanning();
-  // A scan in progress (on the scanner or a handler thread) gets a second
-  // to finish; one stuck in the kernel (a hung file system) cannot be
-  // joined, so then we leave without stopping the server's threads.
-  for (int i = 0; i < 20 && (!scanner_done.load() || routes.collector().ScanRunningSeconds() > 0); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  if (!scanner_done.load() || routes.collector().ScanRunningSeconds() > 0) {
+  routes.scheduler().Stop();
+  // The scan in progress gets a second to finish; one stuck in the kernel
+  // cannot be joined, so then we leave without stopping the server's
+  // threads (no handler waits on it: Stop() woke them).
+  for (int i = 0; i < 20 && !scanner_done.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (!scanner_done.load()) {
     Log(LogLevel::kWarn, "stopped; a scan was still stuck",
         {{"scan_running_seconds", absl::StrCat(std::floor(routes.collector().ScanRunningSeconds() * 10) / 10)}});
     _exit(kOk);  // the stuck thread cannot be joined; nothing is left to flush
   }
-  (*server)->Stop();  // prompt: no handler is in a scan, and none starts one
+  (*server)->Stop();  // prompt: handlers never scan
   scanner.join();
   Log(LogLevel::kInfo, "stopped");
   return kOk;

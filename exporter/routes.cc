@@ -18,69 +18,25 @@ HttpResponse Json(unsigned status, std::string body) {
 
 }  // namespace
 
-Routes::Routes(std::unique_ptr<reader::Collector> collector, std::chrono::milliseconds min_scan_interval,
-               std::chrono::milliseconds scan_wait, size_t piece_bytes)
+Routes::Routes(std::unique_ptr<reader::Collector> collector, ScanScheduler::Options scan_options,
+               size_t piece_bytes, std::function<void()> after_scan)
     : collector_(std::move(collector)),
-      min_scan_interval_(min_scan_interval),
-      scan_wait_(scan_wait),
+      scheduler_(collector_.get(), scan_options, std::move(after_scan)),
       piece_bytes_(piece_bytes) {
   self_.start_unix_seconds = shm::NowUnixNs() * 1e-9;
 }
 
-void Routes::MaybeScan() {
-  std::unique_lock lock(scan_mu_);
-  if (scanning_stopped_.load() || scanning_) return;
-  if (std::chrono::steady_clock::now() - last_scan_ < min_scan_interval_) return;
-  ScanUnlocked(lock);
-}
-
-void Routes::ScanForRequest(bool wait) {
-  const auto arrival = std::chrono::steady_clock::now();
-  std::unique_lock lock(scan_mu_);
-  if (tied_handlers_ >= kMaxTiedHandlers) return;
-  ++tied_handlers_;
-  while (!scanning_stopped_.load()) {
-    if (scanning_) {
-      if (!wait) break;
-      // Each scan gets its own deadline: when the one waited for ends and
-      // another starts (from another request, or the background scanner),
-      // the wait goes on for that one.
-      const uint64_t waited_for = scans_started_;
-      const bool moved_on = scan_done_.wait_until(lock, last_scan_ + scan_wait_, [&] {
-        return !scanning_ || scans_started_ != waited_for || scanning_stopped_.load();
-      });
-      if (!moved_on) break;  // slow or stuck: the last view
-      continue;
-    }
-    // Idle. A scan that began after the arrival saw what the request must.
-    if (last_scan_ < arrival && arrival - last_scan_ >= min_scan_interval_) ScanUnlocked(lock);
-    break;
-  }
-  --tied_handlers_;
-}
-
-void Routes::ScanUnlocked(std::unique_lock<std::mutex>& lock) {
-  scanning_ = true;
-  ++scans_started_;
-  last_scan_ = std::chrono::steady_clock::now();
-  lock.unlock();
-  // Collector::Scan builds the next view aside: requests that do not wait
-  // on this scan render the last view meanwhile.
-  if (absl::Status s = collector_->Scan(); !s.ok()) Log(LogLevel::kError, "scan failed", {{"err", s.message()}});
-  lock.lock();
-  scanning_ = false;
-  scan_done_.notify_all();
-}
-
-void Routes::StopScanning() {
-  scanning_stopped_.store(true);
-  std::lock_guard lock(scan_mu_);  // a waiter between its check and its wait sees the flag or gets the notify
-  scan_done_.notify_all();
-}
-
 SelfStats Routes::Self() {
-  std::lock_guard lock(self_mu_);
-  return self_;
+  SelfStats self;
+  {
+    std::lock_guard lock(self_mu_);
+    self = self_;
+  }
+  const ScanScheduler::StaleViews stale = scheduler_.stale_views();
+  self.stale_views_busy_total = stale.busy;
+  self.stale_views_scan_wait_total = stale.scan_wait;
+  self.requests_waiting_for_scan = scheduler_.waiting();
+  return self;
 }
 
 HttpResponse Routes::Handle(const HttpRequest& request) {
@@ -99,7 +55,10 @@ HttpResponse Routes::Handle(const HttpRequest& request) {
     response.body = "shmetrics exporter\n/metrics\n/api/health\n/api/stats\n/api/recent\n/api/errors\n";
     return response;
   }
-  ScanForRequest(/*wait=*/path != "/api/health");
+  // Health never waits (liveness probes); scrapes come before JSON views.
+  scheduler_.Freshen(path == "/api/health" ? ScanScheduler::Wait::kNever
+                     : path == "/metrics"  ? ScanScheduler::Wait::kScrape
+                                           : ScanScheduler::Wait::kView);
   if (path == "/metrics") return Metrics(request);
   std::string body;
   if (path == "/api/recent" || path == "/api/errors") {

@@ -216,8 +216,17 @@ void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self
         "\",compiler=\"" SHMETRICS_COMPILER "\",build_type=\"" SHMETRICS_BUILD_TYPE "\"}",
         1, true);
   gauge("shmetrics_exporter_scan_running_seconds",
-        "How long the directory scan in progress has run (0: none runs); past 1 s, requests get the last view.", "",
+        "How long the directory scan in progress has run (0: none runs); past --scan-wait-ms, requests get the "
+        "last view.", "",
         collector.ScanRunningSeconds(), true);
+  gauge("shmetrics_exporter_requests_waiting_for_scan", "Requests waiting for a directory scan now.", "",
+        double(self.requests_waiting_for_scan), true);
+  counter("shmetrics_exporter_stale_views",
+          "Requests served the last view instead of waiting for a scan: busy (two requests were waiting "
+          "already), scan_wait (the scan ran past --scan-wait-ms).",
+          "{reason=\"busy\"}", double(self.stale_views_busy_total), true);
+  counter("shmetrics_exporter_stale_views", "", "{reason=\"scan_wait\"}", double(self.stale_views_scan_wait_total),
+          false);
 
   // Capacity and losses of each live writer process's segment.
   const auto processes = LiveSegmentsByProcess(collector);
@@ -285,7 +294,7 @@ int RenderHealth(const reader::Collector& collector, const SelfStats& self, std:
   }
   absl::StrAppend(out, "],\"retiring\":", c.retiring ? "true" : "false", ",\"scan_running_seconds\":");
   AppendJsonNumber(out, std::floor(scan_seconds * 1000) / 1000);
-  absl::StrAppend(out, ",\"version\":");
+  absl::StrAppend(out, ",\"requests_waiting_for_scan\":", self.requests_waiting_for_scan, ",\"version\":");
   AppendJsonString(out, kVersion);
   absl::StrAppend(out, ",\"uptime_seconds\":");
   AppendJsonNumber(out, std::floor((shm::NowUnixNs() * 1e-9 - self.start_unix_seconds) * 1000) / 1000);

@@ -16,6 +16,10 @@ struct SelfStats {
   uint64_t scrapes_total = 0;
   uint64_t http_errors_total = 0;
   double start_unix_seconds = 0;
+  // ScanScheduler's: requests served the last view rather than waiting.
+  uint64_t stale_views_busy_total = 0;
+  uint64_t stale_views_scan_wait_total = 0;
+  int requests_waiting_for_scan = 0;
 };
 
 // Appends the exporter's own metrics (README, "The exporter's own

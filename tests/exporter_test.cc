@@ -206,8 +206,8 @@ TEST_CASE("a scan stuck in open() (a hung file system): requests get the last vi
 
   testing::WriteFile(stall_while, "");
   testing::WriteFile(dir.path() + "/shmetrics.stall.4242.1.0", std::string(64, 'x'));
-  // The background scan blocks on that file (no request comes to start
-  // one); once it has run past --scan-wait-ms (1 s), no request waits on it.
+  // The scanner thread (the only one that scans) blocks on that file; once
+  // the scan has run past --scan-wait-ms (1 s), no request waits on it.
   for (int i = 0; i < 400 && !std::filesystem::exists(stall_while + ".entered"); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   }
@@ -237,6 +237,64 @@ TEST_CASE("a scan stuck in open() (a hung file system): requests get the last vi
   CHECK(absl::StrContains(after.body, web_sample));
   CHECK(absl::StrContains(after.body, "jobs_total{service=\"late\"} 3\n"));
   CHECK(absl::StrContains(after.body, "shmetrics_exporter_segments{state=\"corrupt\"} 1\n"));  // the stall file
+  CHECK(absl::StrContains(after.body, "shmetrics_exporter_stale_views_total{reason=\"scan_wait\"} 1\n"));  // `during`
+  CHECK(absl::StrContains(after.body, "shmetrics_exporter_stale_views_total{reason=\"busy\"} 0\n"));
+}
+
+TEST_CASE("at most two requests wait for a scan, JSON views in one place only: the rest get the last view, counted") {
+  TempDir dir;
+  WriterProcess web(dir.path(), "web", WebTraffic);
+  const std::string stall_while = dir.path() + "/stall-while";
+  std::string asan_options = getenv("ASAN_OPTIONS") != nullptr ? getenv("ASAN_OPTIONS") : "";
+  Exporter exporter(dir, {"--scan-wait-ms", "60000"},
+                    {std::string("LD_PRELOAD=") + SHMETRICS_STALL_SHIM, "SHMETRICS_TEST_STALL_WHILE=" + stall_while,
+                     "ASAN_OPTIONS=" + asan_options + (asan_options.empty() ? "" : ":") + "verify_asan_link_order=0"});
+  auto waiting = [&] {  // from health, which never waits
+    const std::string health = HttpGet(exporter.url("/api/health")).body;
+    const size_t at = health.find("\"requests_waiting_for_scan\":");
+    return at == std::string::npos ? -1 : std::atoi(health.c_str() + at + 28);
+  };
+  auto wait_until_waiting = [&](int n) {
+    int now = -1;
+    for (int i = 0; i < 400 && (now = waiting()) != n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    return now;
+  };
+  testing::WriteFile(stall_while, "");
+  testing::WriteFile(dir.path() + "/shmetrics.stall.4242.1.0", std::string(64, 'x'));
+  for (int i = 0; i < 400 && !std::filesystem::exists(stall_while + ".entered"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  REQUIRE(std::filesystem::exists(stall_while + ".entered"));
+  // Started before the threads below: Fork() flushes every stdio stream,
+  // and a thread's HttpGet holds its pipe's stream locked while it waits.
+  WriterProcess late(dir.path(), "late",
+                     [](Writer& w) { w.AddCounter("jobs_total", "Jobs.").value().WithLabels({}).value().add(3); });
+
+  // A JSON view waits (the scan began before it came)...
+  testing::HttpResponse stats_waited;
+  std::thread first_view([&] { stats_waited = HttpGet(exporter.url("/api/stats")); });
+  REQUIRE(wait_until_waiting(1) == 1);
+  // ...a second one may not: the other place is kept for scrapes.
+  CHECK(HttpGet(exporter.url("/api/stats")).status == 200);
+  testing::HttpResponse scrape_waited;
+  std::thread first_scrape([&] { scrape_waited = HttpGet(exporter.url("/metrics")); });
+  REQUIRE(wait_until_waiting(2) == 2);
+  // Both places taken: a third request gets the last view at once.
+  const auto busy = HttpGet(exporter.url("/metrics"));
+  CHECK(busy.status == 200);
+  CHECK_FALSE(absl::StrContains(busy.body, "jobs_total{service=\"late\"}"));
+  CHECK(absl::StrContains(busy.body, "shmetrics_exporter_requests_waiting_for_scan 2\n"));
+
+  std::filesystem::remove(stall_while);
+  std::filesystem::remove(stall_while + ".entered");
+  first_view.join();
+  first_scrape.join();
+  CHECK(stats_waited.status == 200);
+  CHECK(scrape_waited.status == 200);
+  CHECK(absl::StrContains(scrape_waited.body, "jobs_total{service=\"late\"} 3\n"));  // waited: the new writer is in
+  CHECK(absl::StrContains(scrape_waited.body, "shmetrics_exporter_stale_views_total{reason=\"busy\"} 2\n"));
+  CHECK(absl::StrContains(scrape_waited.body, "shmetrics_exporter_stale_views_total{reason=\"scan_wait\"} 0\n"));
+  CHECK(waiting() == 0);
 }
 
 TEST_CASE("a corrupt segment next to good ones: the good ones are served, health says what is wrong") {
