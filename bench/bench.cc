@@ -537,7 +537,9 @@ HttpCell RunHttpCell(const ExporterUnderTest& e, const std::string& dir, int cli
   const int port = next_port++;
   // posix_spawn, not fork: a forked child of this process (which holds
   // writers) would get segments of its own, copies of every series, and
-  // each later exporter would read those too.
+  // each later exporter would read those too. Rescans at most once a
+  // second: the rows measure rendering (give this tree's exporter
+  // --scan-wait-ms 0 too, or each scrape waits for a scan).
   std::vector<std::string> argv = {e.path, "--dir", dir, "--listen", absl::StrCat("127.0.0.1:", port),
                                    "--no-retire", "--min-scan-interval-ms", "1000"};
   argv.insert(argv.end(), e.args.begin(), e.args.end());

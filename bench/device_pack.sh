@@ -25,7 +25,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 nproc >&2
 grep -m1 'model name' /proc/cpuinfo >&2 || true
-LD_LIBRARY_PATH="$here/lib" exec "$here/shmetrics-bench" --exporter "$here/shmetrics-exporter" "$@"
+LD_LIBRARY_PATH="$here/lib" exec "$here/shmetrics-bench" --exporter "$here/shmetrics-exporter --scan-wait-ms 0" "$@"
 RUN
 chmod +x "$out/run.sh"
 du -sh "$out"

@@ -29,5 +29,5 @@ out=docs/benchmarks-http-$label.md
 # The old exporter at its best setting (16 threads), the new one at its default (2).
 build/release/bench/shmetrics-bench --tables scrape --series 1000,100000 \
   --exporter "civetweb-e798a81=$old_build/exporter/shmetrics-exporter --threads 16" \
-  --exporter "beast=build/release/exporter/shmetrics-exporter" "$@" | tee "$out"
+  --exporter "beast=build/release/exporter/shmetrics-exporter --scan-wait-ms 0" "$@" | tee "$out"
 echo "wrote $out"

@@ -10,7 +10,9 @@ shift || true
 cmake --preset release >/dev/null
 cmake --build --preset release --target shmetrics-bench shmetrics-exporter >/dev/null
 out=docs/benchmarks-$label
-build/release/bench/shmetrics-bench --exporter build/release/exporter/shmetrics-exporter --csv "$out.csv" "$@" |
+# --scan-wait-ms 0: scrapes render the last view (the bench's exporter
+# rescans at most once a second), so the scrape rows measure rendering.
+build/release/bench/shmetrics-bench --exporter "build/release/exporter/shmetrics-exporter --scan-wait-ms 0" --csv "$out.csv" "$@" |
   tee "$out.md"
 /usr/bin/python3 bench/plot.py "$out.csv" "$out.svg" "shmetrics-bench on $label: per-thread ns/op"
 echo "wrote $out.md, $out.csv, $out.svg"

@@ -322,7 +322,6 @@ int Run(int argc, char** argv) {
                 {.min_interval = std::chrono::milliseconds(min_scan_interval_ms),
                  .scan_wait = std::chrono::milliseconds(scan_wait_ms)},
                 http.piece_bytes, trim);
-  routes.scheduler().ScanOnce();  // the first view, before anyone asks
   const bool tls = (*security)->tls != nullptr;
   auto server = HttpServer::Start(*endpoints, http, *security,
                                   [&routes](const HttpRequest& request) { return routes.Handle(request); });
@@ -338,11 +337,12 @@ int Run(int argc, char** argv) {
   }
   Log(LogLevel::kInfo, "serving", {{"version", SHMETRICS_VERSION}, {"dir", directory}});
 
-  // The only thread that scans (scan_scheduler.h): every 200 ms, so dead
-  // writers are retired and problems logged while nobody scrapes, and when
-  // a request asks. A scan stuck in the kernel (a hung file system) then
-  // holds this thread, never a handler, and cannot keep a signal from
-  // stopping us.
+  // The only thread that scans (scan_scheduler.h): at once, then 200 ms
+  // after each scan, so dead writers are retired and problems logged while
+  // nobody scrapes, and when a request asks. Started after the server: a
+  // first scan stuck in the kernel (a hung file system) holds this thread,
+  // never the start-up, a handler or a signal; until a scan completes,
+  // /metrics and the JSON views answer 503.
   std::atomic<bool> scanner_done{false};
   std::thread scanner([&] {
     routes.scheduler().Run();

@@ -35,6 +35,8 @@ SelfStats Routes::Self() {
   const ScanScheduler::StaleViews stale = scheduler_.stale_views();
   self.stale_views_busy_total = stale.busy;
   self.stale_views_scan_wait_total = stale.scan_wait;
+  self.stale_views_scan_failed_total = stale.scan_failed;
+  self.ready = scheduler_.ready();
   self.requests_waiting_for_scan = scheduler_.waiting();
   return self;
 }
@@ -59,6 +61,11 @@ HttpResponse Routes::Handle(const HttpRequest& request) {
   scheduler_.Freshen(path == "/api/health" ? ScanScheduler::Wait::kNever
                      : path == "/metrics"  ? ScanScheduler::Wait::kScrape
                                            : ScanScheduler::Wait::kView);
+  // Before the first scan the view holds the archive alone: an exposition
+  // without the live writers would read as their series vanishing.
+  if (path != "/api/health" && !scheduler_.ready()) {
+    return JsonErrorResponse(503, "the exporter's first directory scan has not completed yet");
+  }
   if (path == "/metrics") return Metrics(request);
   std::string body;
   if (path == "/api/recent" || path == "/api/errors") {

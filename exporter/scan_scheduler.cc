@@ -19,31 +19,39 @@ void ScanScheduler::ScanLocked(std::unique_lock<std::mutex>& lock) {
   lock.unlock();
   // Collector::Scan builds the next view aside: requests that do not wait
   // for this scan render the last view meanwhile.
-  if (absl::Status s = collector_->Scan(); !s.ok()) Log(LogLevel::kError, "scan failed", {{"err", s.message()}});
-  if (after_scan_) after_scan_();
+  const absl::Status status = collector_->Scan();
+  if (!status.ok()) Log(LogLevel::kError, "scan failed", {{"err", status.message()}});
   lock.lock();
   scanning_ = false;
   ++scan_events_;
   last_completed_begun_ = begun;
+  last_ended_ = Clock::now();
+  last_scan_ok_ = status.ok();
+  scans_completed_ += 1;
   scan_event_.notify_all();
-}
-
-void ScanScheduler::ScanOnce() {
-  std::unique_lock lock(mu_);
-  if (!stopped_ && !scanning_) ScanLocked(lock);
+  if (after_scan_) {
+    lock.unlock();  // the view is out: nobody waits for this
+    after_scan_();
+    lock.lock();
+  }
 }
 
 void ScanScheduler::Run() {
-  const auto own_pace = std::max(options_.period, options_.min_interval);
   std::unique_lock lock(mu_);
   while (!stopped_) {
-    scanner_wake_.wait_until(lock, last_begun_ + own_pace, [&] { return stopped_ || scan_asked_; });
+    // Its own pace counts from the end of the last scan, so a slow scan
+    // leaves the thread at rest in between; asked, it counts from the
+    // beginning, by min_interval. The first pass scans at once.
+    const Clock::time_point own_next =
+        scans_completed_ == 0 ? Clock::time_point{}
+                              : std::max(last_ended_ + options_.period, last_begun_ + options_.min_interval);
+    scanner_wake_.wait_until(lock, own_next, [&] { return stopped_ || scan_asked_; });
     if (stopped_) break;
-    const Clock::time_point earliest = last_begun_ + (scan_asked_ ? options_.min_interval : own_pace);
+    const Clock::time_point earliest =
+        scan_asked_ && scans_completed_ > 0 ? last_begun_ + options_.min_interval : own_next;
     if (Clock::now() < earliest) {
-      // Asked too soon after the last scan began (or woken early): not
-      // before min_interval. Requests ask only once it has passed, so this
-      // is rare.
+      // Asked within min_interval of the last scan's beginning (or woken
+      // early): not before it.
       if (scan_asked_) scanner_wake_.wait_until(lock, earliest, [&] { return stopped_; });
       continue;
     }
@@ -58,29 +66,39 @@ void ScanScheduler::AskLocked() {
 }
 
 void ScanScheduler::Freshen(Wait wait) {
+  // A scan begun after the arrival sees every writer that was ready then.
+  // (min_interval only spaces the scans: a request just after one waits
+  // for the next.)
   const Clock::time_point arrival = Clock::now();
-  const Clock::time_point needed = arrival - options_.min_interval;  // a scan begun since will do
   std::unique_lock lock(mu_);
-  if (stopped_ || last_completed_begun_ >= needed) return;
+  if (stopped_ || (scans_completed_ > 0 && last_completed_begun_ >= arrival)) return;
   // The scan running may do, if it began late enough; else the next one,
   // which the scanner starts as soon as the running one ends.
-  if (!(scanning_ && last_begun_ >= needed)) AskLocked();
-  if (wait == Wait::kNever || options_.scan_wait.count() == 0) return;
+  if (!(scanning_ && last_begun_ >= arrival)) AskLocked();
+  if (wait == Wait::kNever) return;
+  if (options_.scan_wait.count() == 0) {
+    ++stale_.scan_wait;
+    return;
+  }
   if (waiting_ >= kMaxWaiters || (wait == Wait::kView && waiting_for_views_ >= kMaxWaiters - 1)) {
     ++stale_.busy;
     return;
   }
   ++waiting_;
   if (wait == Wait::kView) ++waiting_for_views_;
-  while (last_completed_begun_ < needed && !stopped_) {
-    // Each scan gets its own deadline: scan_wait after it began. None runs
-    // (one just ended): the scanner begins the next at once.
-    const Clock::time_point deadline = (scanning_ ? last_begun_ : Clock::now()) + options_.scan_wait;
+  while (!stopped_ && !(scans_completed_ > 0 && last_completed_begun_ >= arrival)) {
+    // Each scan gets its own deadline: scan_wait after it began. None runs:
+    // the scanner begins the next within min_interval.
+    const Clock::time_point deadline =
+        (scanning_ ? last_begun_ : std::max(Clock::now(), last_begun_ + options_.min_interval)) + options_.scan_wait;
     const uint64_t events = scan_events_;
     if (!scan_event_.wait_until(lock, deadline, [&] { return scan_events_ != events || stopped_; })) {
       ++stale_.scan_wait;  // slow, or stuck on a hung file system: the last view
       break;
     }
+  }
+  if (!stopped_ && !scanning_ && !last_scan_ok_ && last_completed_begun_ >= arrival) {
+    ++stale_.scan_failed;  // the scan waited for failed: the last good view
   }
   --waiting_;
   if (wait == Wait::kView) --waiting_for_views_;
@@ -95,9 +113,9 @@ void ScanScheduler::Stop() {
   scan_event_.notify_all();
 }
 
-bool ScanScheduler::scanning() const {
+bool ScanScheduler::ready() const {
   std::lock_guard lock(mu_);
-  return scanning_;
+  return scans_completed_ > 0;
 }
 
 int ScanScheduler::waiting() const {

@@ -1,27 +1,32 @@
 // When the exporter rescans its directory, and how long a request waits
 // for it.
 //
-// One thread scans: the scanner (Run), every `period` and whenever a
-// request asks. Handler threads never scan, so a scan stuck in the kernel
-// (a hung file system) holds no request for longer than `scan_wait`, and
-// shutdown never has to join a handler stuck in one.
+// One thread scans: the scanner (Run), at once when it starts, then
+// `period` after each scan ends, and whenever a request asks (no sooner
+// than `min_interval` after the last scan began). Handler threads never
+// scan, so a scan stuck in the kernel (a hung file system) holds no request
+// for longer than `scan_wait`, and neither start-up nor shutdown waits for
+// it.
 //
-// A request calls Freshen(): it wants the view of a scan that began no
-// earlier than `min_interval` before the request arrived, so a scrape sees
-// every writer that was ready when it came. It asks the scanner for a scan
-// and waits for one to complete, with three bounds:
-//  - a running scan is waited for only until it has run `scan_wait`: then
-//    the last view is served (counted: StaleViews::scan_wait);
-//  - at most kMaxWaiters handler threads wait at once, and requests other
-//    than scrapes take at most kMaxWaiters - 1 of those places, so JSON
-//    clients cannot crowd out Prometheus; a request beyond is served the
-//    last view at once (counted: StaleViews::busy);
-//  - Wait::kNever (health, for liveness probes) never waits.
+// A request calls Freshen(): it wants the view of a scan that began after
+// it arrived, so a scrape sees every writer that was ready when it came.
+// It asks the scanner for a scan and waits for one to complete, with three
+// bounds:
+//  - a scan is waited for only until it has run `scan_wait`: then the last
+//    view is served (counted: StaleViews::scan_wait; so is every request
+//    when `scan_wait` is 0);
+//  - at most kMaxWaiters requests wait at once, and JSON views (Wait::kView)
+//    take at most kMaxWaiters - 1 of those places, so they cannot crowd out
+//    Prometheus; a request beyond is served the last view at once (counted:
+//    StaleViews::busy);
+//  - Wait::kNever (health, for liveness probes) asks but never waits.
+// A request that waited for a scan that failed gets the last good view
+// (counted: StaleViews::scan_failed).
 //
 //   ScanScheduler scheduler(collector, {.min_interval = 100ms, .scan_wait = 1s});
-//   scheduler.ScanOnce();                               // before serving
 //   std::thread scanner([&] { scheduler.Run(); });
 //   scheduler.Freshen(ScanScheduler::Wait::kScrape);   // on a handler thread
+//   if (!scheduler.ready()) -> 503: no scan has completed yet
 //   scheduler.Stop();  scanner.join();                  // unless a scan is stuck
 //
 // Thread-safe.
@@ -43,23 +48,22 @@ class ScanScheduler {
   struct Options {
     std::chrono::milliseconds min_interval{100};  // no scan begins sooner than this after the last began
     std::chrono::milliseconds scan_wait{1000};    // 0: requests never wait
-    std::chrono::milliseconds period{200};        // the scanner's own pace
+    std::chrono::milliseconds period{200};        // the scanner's own pace: rest after a scan
   };
   enum class Wait { kScrape, kView, kNever };
   // Handler threads that may wait at once (the server has kHandlerThreads).
   static constexpr int kMaxWaiters = 2;
 
   struct StaleViews {
-    uint64_t busy = 0;       // kMaxWaiters were waiting already
-    uint64_t scan_wait = 0;  // the scan ran past scan_wait
+    uint64_t busy = 0;         // no place left to wait in
+    uint64_t scan_wait = 0;    // the scan ran past scan_wait
+    uint64_t scan_failed = 0;  // the scan waited for failed
   };
 
   // `collector` must outlive the scheduler; `after_scan`, when given, runs
   // on the scanner thread after each scan (malloc_trim, say).
   ScanScheduler(reader::Collector* collector, Options options, std::function<void()> after_scan = nullptr);
 
-  // One scan on the calling thread (at start, before Run and the server).
-  void ScanOnce();
   // The scanner's loop; returns after Stop(), once no scan runs.
   void Run();
   // Waits, as described above, for a view fresh enough for a request that
@@ -69,8 +73,8 @@ class ScanScheduler {
   // waits any more.
   void Stop();
 
-  bool scanning() const;
-  int waiting() const;  // handler threads waiting in Freshen
+  bool ready() const;    // a scan has completed
+  int waiting() const;   // requests waiting in Freshen
   StaleViews stale_views() const;
 
  private:
@@ -91,8 +95,11 @@ class ScanScheduler {
   bool scan_asked_ = false;
   bool scanning_ = false;
   uint64_t scan_events_ = 0;                 // scans begun plus scans ended
+  uint64_t scans_completed_ = 0;
   Clock::time_point last_begun_;             // when the last scan began
   Clock::time_point last_completed_begun_;   // when the last completed scan began
+  Clock::time_point last_ended_;             // when the last completed scan ended
+  bool last_scan_ok_ = false;                // the last completed scan's Status
   int waiting_ = 0;
   int waiting_for_views_ = 0;                // of those, Wait::kView
   StaleViews stale_;

@@ -222,11 +222,14 @@ void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self
   gauge("shmetrics_exporter_requests_waiting_for_scan", "Requests waiting for a directory scan now.", "",
         double(self.requests_waiting_for_scan), true);
   counter("shmetrics_exporter_stale_views",
-          "Requests served the last view instead of waiting for a scan: busy (two requests were waiting "
-          "already), scan_wait (the scan ran past --scan-wait-ms).",
+          "Requests served the last view instead of one from a scan begun after they came: busy (no place left "
+          "to wait: two requests, or one JSON view, waiting already), scan_wait (the scan ran past "
+          "--scan-wait-ms, or that is 0), scan_failed (the scan failed).",
           "{reason=\"busy\"}", double(self.stale_views_busy_total), true);
   counter("shmetrics_exporter_stale_views", "", "{reason=\"scan_wait\"}", double(self.stale_views_scan_wait_total),
           false);
+  counter("shmetrics_exporter_stale_views", "", "{reason=\"scan_failed\"}",
+          double(self.stale_views_scan_failed_total), false);
 
   // Capacity and losses of each live writer process's segment.
   const auto processes = LiveSegmentsByProcess(collector);
@@ -294,7 +297,8 @@ int RenderHealth(const reader::Collector& collector, const SelfStats& self, std:
   }
   absl::StrAppend(out, "],\"retiring\":", c.retiring ? "true" : "false", ",\"scan_running_seconds\":");
   AppendJsonNumber(out, std::floor(scan_seconds * 1000) / 1000);
-  absl::StrAppend(out, ",\"requests_waiting_for_scan\":", self.requests_waiting_for_scan, ",\"version\":");
+  absl::StrAppend(out, ",\"requests_waiting_for_scan\":", self.requests_waiting_for_scan,
+                  ",\"ready\":", self.ready ? "true" : "false", ",\"version\":");
   AppendJsonString(out, kVersion);
   absl::StrAppend(out, ",\"uptime_seconds\":");
   AppendJsonNumber(out, std::floor((shm::NowUnixNs() * 1e-9 - self.start_unix_seconds) * 1000) / 1000);

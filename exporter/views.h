@@ -19,7 +19,9 @@ struct SelfStats {
   // ScanScheduler's: requests served the last view rather than waiting.
   uint64_t stale_views_busy_total = 0;
   uint64_t stale_views_scan_wait_total = 0;
+  uint64_t stale_views_scan_failed_total = 0;
   int requests_waiting_for_scan = 0;
+  bool ready = false;  // a directory scan has completed
 };
 
 // Appends the exporter's own metrics (README, "The exporter's own

@@ -187,6 +187,50 @@ TEST_CASE("scrapes that arrive during a background scan wait for it: each new wr
   }
 }
 
+TEST_CASE("with the default --min-scan-interval-ms (100), each new writer is in the very next scrape too") {
+  TempDir dir;
+  Exporter exporter(dir, {"--min-scan-interval-ms", "100"});
+  for (int round = 1; round <= 6; ++round) {
+    // Right after a scrape: the interval has not passed, so this scrape
+    // waits for the next scan rather than take the last view.
+    REQUIRE(HttpGet(exporter.url("/metrics")).status == 200);
+    WriterProcess writer(dir.path(), absl::StrCat("svc", round),
+                         [](Writer& w) { w.AddCounter("jobs_total", "Jobs.").value().WithLabels({}).value().add(1); });
+    const std::string body = HttpGet(exporter.url("/metrics")).body;
+    CHECK_MESSAGE(absl::StrContains(body, absl::StrCat("jobs_total{service=\"svc", round, "\"} 1\n")), round);
+    CHECK(absl::StrContains(body, "shmetrics_exporter_stale_views_total{reason=\"busy\"} 0\n"));
+    CHECK(absl::StrContains(body, "shmetrics_exporter_stale_views_total{reason=\"scan_wait\"} 0\n"));
+  }
+}
+
+TEST_CASE("a first scan stuck at start-up: the exporter listens, answers 503 then, and SIGTERM still stops it") {
+  TempDir dir;
+  WriterProcess web(dir.path(), "web", WebTraffic);
+  const std::string stall_while = dir.path() + "/stall-while";
+  testing::WriteFile(stall_while, "");
+  testing::WriteFile(dir.path() + "/shmetrics.stall.4242.1.0", std::string(64, 'x'));
+  std::string asan_options = getenv("ASAN_OPTIONS") != nullptr ? getenv("ASAN_OPTIONS") : "";
+  Exporter exporter(dir, {},
+                    {std::string("LD_PRELOAD=") + SHMETRICS_STALL_SHIM, "SHMETRICS_TEST_STALL_WHILE=" + stall_while,
+                     "ASAN_OPTIONS=" + asan_options + (asan_options.empty() ? "" : ":") + "verify_asan_link_order=0"},
+                    /*wait_ready=*/false);
+  for (int i = 0; i < 400 && !std::filesystem::exists(stall_while + ".entered"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  REQUIRE(std::filesystem::exists(stall_while + ".entered"));
+  const auto health = HttpGet(exporter.url("/api/health"));
+  CHECK(health.status == 200);
+  CHECK(absl::StrContains(health.body, "\"ready\":false"));
+  const auto metrics = HttpGet(exporter.url("/metrics"));  // after --scan-wait-ms (1 s)
+  CHECK(metrics.status == 503);
+  CHECK(metrics.body == "{\"error\":\"the exporter's first directory scan has not completed yet\"}\n");
+  CHECK(HttpGet(exporter.url("/api/stats")).status == 503);
+  // SIGTERM: the scan cannot be joined, so it leaves at once, with 0.
+  CHECK(exporter.Stop() == 0);
+  CHECK(absl::StrContains(exporter.Log(), "msg=\"stopped; a scan was still stuck\""));
+  std::filesystem::remove(stall_while);
+}
+
 TEST_CASE("a scan stuck in open() (a hung file system): requests get the last view instead of waiting on it") {
   TempDir dir;
   WriterProcess web(dir.path(), "web", WebTraffic);

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -93,8 +94,10 @@ class WriterProcess {
 class Exporter {
  public:
   // `environment`, when given, holds NAME=value pairs set for the exporter
-  // only (through env(1)).
-  explicit Exporter(const TempDir& dir, std::vector<std::string> extra = {}, std::vector<std::string> environment = {})
+  // only (through env(1)). --min-scan-interval-ms is 0 unless `extra` sets
+  // it. With `wait_ready`, returns once its first scan has completed.
+  explicit Exporter(const TempDir& dir, std::vector<std::string> extra = {}, std::vector<std::string> environment = {},
+                    bool wait_ready = true)
       : port_(FreePort()), log_(dir.path() + "/../" + std::filesystem::path(dir.path()).filename().string() + ".exporter.log") {
     std::vector<std::string> argv;
     if (!environment.empty()) {
@@ -102,16 +105,25 @@ class Exporter {
       argv.insert(argv.end(), environment.begin(), environment.end());
     }
     for (std::string arg : {std::string(SHMETRICS_EXPORTER_BIN), std::string("--dir"), dir.path(),
-                            std::string("--web.listen-address"), absl::StrCat("127.0.0.1:", port_),
-                            std::string("--min-scan-interval-ms"), std::string("0")}) {
+                            std::string("--web.listen-address"), absl::StrCat("127.0.0.1:", port_)}) {
       argv.push_back(std::move(arg));
+    }
+    if (std::find(extra.begin(), extra.end(), "--min-scan-interval-ms") == extra.end()) {
+      argv.insert(argv.end(), {"--min-scan-interval-ms", "0"});
     }
     argv.insert(argv.end(), extra.begin(), extra.end());
     process_ = std::make_unique<Subprocess>(argv, log_);
-    // It scans once before it listens: a connection accepted means ready
-    // (plain HTTP or TLS alike). Up to 30 s (a large directory under a
-    // sanitizer); not at all once it has exited (a test of a refusal).
+    // Up to 30 s each (a large directory under a sanitizer), not at all once
+    // it has exited (a test of a refusal): it listens (a connection
+    // accepted, plain HTTP or TLS alike), then its first scan completes
+    // (health says "ready"; a client it refuses, TLS or basic auth, cannot
+    // tell, and the first request waits for that scan anyway).
     for (int i = 0; i < 1200 && !Listening() && !Exited(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    for (int i = 0; wait_ready && i < 600 && !Exited(); ++i) {
+      const HttpResponse health = HttpGet(url("/api/health"));
+      if (health.status != 200 || !absl::StrContains(health.body, "\"ready\":false")) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(25));
     }
   }
