@@ -37,6 +37,7 @@ SelfStats Routes::Self() {
   self.stale_views_scan_wait_total = stale.scan_wait;
   self.stale_views_scan_failed_total = stale.scan_failed;
   self.ready = scheduler_.ready();
+  self.last_scan_failed = scheduler_.last_scan_failed();
   self.requests_waiting_for_scan = scheduler_.waiting();
   return self;
 }

@@ -76,24 +76,35 @@ void ScanScheduler::Freshen(Wait wait) {
   // which the scanner starts as soon as the running one ends.
   if (!(scanning_ && last_begun_ >= arrival)) AskLocked();
   if (wait == Wait::kNever) return;
+  // What is served without waiting is the last view, or a 503 before the
+  // first scan (not counted: no view is served).
+  const bool have_view = scans_completed_ > 0;
   if (options_.scan_wait.count() == 0) {
-    ++stale_.scan_wait;
+    stale_.scan_wait += have_view;
     return;
   }
   if (waiting_ >= kMaxWaiters || (wait == Wait::kView && waiting_for_views_ >= kMaxWaiters - 1)) {
-    ++stale_.busy;
+    stale_.busy += have_view;
     return;
   }
   ++waiting_;
   if (wait == Wait::kView) ++waiting_for_views_;
   while (!stopped_ && !(scans_completed_ > 0 && last_completed_begun_ >= arrival)) {
     // Each scan gets its own deadline: scan_wait after it began. None runs:
-    // the scanner begins the next within min_interval.
-    const Clock::time_point deadline =
-        (scanning_ ? last_begun_ : std::max(Clock::now(), last_begun_ + options_.min_interval)) + options_.scan_wait;
+    // the scanner begins the next once min_interval has passed since the
+    // last began; a request waits scan_wait at most for that too (a long
+    // min_interval must not hold scrapes past their timeout).
+    Clock::time_point deadline;
+    if (scanning_) {
+      deadline = last_begun_ + options_.scan_wait;
+    } else {
+      const Clock::time_point now = Clock::now();
+      const Clock::time_point next_begins = std::max(now, last_begun_ + options_.min_interval);
+      deadline = next_begins - now > options_.scan_wait ? now : next_begins + options_.scan_wait;
+    }
     const uint64_t events = scan_events_;
     if (!scan_event_.wait_until(lock, deadline, [&] { return scan_events_ != events || stopped_; })) {
-      ++stale_.scan_wait;  // slow, or stuck on a hung file system: the last view
+      stale_.scan_wait += scans_completed_ > 0;  // slow, stuck on a hung file system, or too far off
       break;
     }
   }
@@ -116,6 +127,11 @@ void ScanScheduler::Stop() {
 bool ScanScheduler::ready() const {
   std::lock_guard lock(mu_);
   return scans_completed_ > 0;
+}
+
+bool ScanScheduler::last_scan_failed() const {
+  std::lock_guard lock(mu_);
+  return scans_completed_ > 0 && !last_scan_ok_;
 }
 
 int ScanScheduler::waiting() const {

@@ -12,13 +12,15 @@
 // it arrived, so a scrape sees every writer that was ready when it came.
 // It asks the scanner for a scan and waits for one to complete, with three
 // bounds:
-//  - a scan is waited for only until it has run `scan_wait`: then the last
-//    view is served (counted: StaleViews::scan_wait; so is every request
-//    when `scan_wait` is 0);
+//  - a scan is waited for only until it has run `scan_wait`, and one that
+//    has not begun, only `scan_wait` for it to begin: then the last view is
+//    served (counted: StaleViews::scan_wait; so is every request when
+//    `scan_wait` is 0);
 //  - at most kMaxWaiters requests wait at once, and JSON views (Wait::kView)
 //    take at most kMaxWaiters - 1 of those places, so they cannot crowd out
-//    Prometheus; a request beyond is served the last view at once (counted:
-//    StaleViews::busy);
+//    scrapes (other scrapes can); a request beyond is served the last view
+//    at once (counted: StaleViews::busy). A waiter whose client has gone
+//    keeps its place until its wait ends;
 //  - Wait::kNever (health, for liveness probes) asks but never waits.
 // A request that waited for a scan that failed gets the last good view
 // (counted: StaleViews::scan_failed).
@@ -74,6 +76,7 @@ class ScanScheduler {
   void Stop();
 
   bool ready() const;    // a scan has completed
+  bool last_scan_failed() const;
   int waiting() const;   // requests waiting in Freshen
   StaleViews stale_views() const;
 

@@ -288,6 +288,7 @@ int RenderHealth(const reader::Collector& collector, const SelfStats& self, std:
   }
   const double scan_seconds = collector.ScanRunningSeconds();
   if (scan_seconds > kScanStuckSeconds) reasons.insert("scan stuck");
+  if (self.last_scan_failed) reasons.insert("scan failing");  // the directory gone or unreadable: see the log
   absl::StrAppend(out, "{\"status\":", reasons.empty() ? "\"ok\"" : "\"degraded\"", ",\"reasons\":[");
   bool first_reason = true;
   for (const std::string& reason : reasons) {

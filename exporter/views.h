@@ -22,6 +22,7 @@ struct SelfStats {
   uint64_t stale_views_scan_failed_total = 0;
   int requests_waiting_for_scan = 0;
   bool ready = false;  // a directory scan has completed
+  bool last_scan_failed = false;
 };
 
 // Appends the exporter's own metrics (README, "The exporter's own
@@ -35,7 +36,8 @@ void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self
 // GET /api/health: returns the HTTP status (200, or 503 when a segment or
 // the archive is corrupt) and fills `out` with JSON: "status" ok or
 // degraded, "reasons" (corrupt segment, configuration conflict, invalid
-// family, untrusted file), and every problem with its kind.
+// family, untrusted file, scan stuck, scan failing), and every problem with
+// its kind.
 int RenderHealth(const reader::Collector& collector, const SelfStats& self, std::string* out);
 
 // GET /api/stats: per family totals and percentiles, per endpoint request

@@ -231,6 +231,32 @@ TEST_CASE("a first scan stuck at start-up: the exporter listens, answers 503 the
   std::filesystem::remove(stall_while);
 }
 
+TEST_CASE("a directory moved away under the exporter: scans fail, health says so, the last good view is served") {
+  TempDir dir;
+  WriterProcess web(dir.path(), "web", WebTraffic);
+  Exporter exporter(dir);
+  const std::string web_sample = "http_requests_total{method=\"GET\",endpoint=\"/api\",status=\"200\",service=\"web\"} 120\n";
+  REQUIRE(absl::StrContains(HttpGet(exporter.url("/metrics")).body, web_sample));
+  const std::string away = dir.path() + ".away";
+  REQUIRE(rename(dir.path().c_str(), away.c_str()) == 0);
+  std::string health;
+  for (int i = 0; i < 200 && !absl::StrContains(health, "\"scan failing\""); ++i) {
+    health = HttpGet(exporter.url("/api/health")).body;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  CHECK(absl::StrContains(health, "\"status\":\"degraded\",\"reasons\":[\"scan failing\"]"));
+  const std::string metrics = HttpGet(exporter.url("/metrics")).body;  // waits for a scan, which fails
+  CHECK(absl::StrContains(metrics, web_sample));
+  CHECK(absl::StrContains(metrics, "shmetrics_exporter_stale_views_total{reason=\"scan_failed\"} 1\n"));
+  REQUIRE(rename(away.c_str(), dir.path().c_str()) == 0);
+  for (int i = 0; i < 200 && absl::StrContains(health, "\"scan failing\""); ++i) {
+    health = HttpGet(exporter.url("/api/health")).body;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  CHECK(absl::StrContains(health, "\"status\":\"ok\",\"reasons\":[]"));
+  CHECK(absl::StrContains(exporter.Log(), "level=error msg=\"scan failed\""));
+}
+
 TEST_CASE("a scan stuck in open() (a hung file system): requests get the last view instead of waiting on it") {
   TempDir dir;
   WriterProcess web(dir.path(), "web", WebTraffic);
