@@ -203,21 +203,32 @@ TEST_CASE("with the default --min-scan-interval-ms (100), each new writer is in 
   }
 }
 
+// The exporter's environment for tests/stall_open_shim.cc: opening a
+// shmetrics.stall.* file blocks while `stall_while` exists.
+std::vector<std::string> StallEnvironment(const std::string& stall_while) {
+  const char* asan = getenv("ASAN_OPTIONS");
+  const std::string asan_options = asan != nullptr && *asan != '\0' ? std::string(asan) + ":" : "";
+  return {std::string("LD_PRELOAD=") + SHMETRICS_STALL_SHIM, "SHMETRICS_TEST_STALL_WHILE=" + stall_while,
+          // ASan wants its runtime first; the shim comes before it.
+          "ASAN_OPTIONS=" + asan_options + "verify_asan_link_order=0"};
+}
+
+// Whether a scan blocked in the shim within 10 s.
+bool ScanStalled(const std::string& stall_while) {
+  for (int i = 0; i < 400 && !std::filesystem::exists(stall_while + ".entered"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  return std::filesystem::exists(stall_while + ".entered");
+}
+
 TEST_CASE("a first scan stuck at start-up: the exporter listens, answers 503 then, and SIGTERM still stops it") {
   TempDir dir;
   WriterProcess web(dir.path(), "web", WebTraffic);
   const std::string stall_while = dir.path() + "/stall-while";
   testing::WriteFile(stall_while, "");
   testing::WriteFile(dir.path() + "/shmetrics.stall.4242.1.0", std::string(64, 'x'));
-  std::string asan_options = getenv("ASAN_OPTIONS") != nullptr ? getenv("ASAN_OPTIONS") : "";
-  Exporter exporter(dir, {},
-                    {std::string("LD_PRELOAD=") + SHMETRICS_STALL_SHIM, "SHMETRICS_TEST_STALL_WHILE=" + stall_while,
-                     "ASAN_OPTIONS=" + asan_options + (asan_options.empty() ? "" : ":") + "verify_asan_link_order=0"},
-                    /*wait_ready=*/false);
-  for (int i = 0; i < 400 && !std::filesystem::exists(stall_while + ".entered"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  REQUIRE(std::filesystem::exists(stall_while + ".entered"));
+  Exporter exporter(dir, {}, StallEnvironment(stall_while), /*wait_ready=*/false);
+  REQUIRE(ScanStalled(stall_while));
   const auto health = HttpGet(exporter.url("/api/health"));
   CHECK(health.status == 200);
   CHECK(absl::StrContains(health.body, "\"ready\":false"));
@@ -261,11 +272,7 @@ TEST_CASE("a scan stuck in open() (a hung file system): requests get the last vi
   TempDir dir;
   WriterProcess web(dir.path(), "web", WebTraffic);
   const std::string stall_while = dir.path() + "/stall-while";  // not a segment's name: never opened by a scan
-  std::string asan_options = getenv("ASAN_OPTIONS") != nullptr ? getenv("ASAN_OPTIONS") : "";
-  Exporter exporter(dir, {},
-                    {std::string("LD_PRELOAD=") + SHMETRICS_STALL_SHIM, "SHMETRICS_TEST_STALL_WHILE=" + stall_while,
-                     // ASan wants its runtime first; the shim comes before it.
-                     "ASAN_OPTIONS=" + asan_options + (asan_options.empty() ? "" : ":") + "verify_asan_link_order=0"});
+  Exporter exporter(dir, {}, StallEnvironment(stall_while));
   const std::string web_sample = "http_requests_total{method=\"GET\",endpoint=\"/api\",status=\"200\",service=\"web\"} 120\n";
   REQUIRE(absl::StrContains(HttpGet(exporter.url("/metrics")).body, web_sample));
   auto scan_running_seconds = [&] {
@@ -278,10 +285,7 @@ TEST_CASE("a scan stuck in open() (a hung file system): requests get the last vi
   testing::WriteFile(dir.path() + "/shmetrics.stall.4242.1.0", std::string(64, 'x'));
   // The scanner thread (the only one that scans) blocks on that file; once
   // the scan has run past --scan-wait-ms (1 s), no request waits on it.
-  for (int i = 0; i < 400 && !std::filesystem::exists(stall_while + ".entered"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  REQUIRE(std::filesystem::exists(stall_while + ".entered"));
+  REQUIRE(ScanStalled(stall_while));
   double running_seconds = 0;
   for (int i = 0; i < 200 && (running_seconds = scan_running_seconds()) < 1.5; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -315,10 +319,7 @@ TEST_CASE("at most two requests wait for a scan, JSON views in one place only: t
   TempDir dir;
   WriterProcess web(dir.path(), "web", WebTraffic);
   const std::string stall_while = dir.path() + "/stall-while";
-  std::string asan_options = getenv("ASAN_OPTIONS") != nullptr ? getenv("ASAN_OPTIONS") : "";
-  Exporter exporter(dir, {"--scan-wait-ms", "60000"},
-                    {std::string("LD_PRELOAD=") + SHMETRICS_STALL_SHIM, "SHMETRICS_TEST_STALL_WHILE=" + stall_while,
-                     "ASAN_OPTIONS=" + asan_options + (asan_options.empty() ? "" : ":") + "verify_asan_link_order=0"});
+  Exporter exporter(dir, {"--scan-wait-ms", "60000"}, StallEnvironment(stall_while));
   auto waiting = [&] {  // from health, which never waits
     const std::string health = HttpGet(exporter.url("/api/health")).body;
     const size_t at = health.find("\"requests_waiting_for_scan\":");
@@ -331,10 +332,7 @@ TEST_CASE("at most two requests wait for a scan, JSON views in one place only: t
   };
   testing::WriteFile(stall_while, "");
   testing::WriteFile(dir.path() + "/shmetrics.stall.4242.1.0", std::string(64, 'x'));
-  for (int i = 0; i < 400 && !std::filesystem::exists(stall_while + ".entered"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  REQUIRE(std::filesystem::exists(stall_while + ".entered"));
+  REQUIRE(ScanStalled(stall_while));
   // Started before the threads below: Fork() flushes every stdio stream,
   // and a thread's HttpGet holds its pipe's stream locked while it waits.
   WriterProcess late(dir.path(), "late",
