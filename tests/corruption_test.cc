@@ -234,6 +234,10 @@ TEST_CASE("a symlink, a directory or another user's file is refused with a clear
   CHECK(opened.status().code() == absl::StatusCode::kPermissionDenied);
   CHECK(opened.status().message() == link + ": is a symbolic link, not read");
   CHECK(reader::Segment::Open(dir.path()).status().message() == dir.path() + ": not a regular file, not read");
+  const std::string socket_path = dir.path() + "/shmetrics.sock.9.9.0";
+  REQUIRE(testing::MakeUnixSocket(socket_path));
+  CHECK(reader::Segment::Open(socket_path).status().code() == absl::StatusCode::kPermissionDenied);
+  CHECK(reader::Segment::Open(socket_path).status().message() == socket_path + ": not a regular file, not read");
   CHECK(reader::Segment::Open(dir.path() + "/none").status().code() == absl::StatusCode::kNotFound);
 }
 

@@ -2,12 +2,15 @@
 // helpers, and reading a whole directory of segments into summed values.
 #pragma once
 
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -64,6 +67,18 @@ inline WriterOptions WriterIn(const TempDir& dir, const std::string& service) {
   options.service = service;
   options.directory = dir.path();
   return options;
+}
+
+// Leaves a Unix socket file at `path` (bound, then closed).
+inline bool MakeUnixSocket(const std::string& path) {
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (fd < 0 || path.size() >= sizeof address.sun_path) return false;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  const bool bound = bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+  close(fd);
+  return bound;
 }
 
 // fork() with stdio flushed first, so a child never repeats the parent's

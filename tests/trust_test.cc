@@ -65,6 +65,8 @@ TEST_CASE("a planted archive (symlink, FIFO, mode 0644, another owner) is never 
        "a symbolic link", false},
       {"fifo", [](const std::string& path, const std::string&, const TempDir&) { REQUIRE(mkfifo(path.c_str(), 0600) == 0); },
        "not a regular file", false},
+      {"socket", [](const std::string& path, const std::string&, const TempDir&) { REQUIRE(testing::MakeUnixSocket(path)); },
+       "not a regular file", false},
       {"mode 0644",
        [](const std::string& path, const std::string& text, const TempDir&) {
          testing::WriteFile(path, text);

@@ -172,6 +172,7 @@ absl::StatusOr<Archive> Archive::Load(const std::string& path) {
   const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0 && errno == ENOENT) return Archive();
   if (fd < 0 && errno == ELOOP) return Untrusted(path, "a symbolic link");
+  if (fd < 0 && (errno == ENXIO || errno == ENODEV)) return Untrusted(path, "not a regular file");  // a socket
   if (fd < 0) return shm::ErrnoStatus(errno, "open " + path);
   struct stat st {};
   absl::StatusOr<std::string> text = absl::InternalError("unread");

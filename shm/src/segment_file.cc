@@ -502,6 +502,11 @@ absl::StatusOr<std::unique_ptr<ReadOnlyMapping>> ReadOnlyMapping::Open(const std
                                                                        const Options& options) {
   const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0 && errno == ELOOP) return absl::PermissionDeniedError(path + ": is a symbolic link, not read");
+  // A socket (ENXIO) or a device file without its driver: planted, like a
+  // FIFO, not a damaged segment.
+  if (fd < 0 && (errno == ENXIO || errno == ENODEV)) {
+    return absl::PermissionDeniedError(path + ": not a regular file, not read");
+  }
   if (fd < 0) return ErrnoStatus(errno, "open " + path);
   auto mapping = std::unique_ptr<ReadOnlyMapping>(new ReadOnlyMapping());
   mapping->fd_ = fd;
