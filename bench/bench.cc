@@ -330,7 +330,8 @@ std::vector<Case> WriterCases(shmetrics::Writer& writer, shmetrics::Writer& prec
   }});
   // The same with each trace id in a flat 32-byte buffer, as a request's
   // span context holds it in hex, rather than in a heap std::string of a
-  // 4,096-entry table (6-9 ns of the row above on the 2-core EPYC).
+  // 4,096-entry table (a session-5 probe put that at 6-9 ns on the 2-core
+  // EPYC; this row shows no difference there: docs/benchmarks.md).
   static const std::vector<std::array<char, 32>> flat_trace_ids = [] {
     std::vector<std::array<char, 32>> ids(kValueCount);
     for (int i = 0; i < kValueCount; ++i) std::memcpy(ids[i].data(), trace_ids[i].data(), 32);

@@ -80,9 +80,9 @@ struct HttpServer::Shared {
   // Before io in destruction order: its queued checks hold connections
   // whose sockets belong to io.
   std::unique_ptr<net::thread_pool> auth_pool = std::make_unique<net::thread_pool>(1);
-  // Handlers run here, never on the event loop: a route may scan the
-  // directory or build a large JSON view (tens of milliseconds at 100,000
-  // series), and must not hold up other connections' I/O. They never scan;
+  // Handlers run here, never on the event loop: a route may wait for a
+  // directory scan or build a large JSON view (tens of milliseconds at
+  // 100,000 series), and must not hold up other connections' I/O. They never scan;
   // at most two wait for a scan (ScanScheduler), so the others serve.
   std::unique_ptr<net::thread_pool> handler_pool = std::make_unique<net::thread_pool>(kHandlerThreads);
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;

@@ -22,7 +22,8 @@
 //
 // With TLS, a connection whose first byte is not a TLS handshake gets a
 // 400 ({"error":"Client sent an HTTP request to an HTTPS server."}) and is
-// closed. Handlers run on kHandlerThreads (4) threads of their own, off the event loop. Basic auth is checked before any route: bcrypt runs on a thread
+// closed. Handlers run on kHandlerThreads threads of their own, off the
+// event loop. Basic auth is checked before any route: bcrypt runs on a thread
 // of its own, never on the event loop, and credentials verified once are
 // remembered (BasicAuth), so a password-guessing client cannot stall
 // scrapes or health probes.
@@ -76,8 +77,9 @@ struct HttpResponse {
 HttpResponse JsonErrorResponse(unsigned status, absl::string_view message);
 
 // Runs on one of the kHandlerThreads handler threads, never on the event
-// loop; may take a while (scan, build a JSON view), but next_piece runs on
-// the event loop and must render a piece, not a whole large body.
+// loop; may take a while (wait for a scan, build a JSON view), but
+// next_piece runs on the event loop and must render a piece, not a whole
+// large body.
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
 
 // Threads that run the handlers (Routes), off the event loop. At most

@@ -32,13 +32,13 @@ SelfStats Routes::Self() {
     std::lock_guard lock(self_mu_);
     self = self_;
   }
-  const ScanScheduler::StaleViews stale = scheduler_.stale_views();
-  self.stale_views_busy_total = stale.busy;
-  self.stale_views_scan_wait_total = stale.scan_wait;
-  self.stale_views_scan_failed_total = stale.scan_failed;
-  self.ready = scheduler_.ready();
-  self.last_scan_failed = scheduler_.last_scan_failed();
-  self.requests_waiting_for_scan = scheduler_.waiting();
+  const ScanScheduler::Report scans = scheduler_.report();
+  self.stale_views_busy_total = scans.stale.busy;
+  self.stale_views_scan_wait_total = scans.stale.scan_wait;
+  self.stale_views_scan_failed_total = scans.stale.scan_failed;
+  self.ready = scans.ready;
+  self.last_scan_failed = scans.last_scan_failed;
+  self.requests_waiting_for_scan = scans.waiting;
   return self;
 }
 

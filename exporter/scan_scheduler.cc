@@ -71,7 +71,7 @@ void ScanScheduler::Freshen(Wait wait) {
   // for the next.)
   const Clock::time_point arrival = Clock::now();
   std::unique_lock lock(mu_);
-  if (stopped_ || (scans_completed_ > 0 && last_completed_begun_ >= arrival)) return;
+  if (stopped_ || CompletedSinceLocked(arrival)) return;
   // The scan running may do, if it began late enough; else the next one,
   // which the scanner starts as soon as the running one ends.
   if (!(scanning_ && last_begun_ >= arrival)) AskLocked();
@@ -89,7 +89,7 @@ void ScanScheduler::Freshen(Wait wait) {
   }
   ++waiting_;
   if (wait == Wait::kView) ++waiting_for_views_;
-  while (!stopped_ && !(scans_completed_ > 0 && last_completed_begun_ >= arrival)) {
+  while (!stopped_ && !CompletedSinceLocked(arrival)) {
     // Each scan gets its own deadline: scan_wait after it began. None runs:
     // the scanner begins the next once min_interval has passed since the
     // last began; a request waits scan_wait at most for that too (a long
@@ -108,7 +108,7 @@ void ScanScheduler::Freshen(Wait wait) {
       break;
     }
   }
-  if (!stopped_ && !scanning_ && !last_scan_ok_ && last_completed_begun_ >= arrival) {
+  if (!stopped_ && !scanning_ && !last_scan_ok_ && CompletedSinceLocked(arrival)) {
     ++stale_.scan_failed;  // the scan waited for failed: the last good view
   }
   --waiting_;
@@ -129,19 +129,12 @@ bool ScanScheduler::ready() const {
   return scans_completed_ > 0;
 }
 
-bool ScanScheduler::last_scan_failed() const {
+ScanScheduler::Report ScanScheduler::report() const {
   std::lock_guard lock(mu_);
-  return scans_completed_ > 0 && !last_scan_ok_;
-}
-
-int ScanScheduler::waiting() const {
-  std::lock_guard lock(mu_);
-  return waiting_;
-}
-
-ScanScheduler::StaleViews ScanScheduler::stale_views() const {
-  std::lock_guard lock(mu_);
-  return stale_;
+  return {.ready = scans_completed_ > 0,
+          .last_scan_failed = scans_completed_ > 0 && !last_scan_ok_,
+          .waiting = waiting_,
+          .stale = stale_};
 }
 
 }  // namespace shmetrics::exporter

@@ -75,15 +75,22 @@ class ScanScheduler {
   // waits any more.
   void Stop();
 
-  bool ready() const;    // a scan has completed
-  bool last_scan_failed() const;
-  int waiting() const;   // requests waiting in Freshen
-  StaleViews stale_views() const;
+  bool ready() const;  // a scan has completed
+  // All of it at one instant (for the self-metrics and health).
+  struct Report {
+    bool ready = false;
+    bool last_scan_failed = false;
+    int waiting = 0;  // requests waiting in Freshen
+    StaleViews stale;
+  };
+  Report report() const;
 
  private:
   // Runs one scan; mu_ is held on entry and exit but not during the scan.
   void ScanLocked(std::unique_lock<std::mutex>& lock);
   void AskLocked();
+  // Whether a scan that began at or after `t` has completed; mu_ held.
+  bool CompletedSinceLocked(Clock::time_point t) const { return scans_completed_ > 0 && last_completed_begun_ >= t; }
 
   reader::Collector* const collector_;
   const Options options_;

@@ -213,6 +213,14 @@ std::vector<std::string> StallEnvironment(const std::string& stall_while) {
           "ASAN_OPTIONS=" + asan_options + "verify_asan_link_order=0"};
 }
 
+// A number from /api/health (which never waits for a scan), -1 if absent.
+double HealthNumber(const Exporter& exporter, const std::string& field) {
+  const std::string health = HttpGet(exporter.url("/api/health")).body;
+  const std::string key = "\"" + field + "\":";
+  const size_t at = health.find(key);
+  return at == std::string::npos ? -1 : std::stod(health.substr(at + key.size()));
+}
+
 // Whether a scan blocked in the shim within 10 s.
 bool ScanStalled(const std::string& stall_while) {
   for (int i = 0; i < 400 && !std::filesystem::exists(stall_while + ".entered"); ++i) {
@@ -275,11 +283,7 @@ TEST_CASE("a scan stuck in open() (a hung file system): requests get the last vi
   Exporter exporter(dir, {}, StallEnvironment(stall_while));
   const std::string web_sample = "http_requests_total{method=\"GET\",endpoint=\"/api\",status=\"200\",service=\"web\"} 120\n";
   REQUIRE(absl::StrContains(HttpGet(exporter.url("/metrics")).body, web_sample));
-  auto scan_running_seconds = [&] {
-    const std::string health = HttpGet(exporter.url("/api/health")).body;  // health never waits on a scan
-    const size_t at = health.find("\"scan_running_seconds\":");
-    return at == std::string::npos ? -1.0 : std::stod(health.substr(at + 23));
-  };
+  auto scan_running_seconds = [&] { return HealthNumber(exporter, "scan_running_seconds"); };
 
   testing::WriteFile(stall_while, "");
   testing::WriteFile(dir.path() + "/shmetrics.stall.4242.1.0", std::string(64, 'x'));
@@ -320,11 +324,7 @@ TEST_CASE("at most two requests wait for a scan, JSON views in one place only: t
   WriterProcess web(dir.path(), "web", WebTraffic);
   const std::string stall_while = dir.path() + "/stall-while";
   Exporter exporter(dir, {"--scan-wait-ms", "60000"}, StallEnvironment(stall_while));
-  auto waiting = [&] {  // from health, which never waits
-    const std::string health = HttpGet(exporter.url("/api/health")).body;
-    const size_t at = health.find("\"requests_waiting_for_scan\":");
-    return at == std::string::npos ? -1 : std::atoi(health.c_str() + at + 28);
-  };
+  auto waiting = [&] { return static_cast<int>(HealthNumber(exporter, "requests_waiting_for_scan")); };
   auto wait_until_waiting = [&](int n) {
     int now = -1;
     for (int i = 0; i < 400 && (now = waiting()) != n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
