@@ -517,9 +517,22 @@ class WordPacker {
     fill_ = total - 8;
   }
   void Put(absl::string_view text) {
-    size_t i = 0;
-    for (; i + 8 <= text.size(); i += 8) Put(Load8(text.data() + i), 8);
-    if (i < text.size()) Put(LoadShort(text.data() + i, text.size() - i), static_cast<unsigned>(text.size() - i));
+    const size_t full_words = text.size() / 8;
+    // A whole word leaves fill_ as it is: the shifts are the same for each
+    // (fill_ == 0 is apart, as a shift by 64 is undefined).
+    if (fill_ == 0) {
+      for (size_t i = 0; i < full_words; ++i) StorePayload(*out_++, Load8(text.data() + 8 * i));
+    } else {
+      const unsigned low_shift = 8 * fill_, high_shift = 64 - low_shift;
+      for (size_t i = 0; i < full_words; ++i) {
+        const uint64_t word = Load8(text.data() + 8 * i);
+        StorePayload(*out_++, pending_ | word << low_shift);
+        pending_ = word >> high_shift;
+      }
+    }
+    if (const size_t tail = text.size() % 8; tail > 0) {
+      Put(LoadShort(text.data() + 8 * full_words, tail), static_cast<unsigned>(tail));
+    }
   }
   // Stores the last, partial word, zero-padded.
   void Finish() {
@@ -534,17 +547,23 @@ class WordPacker {
 
 // Reaches Exemplar's private parts (a friend).
 struct ExemplarWriter {
+  static absl::string_view Name(const Exemplar& exemplar, uint32_t i) {
+    return {exemplar.name_data_[i], exemplar.name_size_[i]};
+  }
+  static ExemplarLabel Label(const Exemplar& exemplar, uint32_t i) {
+    return {Name(exemplar, i), {exemplar.value_data_[i], exemplar.value_size_[i]}};
+  }
   // Bytes of the labels as the slot keeps them (u8 length, name, u8
   // length, value, ...), or 0 when a rule is broken.
   static size_t EncodedBytes(const Exemplar& exemplar) {
     if (exemplar.too_many_ || exemplar.count_ == 0) return 0;
     size_t bytes = 0, runes = 0;
     for (uint32_t i = 0; i < exemplar.count_; ++i) {
-      const ExemplarLabel& label = exemplar.labels_[i];
+      const ExemplarLabel label = Label(exemplar, i);
       bytes += 2 + label.name.size() + label.value.size();
       if (bytes > shm::kExemplarLabelBytes || !IsValidLabelNameCached(label.name)) return 0;
       for (uint32_t j = 0; j < i; ++j) {
-        if (exemplar.labels_[j].name == label.name) return 0;  // a label twice
+        if (Name(exemplar, j) == label.name) return 0;  // a label twice
       }
       runes += label.name.size();
       if (IsAscii(label.value)) [[likely]] {  // trace ids: no UTF-8 decoding needed
@@ -563,7 +582,7 @@ struct ExemplarWriter {
     ZeroStaleWords(words, bytes, old_bytes, shm::kExemplarLabelBytes / 8);
     WordPacker packer(words);
     for (uint32_t i = 0; i < exemplar.count_; ++i) {
-      const ExemplarLabel& label = exemplar.labels_[i];
+      const ExemplarLabel label = Label(exemplar, i);
       packer.Put(label.name.size(), 1);
       packer.Put(label.name);
       packer.Put(label.value.size(), 1);
