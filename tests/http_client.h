@@ -7,6 +7,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <dirent.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -153,5 +155,39 @@ class HttpConnection {
   int fd_ = -1;
   std::string buffer_;
 };
+
+// The TCP_NODELAY option of the server's end of `client_fd`, read from the
+// server process itself: each of its sockets is borrowed with
+// pidfd_getfd(2) (Linux 5.6; the server is our child) until one's peer is
+// the client's local address. -1: not found.
+inline int ServerSideNoDelay(pid_t server, int client_fd) {
+  sockaddr_storage client{};
+  socklen_t client_size = sizeof client;
+  if (getsockname(client_fd, reinterpret_cast<sockaddr*>(&client), &client_size) != 0) return -1;
+  const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, server, 0));  // glibc 2.36 declares no C linkage for it
+  if (pidfd < 0) return -1;
+  int result = -1;
+  const std::string fd_dir = "/proc/" + std::to_string(server) + "/fd";
+  if (DIR* dir = opendir(fd_dir.c_str())) {
+    while (dirent* entry = readdir(dir)) {
+      int remote_fd = 0;
+      if (result >= 0 || !absl::SimpleAtoi(entry->d_name, &remote_fd)) continue;
+      const int fd = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, remote_fd, 0));
+      if (fd < 0) continue;
+      sockaddr_storage peer{};
+      socklen_t peer_size = sizeof peer;
+      if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_size) == 0 && peer_size == client_size &&
+          std::memcmp(&peer, &client, client_size) == 0) {
+        int no_delay = 0;
+        socklen_t size = sizeof no_delay;
+        if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &no_delay, &size) == 0) result = no_delay != 0 ? 1 : 0;
+      }
+      close(fd);
+    }
+    closedir(dir);
+  }
+  close(pidfd);
+  return result;
+}
 
 }  // namespace shmetrics::testing

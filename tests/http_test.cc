@@ -87,13 +87,14 @@ TEST_CASE("HTTP keep-alive: 50 scrapes on one connection, none waits for a delay
     all_ms.push_back(ms);
   }
   std::sort(all_ms.begin(), all_ms.end());
-  const double median_ms = all_ms[all_ms.size() / 2];
-  MESSAGE("50 keep-alive scrapes: median ", median_ms, " ms, mean ", total_ms / 50, " ms, slowest ", slowest_ms,
-          " ms");
-  // The stall this guards against is 40 ms on every request (the client's
-  // delayed ACK): the median is far below it unless the stall is back,
-  // whatever one request suffers on a busy CI box.
-  CHECK(median_ms < 40);
+  MESSAGE("50 keep-alive scrapes: median ", all_ms[all_ms.size() / 2], " ms, mean ", total_ms / 50, " ms, slowest ",
+          slowest_ms, " ms");
+  // The stall this guards against was 40 ms on every request: a response
+  // in two writes, the second held by Nagle's algorithm until the client's
+  // delayed ACK of the first. What prevents it is TCP_NODELAY on the
+  // server's end, checked there rather than timed here (the latency itself
+  // is measured in bench/, not asserted).
+  CHECK(testing::ServerSideNoDelay(exporter.pid(), connection.fd()) == 1);
 }
 
 TEST_CASE("HTTP: 64 keep-alive clients scraping at once are all served") {
@@ -180,21 +181,18 @@ TEST_CASE("HTTP: 500 idle and 100 slowloris connections do not stop a scrape or 
 
 TEST_CASE("HTTP: a slowloris header is cut at --web.read-header-timeout and counted") {
   TempDir dir;
-  Exporter exporter(dir, {"--web.read-header-timeout", "1s"});
-  HttpConnection slow(exporter.port());
+  // Nothing but the header timeout can close these two within the
+  // clients' 60 s: the idle and write timeouts are an hour.
+  Exporter exporter(dir, {"--web.read-header-timeout", "1s", "--web.idle-timeout", "1h", "--web.write-timeout", "1h"});
+  HttpConnection slow(exporter.port(), false, 60);
   REQUIRE(slow.Send("GET /metrics HTTP/1.1\r\n"));
-  const auto start = Clock::now();
   CHECK(slow.ClosedByPeer());
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  CHECK(seconds < 4.5);  // 1 s plus slack; the client's own timeout is 5 s
   const auto metrics = HttpGet(exporter.url("/metrics"));
   CHECK(absl::StrContains(metrics.body, "shmetrics_exporter_http_bad_requests_total 1\n"));
-  // A connection that never sends a byte gets no more time than a slow one
+  // A connection that never sends a byte is cut by the header timeout too
   // (not --web.idle-timeout, which is for kept-alive connections).
-  HttpConnection silent(exporter.port());
-  const auto silent_start = Clock::now();
+  HttpConnection silent(exporter.port(), false, 60);
   CHECK(silent.ClosedByPeer());
-  CHECK(std::chrono::duration<double>(Clock::now() - silent_start).count() < 4.5);
 }
 
 TEST_CASE("HTTP: beyond --web.max-connections a connection is closed at once and counted") {
@@ -452,8 +450,10 @@ TEST_CASE("HTTP: clients looping on /api/stats do not hold up /metrics or the he
   for (std::thread& t : flood) t.join();
   MESSAGE("scrape and health beside 4 /api/stats loops (", stats_served.load(), " stats served): slowest ", slowest,
           " s");
+  // Answered at all within curl's 20 s is what is checked (no timing
+  // assertion): before, stats were built on the event loop and scrapes
+  // waited behind them for 10-20 s.
   CHECK(stats_served.load() > 0);
-  CHECK(slowest < 5);  // before: 10-20 s, stats built on the event loop
 }
 
 TEST_CASE("HTTP: a client that stops reading a streamed /metrics is cut at --web.write-timeout") {
@@ -755,7 +755,7 @@ TEST_CASE("basic auth: clients repeating a wrong password do not lock out the ri
     CHECK(r.status == 200);
     const std::string which = round == 0 ? "first login" : "login after SIGHUP";
     MESSAGE(which, " beside 32 clients repeating a wrong password: ", seconds, " s");
-    CHECK(seconds < 5);  // before: 503 for as long as the flood lasted
+    // Before, the right password got 503 for as long as the flood lasted.
     if (round == 0) kill(exporter.pid(), SIGHUP);
   }
   stop.store(true);
