@@ -6,11 +6,14 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
 #include <cstddef>
 #include <cstring>
+#include <map>
+#include <utility>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -320,6 +323,89 @@ TEST_CASE("control characters from a segment print escaped in tail, top and dump
   CHECK_FALSE(absl::StrContains(shown, "\x1b]0"));
   // Piped, dump stays the exposition, byte for byte.
   CHECK(absl::StrContains(RunCommand(cli + " dump").output, "path=\"/x\\n\x1b[31mRED\x1b]0;pwned\x07\xc2\x9b\""));
+}
+
+}  // namespace
+}  // namespace shmetrics
+
+namespace shmetrics {
+namespace {
+
+// Counts the opens of files in a directory (inotify IN_OPEN): what a scan
+// opened, read after it returned (the kernel queues the event at the open).
+class OpenWatch {
+ public:
+  explicit OpenWatch(const std::string& directory) : fd_(inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) {
+    REQUIRE(fd_ >= 0);
+    REQUIRE(inotify_add_watch(fd_, directory.c_str(), IN_OPEN) >= 0);
+  }
+  ~OpenWatch() { close(fd_); }
+  // Opens of `name` since the last call.
+  int Opens(const std::string& name) {
+    alignas(inotify_event) char buffer[8192];
+    ssize_t n;
+    while ((n = read(fd_, buffer, sizeof buffer)) > 0) {
+      for (ssize_t at = 0; at < n;) {
+        const auto* event = reinterpret_cast<const inotify_event*>(buffer + at);
+        if (event->len > 0) ++opens_[event->name];
+        at += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
+      }
+    }
+    return std::exchange(opens_[name], 0);
+  }
+
+ private:
+  int fd_;
+  std::map<std::string, int> opens_;
+};
+
+TEST_CASE("a refused file is not opened again by every scan, only once it changes, and is reported at every scan") {
+  TempDir dir;
+  auto writer = Writer::Create(testing::WriterIn(dir, "api")).value();
+  writer->AddCounter("hits_total", "H.", {}).value().WithLabels({}).value().inc(3);
+  std::string bytes = testing::ReadFile(dir.SegmentPaths().at(0));
+  bytes[0] = 'X';
+  const std::string junk_name = "shmetrics.api.99999998.7.0", junk = dir.path() + "/" + junk_name;
+  testing::WriteFile(junk, bytes);
+  REQUIRE(chmod(junk.c_str(), 0600) == 0);
+  OpenWatch watch(dir.path());
+  reader::CollectorOptions options;
+  options.directory = dir.path();
+  auto collector = reader::Collector::Create(options).value();
+  auto scan = [&] {
+    REQUIRE(collector->Scan().ok());
+    std::vector<std::string> errors;
+    for (const reader::Problem& problem : collector->Problems()) errors.push_back(problem.error);
+    std::string out;
+    collector->Render(reader::ExpositionFormat::kPrometheusText, &out);
+    CHECK(absl::StrContains(out, "hits_total{service=\"api\"} 3\n"));
+    return errors;
+  };
+  const std::vector<std::string> bad_magic = {junk + ": not a shmetrics segment (bad magic)"};
+  for (int i = 0; i < 5; ++i) CHECK(scan() == bad_magic);
+  CHECK(watch.Opens(junk_name) == 1);
+  // Its bytes change (size and mtime): read again, once.
+  testing::WriteFile(junk, bytes.substr(0, 4096));
+  watch.Opens(junk_name);  // the test's own
+  CHECK(scan() == std::vector<std::string>{junk + ": not a shmetrics segment (bad magic)"});
+  CHECK(scan() == bad_magic);
+  CHECK(watch.Opens(junk_name) == 1);
+  // Its mode changes (the ctime only): read again, once.
+  REQUIRE(chmod(junk.c_str(), 0640) == 0);
+  CHECK(scan() == bad_magic);
+  CHECK(scan() == bad_magic);
+  CHECK(watch.Opens(junk_name) == 1);
+  // Replaced by another file under its name (a new inode): read again.
+  REQUIRE(chmod(junk.c_str(), 0600) == 0);
+  testing::WriteFile(junk + ".new", bytes);
+  REQUIRE(chmod((junk + ".new").c_str(), 0600) == 0);
+  REQUIRE(rename((junk + ".new").c_str(), junk.c_str()) == 0);
+  CHECK(scan() == bad_magic);
+  CHECK(watch.Opens(junk_name) == 1);
+  // Removed: forgotten, nothing reported.
+  REQUIRE(unlink(junk.c_str()) == 0);
+  CHECK(scan().empty());
+  CHECK(watch.Opens(junk_name) == 0);
 }
 
 }  // namespace

@@ -164,7 +164,8 @@ bool KeptWhenRetired(const FamilyShape& shape) {
 FileStamp StampOf(const std::string& path) {
   struct stat st {};
   if (lstat(path.c_str(), &st) != 0) return {};
-  return {st.st_dev, st.st_ino, st.st_size, int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec};
+  return {st.st_dev, st.st_ino, st.st_size, int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec,
+          int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec};
 }
 
 absl::StatusOr<Archive> Archive::Load(const std::string& path) {

@@ -29,6 +29,22 @@ ProblemKind KindOf(const absl::Status& status) {
   return status.code() == absl::StatusCode::kPermissionDenied ? ProblemKind::kUntrusted : ProblemKind::kCorrupt;
 }
 
+// Whether a failed Segment::Open says what the file is (its bytes, its
+// type, owner or mode): the same file gives the same answer until its
+// stamp changes. Not a lack of descriptors or memory, nor an I/O error.
+bool RefusedForGood(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // True when no process holds the writer's lock on `path` (or it is gone).
 // Opened like a segment: never follows a link, never blocks on a FIFO.
 bool NoWriterHolds(const std::string& path) {
@@ -253,6 +269,7 @@ absl::Status Collector::State::ScanLocked() {
   const bool retiring = s.archive_lock_fd >= 0;
 
   bool changed = false;
+  const int64_t scan_began_ns = static_cast<int64_t>(shm::NowUnixNs());
   std::set<std::string> listed, present;  // every segment file; those that pass the filters
   uint64_t mapped_bytes = 0;
   for (const auto& [name, open] : s.segments) mapped_bytes += open.segment->mapping().size_bytes();
@@ -276,6 +293,13 @@ absl::Status Collector::State::ScanLocked() {
       }
       continue;
     }
+    const FileStamp stamp = StampOf(entry.path);
+    if (auto refused = s.refused.find(entry.file_name);
+        refused != s.refused.end() && refused->second.stamp == stamp &&
+        scan_began_ns - refused->second.checked_unix_ns < State::kRefusedRecheckNs) {
+      s.Report(s.scan_problems, entry.path, refused->second.kind, "", refused->second.error);
+      continue;
+    }
     absl::StatusOr<std::unique_ptr<Segment>> segment = Segment::Open(entry.path, s.options.segment);
     if (segment.status().code() == absl::StatusCode::kUnavailable) {
       ++s.counters.segments_not_ready;
@@ -283,9 +307,13 @@ absl::Status Collector::State::ScanLocked() {
     }
     if (segment.status().code() == absl::StatusCode::kNotFound) continue;  // retired or removed since listed
     if (!segment.ok()) {
-      s.Report(s.scan_problems, entry.path, KindOf(segment.status()), "", std::string(segment.status().message()));
+      const ProblemKind kind = KindOf(segment.status());
+      std::string error(segment.status().message());
+      if (RefusedForGood(segment.status())) s.refused[entry.file_name] = {stamp, scan_began_ns, kind, error};
+      s.Report(s.scan_problems, entry.path, kind, "", error);
       continue;
     }
+    s.refused.erase(entry.file_name);
     const uint64_t size = (*segment)->mapping().size_bytes();
     if (mapped_bytes + size > s.options.max_mapped_bytes) {
       s.Report(s.scan_problems, entry.path, ProblemKind::kCorrupt, "",
@@ -298,6 +326,10 @@ absl::Status Collector::State::ScanLocked() {
     s.segments[entry.file_name] = State::OpenSegment{std::shared_ptr<Segment>(*std::move(segment)), info.service,
                                                      info.pid, true};
     changed = true;
+  }
+
+  for (auto it = s.refused.begin(); it != s.refused.end();) {
+    it = present.contains(it->first) ? std::next(it) : s.refused.erase(it);  // gone, or filtered out
   }
 
   // Read-only: the archive is read after the directory, so a segment that

@@ -102,6 +102,19 @@ struct Collector::State {
   using ProblemMap = std::map<std::pair<std::string, std::string>, Problem>;
   ProblemMap scan_problems, index_problems, archive_problems;
   std::map<std::string, std::set<std::string>> logged;  // path -> errors already on stderr
+  // Files a scan refused for good (not a segment, corrupt, untrusted), by
+  // file name: while a file's stamp stays the same it is not opened again
+  // for kRefusedRecheckNs, and its problem is reported from here. Junk
+  // that another tenant leaves in the directory would otherwise be opened,
+  // mapped and validated by every scan.
+  struct RefusedFile {
+    FileStamp stamp;          // lstat before the open that refused it
+    int64_t checked_unix_ns;  // when that open ran
+    ProblemKind kind;
+    std::string error;
+  };
+  static constexpr int64_t kRefusedRecheckNs = 30'000'000'000;
+  std::map<std::string, RefusedFile> refused;
   CollectorCounters counters;
   std::shared_ptr<const Archive> archive = std::make_shared<Archive>();
   FileStamp archive_stamp;  // of the file `archive` was loaded from

@@ -76,12 +76,14 @@ struct ArchivedSeries {
 };
 
 // Identity of a file's contents as far as stat tells: the archive is
-// replaced by rename, so a new save is a new inode.
+// replaced by rename, so a new save is a new inode; a write() moves the
+// mtime, and a chmod, chown or link the ctime.
 struct FileStamp {
   dev_t device = 0;
   ino_t inode = 0;
   off_t size = -1;
   int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
   bool operator==(const FileStamp&) const = default;
 };
 // The stamp of `path` (lstat); size -1 when it does not exist.
