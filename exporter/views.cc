@@ -162,7 +162,8 @@ constexpr SegmentFamily kSegmentFamilies[] = {
 void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self,
                        reader::ExpositionFormat format, std::string* out) {
   const reader::CollectorCounters c = collector.Counters();
-  const std::vector<reader::Problem> problems = collector.Problems();
+  const std::shared_ptr<const std::vector<reader::Problem>> shared_problems = collector.SharedProblems();
+  const std::vector<reader::Problem>& problems = *shared_problems;
   size_t by_kind[4] = {};
   for (const reader::Problem& p : problems) ++by_kind[static_cast<size_t>(p.kind)];
   const bool om = format == reader::ExpositionFormat::kOpenMetrics;
@@ -271,8 +272,11 @@ void RenderSelfMetrics(const reader::Collector& collector, const SelfStats& self
   }
 }
 
+constexpr size_t kMaxHealthProblems = 100;
+
 int RenderHealth(const reader::Collector& collector, const SelfStats& self, std::string* out) {
-  const std::vector<reader::Problem> problems = collector.Problems();
+  const std::shared_ptr<const std::vector<reader::Problem>> shared_problems = collector.SharedProblems();
+  const std::vector<reader::Problem>& problems = *shared_problems;
   const reader::CollectorCounters c = collector.Counters();
   // 503 only when data is at risk (a trusted file that cannot be read);
   // conflicts, rule breaks and untrusted files degrade without failing a
@@ -318,9 +322,13 @@ int RenderHealth(const reader::Collector& collector, const SelfStats& self, std:
                     ",\"series_capacity\":", r.info.series_capacity, ",\"series_overflow\":",
                     r.info.series_overflow_count, ",\"lanes_in_use\":", r.info.lanes_in_use, "}");
   }
-  absl::StrAppend(out, "],\"problems\":[");
+  // The first kMaxHealthProblems, and how many in all: a directory full of
+  // another tenant's junk must not make every liveness probe megabytes long
+  // (`shmetrics check` lists them all).
+  absl::StrAppend(out, "],\"problems_total\":", problems.size(), ",\"problems\":[");
   first = true;
-  for (const reader::Problem& p : problems) {
+  for (size_t i = 0; i < problems.size() && i < kMaxHealthProblems; ++i) {
+    const reader::Problem& p = problems[i];
     absl::StrAppend(out, first ? "" : ",", "{\"path\":");
     first = false;
     AppendJsonString(out, p.path);

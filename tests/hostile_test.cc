@@ -408,5 +408,31 @@ TEST_CASE("a refused file is not opened again by every scan, only once it change
   CHECK(watch.Opens(junk_name) == 0);
 }
 
+TEST_CASE("150 junk files: health lists the first 100 problems and counts all, the problems gauge counts all") {
+  TempDir dir;
+  auto writer = Writer::Create(testing::WriterIn(dir, "api")).value();
+  writer->AddCounter("hits_total", "H.", {}).value().WithLabels({}).value().inc(3);
+  for (int i = 0; i < 150; ++i) {
+    const std::string junk = absl::StrCat(dir.path(), "/shmetrics.api.", 90000000 + i, ".1.0");
+    testing::WriteFile(junk, std::string(4096, 'X'));
+    REQUIRE(chmod(junk.c_str(), 0600) == 0);
+  }
+  testing::Exporter exporter(dir);
+  for (int round = 0; round < 2; ++round) {  // the second from the refused-file cache
+    const auto health = testing::HttpGet(exporter.url("/api/health"));
+    CHECK(health.status == 503);  // corrupt files of this user's
+    CHECK(absl::StrContains(health.body, "\"problems_total\":150,\"problems\":["));
+    const std::string listed = health.body.substr(health.body.find("\"problems\":["));
+    const std::vector<absl::string_view> pieces = absl::StrSplit(listed, "{\"path\":");
+    CHECK(pieces.size() == 101);  // 100 problems
+    CHECK(absl::StrContains(listed, "shmetrics.api.90000099.1.0: not a shmetrics segment (bad magic)"));
+    CHECK(!absl::StrContains(listed, "shmetrics.api.90000100.1.0"));
+    const std::string metrics = testing::HttpGet(exporter.url("/metrics")).body;
+    CHECK(absl::StrContains(metrics, "shmetrics_exporter_problems{kind=\"corrupt\"} 150\n"));
+    CHECK(absl::StrContains(metrics, "hits_total{service=\"api\"} 3\n"));
+  }
+  CHECK(exporter.Stop() == 0);
+}
+
 }  // namespace
 }  // namespace shmetrics

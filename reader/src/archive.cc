@@ -348,10 +348,8 @@ size_t Archive::DropService(const std::string& service) {
   return dropped;
 }
 
-bool Archive::PruneFolded(const std::set<std::string>& files_present) {
-  const size_t before = folded_.size();
-  std::erase_if(folded_, [&](const std::string& name) { return !files_present.contains(name); });
-  return folded_.size() != before;
+bool Archive::PruneFolded(absl::FunctionRef<bool(const std::string&)> gone) {
+  return std::erase_if(folded_, gone) > 0;
 }
 
 }  // namespace shmetrics::reader

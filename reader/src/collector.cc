@@ -17,6 +17,7 @@
 #include <set>
 #include <tuple>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "collector_state.h"
@@ -113,6 +114,10 @@ void Collector::State::Log(absl::string_view sentence) const {
 void Collector::State::Report(ProblemMap& into, const std::string& path, ProblemKind kind,
                               const std::string& family, const std::string& error) {
   into[{path, family}] = Problem{path, kind, family, error};
+  LogOnce(path, kind, error);
+}
+
+void Collector::State::LogOnce(const std::string& path, ProblemKind kind, const std::string& error) {
   if (logged[path].insert(error).second) {
     // CEscape: a hostile name or path must not write raw bytes to a terminal.
     Log(absl::StrCat("skipping (", ProblemKindName(kind), ") ", absl::CEscape(error)));
@@ -124,9 +129,24 @@ void Collector::State::Publish() {
   view->index = built;
   for (const auto& [name, open] : segments) view->segments.push_back(open);
   view->archive = archive;
-  for (const ProblemMap* map : {&archive_problems, &scan_problems, &index_problems}) {
-    for (const auto& [key, problem] : *map) view->problems.push_back(problem);
+  // The refused files' problems sit apart (they outlive a scan); the
+  // maps are compared, not copied, until something changed.
+  if (refused_changed || scan_problems != published_scan_problems || index_problems != published_index_problems ||
+      archive_problems != published_archive_problems) {
+    auto list = std::make_shared<std::vector<Problem>>();
+    for (const ProblemMap* map : {&archive_problems, &scan_problems, &index_problems}) {
+      for (const auto& [key, problem] : *map) list->push_back(problem);
+    }
+    for (const auto& [name, file] : refused) {
+      list->push_back(Problem{absl::StrCat(options.directory, "/", name), file.kind, "", file.error});
+    }
+    problems = std::move(list);
+    published_scan_problems = scan_problems;
+    published_index_problems = index_problems;
+    published_archive_problems = archive_problems;
+    refused_changed = false;
   }
+  view->problems = problems;
   view->counters = counters;
   view->faults_at_scan = faults_at_scan;
   std::shared_ptr<const View> old;
@@ -270,7 +290,9 @@ absl::Status Collector::State::ScanLocked() {
 
   bool changed = false;
   const int64_t scan_began_ns = static_cast<int64_t>(shm::NowUnixNs());
-  std::set<std::string> listed, present;  // every segment file; those that pass the filters
+  // Every segment file, and those that pass the filters: views of the
+  // names in `entries` (no copy per file and scan).
+  absl::flat_hash_set<std::string_view> listed, present;
   uint64_t mapped_bytes = 0;
   for (const auto& [name, open] : s.segments) mapped_bytes += open.segment->mapping().size_bytes();
   s.scan_problems.clear();
@@ -297,8 +319,7 @@ absl::Status Collector::State::ScanLocked() {
     if (auto refused = s.refused.find(entry.file_name);
         refused != s.refused.end() && refused->second.stamp == stamp &&
         scan_began_ns - refused->second.checked_unix_ns < State::kRefusedRecheckNs) {
-      s.Report(s.scan_problems, entry.path, refused->second.kind, "", refused->second.error);
-      continue;
+      continue;  // still reported: Publish() lists `refused`
     }
     absl::StatusOr<std::unique_ptr<Segment>> segment = Segment::Open(entry.path, s.options.segment);
     if (segment.status().code() == absl::StatusCode::kUnavailable) {
@@ -309,11 +330,17 @@ absl::Status Collector::State::ScanLocked() {
     if (!segment.ok()) {
       const ProblemKind kind = KindOf(segment.status());
       std::string error(segment.status().message());
-      if (RefusedForGood(segment.status())) s.refused[entry.file_name] = {stamp, scan_began_ns, kind, error};
-      s.Report(s.scan_problems, entry.path, kind, "", error);
+      if (RefusedForGood(segment.status())) {
+        s.LogOnce(entry.path, kind, error);
+        s.refused[entry.file_name] = {stamp, scan_began_ns, kind, std::move(error)};
+        s.refused_changed = true;
+      } else {
+        s.refused_changed |= s.refused.erase(entry.file_name) > 0;
+        s.Report(s.scan_problems, entry.path, kind, "", error);
+      }
       continue;
     }
-    s.refused.erase(entry.file_name);
+    s.refused_changed |= s.refused.erase(entry.file_name) > 0;
     const uint64_t size = (*segment)->mapping().size_bytes();
     if (mapped_bytes + size > s.options.max_mapped_bytes) {
       s.Report(s.scan_problems, entry.path, ProblemKind::kCorrupt, "",
@@ -328,9 +355,9 @@ absl::Status Collector::State::ScanLocked() {
     changed = true;
   }
 
-  for (auto it = s.refused.begin(); it != s.refused.end();) {
-    it = present.contains(it->first) ? std::next(it) : s.refused.erase(it);  // gone, or filtered out
-  }
+  s.refused_changed |= std::erase_if(s.refused, [&](const auto& entry) {
+    return !present.contains(entry.first);  // gone, or filtered out
+  }) > 0;
 
   // Read-only: the archive is read after the directory, so a segment that
   // another collector retired meanwhile is in the archive if it was not
@@ -421,9 +448,10 @@ absl::Status Collector::State::ScanLocked() {
   }
   // Names of files that are gone can never be folded again: forget them,
   // and only them, so the list stays as long as it must and no longer.
-  if (retiring) {
-    auto pruned = std::make_shared<Archive>(*s.archive);
-    if (pruned->PruneFolded(listed) && pruned->Save(s.archive_path).ok()) {
+  const auto gone = [&](const std::string& name) { return !listed.contains(name); };
+  if (retiring && std::any_of(s.archive->folded().begin(), s.archive->folded().end(), gone)) {
+    auto pruned = std::make_shared<Archive>(*s.archive);  // copied only when there is something to forget
+    if (pruned->PruneFolded(gone) && pruned->Save(s.archive_path).ok()) {
       s.archive = std::move(pruned);
       s.archive_stamp = StampOf(s.archive_path);
       changed = true;
@@ -433,7 +461,7 @@ absl::Status Collector::State::ScanLocked() {
   // directory, and a file that comes back is reported again.
   std::erase_if(s.logged, [&](const auto& entry) {
     const std::string& path = entry.first;
-    const std::string name = path.substr(path.rfind('/') + 1);
+    const std::string_view name = std::string_view(path).substr(path.rfind('/') + 1);
     return path != s.archive_path && path.rfind(s.archive_path, 0) != 0 && !listed.contains(name);
   });
 
@@ -513,7 +541,8 @@ std::vector<SegmentReport> Collector::Segments() const {
   return reports;
 }
 
-std::vector<Problem> Collector::Problems() const { return state_->Published()->problems; }
+std::vector<Problem> Collector::Problems() const { return *state_->Published()->problems; }
+std::shared_ptr<const std::vector<Problem>> Collector::SharedProblems() const { return state_->Published()->problems; }
 
 CollectorCounters Collector::Counters() const { return state_->Published()->counters; }
 

@@ -83,7 +83,7 @@ struct Collector::State {
     std::shared_ptr<const std::vector<OutGroup>> index;  // shared by views until it changes
     std::vector<OpenSegment> segments;     // keeps the index's segments mapped
     std::shared_ptr<const Archive> archive;  // keeps the index's archived series
-    std::vector<Problem> problems;
+    std::shared_ptr<const std::vector<Problem>> problems = std::make_shared<std::vector<Problem>>();
     CollectorCounters counters;
     // shm::GuardedFaultCount() when the scan that made this view began: a
     // render that sees another count knows some mapping faulted since, and
@@ -115,6 +115,10 @@ struct Collector::State {
   };
   static constexpr int64_t kRefusedRecheckNs = 30'000'000'000;
   std::map<std::string, RefusedFile> refused;
+  bool refused_changed = false;  // since the last Publish()
+  // What the last Publish() listed: reused while no problem changes.
+  std::shared_ptr<const std::vector<Problem>> problems = std::make_shared<std::vector<Problem>>();
+  ProblemMap published_scan_problems, published_index_problems, published_archive_problems;
   CollectorCounters counters;
   std::shared_ptr<const Archive> archive = std::make_shared<Archive>();
   FileStamp archive_stamp;  // of the file `archive` was loaded from
@@ -139,6 +143,7 @@ struct Collector::State {
   // Records a problem (and logs it once per file and error).
   void Report(ProblemMap& into, const std::string& path, ProblemKind kind, const std::string& family,
               const std::string& error);
+  void LogOnce(const std::string& path, ProblemKind kind, const std::string& error);
 
   void Log(absl::string_view sentence) const;  // options.log, or stderr
   absl::Status LoadArchive();  // from archive_path, with the trust rules

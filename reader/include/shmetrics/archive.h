@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "shmetrics/reader.h"
@@ -114,9 +115,10 @@ class Archive {
 
   // Removes every series of a service; returns how many.
   size_t DropService(const std::string& service);
-  // Forgets folded names whose files are no longer in the directory: only
-  // a name whose file still exists can be folded twice.
-  bool PruneFolded(const std::set<std::string>& files_present);
+  // Forgets the folded names for which `gone` is true (their files are no
+  // longer in the directory: only a name whose file still exists can be
+  // folded twice). Returns whether any was forgotten.
+  bool PruneFolded(absl::FunctionRef<bool(const std::string&)> gone);
 
   // Keyed by service, family and label values ("\x1f"-joined).
   const std::map<std::string, ArchivedSeries>& series() const { return series_; }

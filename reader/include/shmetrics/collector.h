@@ -102,6 +102,7 @@ struct Problem {
   ProblemKind kind = ProblemKind::kCorrupt;
   std::string family;  // for kInvalidFamily and kConflict
   std::string error;   // a sentence naming the file, the family and why
+  bool operator==(const Problem&) const = default;
 };
 
 struct CollectorCounters {
@@ -206,6 +207,10 @@ class Collector {
 
   std::vector<SegmentReport> Segments() const;
   std::vector<Problem> Problems() const;
+  // The same list, shared with the published view: no copy (it is rebuilt
+  // only when a problem changes, so a directory full of junk costs a
+  // scrape or a health probe nothing per file but reading it).
+  std::shared_ptr<const std::vector<Problem>> SharedProblems() const;
   CollectorCounters Counters() const;
   // Every aggregated series, in exposition order.
   std::vector<AggregatedSeries> Snapshot() const;
