@@ -289,7 +289,10 @@ absl::Status Collector::State::ScanLocked() {
   const bool retiring = s.archive_lock_fd >= 0;
 
   bool changed = false;
-  const int64_t scan_began_ns = static_cast<int64_t>(shm::NowUnixNs());
+  // Monotonic: a step of the wall clock must not stretch the refused-file
+  // window.
+  const int64_t scan_began_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
   // Every segment file, and those that pass the filters: views of the
   // names in `entries` (no copy per file and scan).
   absl::flat_hash_set<std::string_view> listed, present;
@@ -318,7 +321,7 @@ absl::Status Collector::State::ScanLocked() {
     const FileStamp stamp = StampOf(entry.path);
     if (auto refused = s.refused.find(entry.file_name);
         refused != s.refused.end() && refused->second.stamp == stamp &&
-        scan_began_ns - refused->second.checked_unix_ns < State::kRefusedRecheckNs) {
+        scan_began_ns - refused->second.checked_steady_ns < State::kRefusedRecheckNs) {
       continue;  // still reported: Publish() lists `refused`
     }
     absl::StatusOr<std::unique_ptr<Segment>> segment = Segment::Open(entry.path, s.options.segment);

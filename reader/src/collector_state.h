@@ -106,10 +106,13 @@ struct Collector::State {
   // file name: while a file's stamp stays the same it is not opened again
   // for kRefusedRecheckNs, and its problem is reported from here. Junk
   // that another tenant leaves in the directory would otherwise be opened,
-  // mapped and validated by every scan.
+  // mapped and validated by every scan. Stores through a shared mapping
+  // move no part of the stamp (tmpfs), hence the recheck: a file mended
+  // that way is read within 30 s. A writer's segment is never refused so:
+  // it appears under its name by rename, whole and ready (a new inode).
   struct RefusedFile {
     FileStamp stamp;          // lstat before the open that refused it
-    int64_t checked_unix_ns;  // when that open ran
+    int64_t checked_steady_ns;  // when that open ran (steady clock)
     ProblemKind kind;
     std::string error;
   };

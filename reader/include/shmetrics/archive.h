@@ -76,9 +76,10 @@ struct ArchivedSeries {
   uint64_t created_unix_ns = 0;
 };
 
-// Identity of a file's contents as far as stat tells: the archive is
-// replaced by rename, so a new save is a new inode; a write() moves the
-// mtime, and a chmod, chown or link the ctime.
+// Identity of a file as far as stat tells: the archive is replaced by
+// rename, so a new save is a new inode; a write() moves the mtime, and a
+// chmod, chown or link the ctime. Stores through a shared mapping move
+// none of them (tmpfs): the stamp does not see those.
 struct FileStamp {
   dev_t device = 0;
   ino_t inode = 0;
