@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -15,26 +16,43 @@
 
 namespace {
 
-const std::string& SegmentPath() {
-  static const std::string path = [] {
+const std::string& Directory() {
+  static const std::string made = [] {
     char pattern[] = "/dev/shm/shmetrics-fuzz-XXXXXX";
     const char* dir = mkdtemp(pattern);
     if (dir == nullptr) abort();
-    static std::string made = dir;
-    atexit([] { std::filesystem::remove_all(made); });
-    return made + "/shmetrics.fuzz.1.1.0";  // the service must match the seeds' header
+    atexit([] { std::filesystem::remove_all(Directory()); });
+    return std::string(dir);
   }();
-  return path;
+  return made;
+}
+
+// The file is named after the process that the input's header names (pid
+// at offset 40, start ticks at 48), as a writer names it; the service must
+// match the seeds' ("fuzz"). A name that disagrees stops the reader at the
+// header, short of everything the fuzzer is here to reach.
+std::string SegmentPath(const uint8_t* data, size_t size) {
+  uint32_t pid = 0;
+  uint64_t start_ticks = 0;
+  if (size >= 56) {
+    std::memcpy(&pid, data + 40, sizeof pid);
+    std::memcpy(&start_ticks, data + 48, sizeof start_ticks);
+  }
+  return Directory() + "/shmetrics.fuzz." + std::to_string(pid) + "." + std::to_string(start_ticks) + ".0";
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string& path = SegmentPath();
+  const std::string path = SegmentPath(data, size);
   const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) abort();
   if (write(fd, data, size) != static_cast<ssize_t>(size)) abort();
   close(fd);
+  struct Unlink {  // one file at a time; a mapping outlives its name
+    const std::string& path;
+    ~Unlink() { unlink(path.c_str()); }
+  } unlink_after{path};
   shmetrics::reader::Segment::Options options;
   options.initializing_grace_seconds = -1;  // never "not ready yet": judge the bytes
   auto segment = shmetrics::reader::Segment::Open(path, options);

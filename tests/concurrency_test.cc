@@ -204,11 +204,18 @@ TEST_CASE("kill -9 mid-run: every completed increment is in the segment, and it 
 
   // A process that reuses the pid is not mistaken for the writer: liveness
   // is the writer's flock, which died with it. Stand in for pid reuse with
-  // the dead segment's bytes under a live pid (ours).
-  const std::string reused = dir.path() + "/" +
-      shm::SegmentFileName("victim", getpid(), shm::ProcessStartTicks(getpid()), 0);
-  testing::WriteFile(reused, testing::ReadFile(segment->path()));
+  // the dead segment's bytes under a live pid (ours), in its name and its
+  // header. The bytes copied unchanged under that name are refused.
+  const uint32_t our_pid = static_cast<uint32_t>(getpid());
+  const uint64_t our_ticks = shm::ProcessStartTicks(getpid());
+  const std::string reused = dir.path() + "/" + shm::SegmentFileName("victim", our_pid, our_ticks, 0);
+  std::string bytes = testing::ReadFile(segment->path());
+  testing::WriteFile(reused, bytes);
   chmod(reused.c_str(), 0600);
+  CHECK(reader::Segment::Open(reused).status().message() ==
+        absl::StrCat(reused, ": header names process ", child, " started at tick ", segment->Info().process_start_ticks,
+                     " but the file name says ", our_pid, " at tick ", our_ticks, " (a copy of another segment?)"));
+  testing::WriteFile(reused, testing::AsWrittenBy(bytes, our_pid, our_ticks));
   auto impostor = reader::Segment::Open(reused).value();
   CHECK_FALSE(impostor->WriterAlive());
   munmap(progress, 4096);

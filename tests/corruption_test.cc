@@ -41,7 +41,7 @@ std::string MakeSegmentBytes(const TempDir& dir) {
   writer->Close();
   std::string bytes = testing::ReadFile(path);
   std::filesystem::remove(path);
-  return bytes;
+  return testing::AsWrittenBy(bytes, 1, 1);  // the process that Place()'s name says
 }
 
 // Opens, refreshes and reads every value; returns the status.

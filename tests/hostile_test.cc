@@ -408,6 +408,30 @@ TEST_CASE("a refused file is not opened again by every scan, only once it change
   CHECK(watch.Opens(junk_name) == 0);
 }
 
+TEST_CASE("a copy of a live segment under another process's name is refused, not counted twice") {
+  TempDir dir;
+  auto writer = Writer::Create(testing::WriterIn(dir, "api")).value();
+  writer->AddCounter("hits_total", "H.", {}).value().WithLabels({}).value().inc(3);
+  const uint32_t pid = static_cast<uint32_t>(getpid());
+  const uint64_t ticks = shm::ProcessStartTicks(getpid());
+  const std::string copy = absl::StrCat(dir.path(), "/shmetrics.api.99999997.", ticks, ".0");
+  testing::WriteFile(copy, testing::ReadFile(writer->path()));
+  REQUIRE(chmod(copy.c_str(), 0600) == 0);
+  reader::CollectorOptions options;
+  options.directory = dir.path();
+  options.retire_dead = false;
+  auto collector = reader::Collector::Create(options).value();
+  REQUIRE(collector->Scan().ok());
+  std::string out;
+  collector->Render(reader::ExpositionFormat::kPrometheusText, &out);
+  CHECK(absl::StrContains(out, "hits_total{service=\"api\"} 3\n"));
+  const std::vector<reader::Problem> problems = collector->Problems();
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].error == absl::StrCat(copy, ": header names process ", pid, " started at tick ", ticks,
+                                          " but the file name says 99999997 at tick ", ticks,
+                                          " (a copy of another segment?)"));
+}
+
 TEST_CASE("150 junk files: health lists the first 100 problems and counts all, the problems gauge counts all") {
   TempDir dir;
   auto writer = Writer::Create(testing::WriterIn(dir, "api")).value();

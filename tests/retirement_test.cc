@@ -40,7 +40,7 @@ TEST_CASE("5,000 segments retired at once, crash before the unlinks: totals exac
     for (int i = 0; i < kSegments; ++i) {
       const std::string path = absl::StrCat(dir.path(), "/shmetrics.batch.", 100000 + i, ".1.0");
       if (std::filesystem::exists(path)) continue;
-      testing::WriteFile(path, bytes);
+      testing::WriteFile(path, testing::AsWrittenBy(bytes, 100000 + i, 1));
       chmod(path.c_str(), 0600);
     }
   };

@@ -337,7 +337,7 @@ TEST_CASE("a slot left half-written (a producer killed mid-write) is skipped and
   std::memcpy(bytes.data() + slot, &odd, 8);
   bytes[slot + 48] = 'X';
   const std::string copy = dir.path() + "/shmetrics.ring.1.1.0";
-  testing::WriteFile(copy, bytes);
+  testing::WriteFile(copy, testing::AsWrittenBy(bytes, 1, 1));
   chmod(copy.c_str(), 0600);
   auto segment = reader::Segment::Open(copy).value();
   const auto read = segment->ReadRing(0, reader::RingKind::kRequests, 0);

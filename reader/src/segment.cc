@@ -125,6 +125,13 @@ absl::Status Segment::ValidateHeader(const Options& options) {
     return absl::FailedPreconditionError(absl::StrCat(file, ": header names service '", service,
                                                       "' but the file name says '", id->service, "'"));
   }
+  // Nor for another process: a copy of a live segment under another name
+  // would count its values twice, and once more when both are retired.
+  if (id.has_value() && (id->pid != header_.pid || id->start_ticks != header_.process_start_ticks)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        file, ": header names process ", header_.pid, " started at tick ", header_.process_start_ticks,
+        " but the file name says ", id->pid, " at tick ", id->start_ticks, " (a copy of another segment?)"));
+  }
   if (header_.lane_count < 2) return Corrupt(file, "lane count below 2");
   shm::Capacities capacities;
   capacities.families = header_.family_capacity;
