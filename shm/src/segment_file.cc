@@ -236,8 +236,10 @@ absl::Status ValidateCapacities(const Capacities& c) {
 
 namespace {
 
+// `pid` and `start_ticks` are the ones the file is named with (readers
+// refuse a header that disagrees with its name): read once, not again here.
 void FillHeader(SegmentHeader& h, const Capacities& c, const RegionPlan& plan,
-                absl::string_view service, uint32_t pid, uint32_t parent_pid) {
+                absl::string_view service, uint32_t pid, uint64_t start_ticks, uint32_t parent_pid) {
   h.magic = kMagic;
   h.layout_version = kLayoutVersion;
   h.header_size_bytes = sizeof(SegmentHeader);
@@ -246,7 +248,7 @@ void FillHeader(SegmentHeader& h, const Capacities& c, const RegionPlan& plan,
   h.created_unix_ns = NowUnixNs();
   h.pid = pid;
   h.parent_pid = parent_pid;
-  h.process_start_ticks = ProcessStartTicks(static_cast<pid_t>(pid));
+  h.process_start_ticks = start_ticks;
   std::memset(h.service_name, 0, sizeof h.service_name);
   std::memcpy(h.service_name, service.data(), service.size());
   h.family_capacity = c.families;
@@ -340,7 +342,7 @@ absl::StatusOr<std::unique_ptr<WritableSegment>> WritableSegment::Create(const O
   segment->region_ = *std::move(region);
   segment->base_ = static_cast<std::byte*>(segment->region_->get_address());
   segment->size_bytes_ = plan.total_size_bytes;
-  FillHeader(segment->header(), options.capacities, plan, options.service, static_cast<uint32_t>(pid), 0);
+  FillHeader(segment->header(), options.capacities, plan, options.service, static_cast<uint32_t>(pid), start_ticks, 0);
   return segment;
 }
 
