@@ -16,15 +16,18 @@
 
 namespace {
 
+// Never destroyed: the atexit handler that removes it runs after static
+// destructors that were registered later.
 const std::string& Directory() {
-  static const std::string made = [] {
+  static const std::string* made = [] {
     char pattern[] = "/dev/shm/shmetrics-fuzz-XXXXXX";
     const char* dir = mkdtemp(pattern);
     if (dir == nullptr) abort();
+    auto* path = new std::string(dir);
     atexit([] { std::filesystem::remove_all(Directory()); });
-    return std::string(dir);
+    return path;
   }();
-  return made;
+  return *made;
 }
 
 // The file is named after the process that the input's header names (pid

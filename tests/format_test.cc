@@ -55,7 +55,7 @@ TEST_CASE("every documented field sits at the offset and size the code uses") {
         FIELD(SegmentHeader, cells_used), FIELD(SegmentHeader, lanes_high_water),
         FIELD(SegmentHeader, series_overflow_count), FIELD(SegmentHeader, closed_unix_ns),
         FIELD(SegmentHeader, lane_fallback_count), FIELD(SegmentHeader, error_ring_slots_per_lane),
-        FIELD(SegmentHeader, reserved0), FIELD(SegmentHeader, records_dropped),
+        FIELD(SegmentHeader, instance_plus_one), FIELD(SegmentHeader, records_dropped),
         FIELD(SegmentHeader, exemplars_offset), FIELD(SegmentHeader, exemplar_slots_per_lane),
         FIELD(SegmentHeader, exemplar_slots_used), FIELD(SegmentHeader, exemplars_dropped), FIELD(SegmentHeader, native_out_of_range),
         FIELD(SegmentHeader, reserved)}},

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <utility>
 #include <thread>
@@ -21,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "shmetrics/collector.h"
 #include "shmetrics/shm/fault_guard.h"
+#include "shmetrics/shm/segment_file.h"
 #include "shmetrics/writer.h"
 #include "process_support.h"
 #include "test_support.h"
@@ -430,6 +432,44 @@ TEST_CASE("a copy of a live segment under another process's name is refused, not
   CHECK(problems[0].error == absl::StrCat(copy, ": header names process ", pid, " started at tick ", ticks,
                                           " but the file name says 99999997 at tick ", ticks,
                                           " (a copy of another segment?)"));
+  // The same process and start, another instance: refused too. Other
+  // spellings of the writer's own name (a leading zero, a sign) are not
+  // segment names at all: not listed, not read.
+  const auto id = shm::ParseSegmentFileName(std::filesystem::path(writer->path()).filename().string()).value();
+  REQUIRE(unlink(copy.c_str()) == 0);
+  const std::string other_instance = dir.path() + "/" + shm::SegmentFileName("api", pid, ticks, id.instance + 1);
+  for (const std::string& name :
+       {other_instance, absl::StrCat(dir.path(), "/shmetrics.api.0", pid, ".", ticks, ".", id.instance),
+        absl::StrCat(dir.path(), "/shmetrics.api.+", pid, ".", ticks, ".", id.instance),
+        absl::StrCat(dir.path(), "/shmetrics.api.", pid, ".0", ticks, ".", id.instance)}) {
+    testing::WriteFile(name, testing::ReadFile(writer->path()));
+    REQUIRE(chmod(name.c_str(), 0600) == 0);
+  }
+  REQUIRE(collector->Scan().ok());
+  out.clear();
+  collector->Render(reader::ExpositionFormat::kPrometheusText, &out);
+  CHECK(absl::StrContains(out, "hits_total{service=\"api\"} 3\n"));
+  CHECK(collector->Counters().segments_alive == 1);
+  const std::vector<reader::Problem> now = collector->Problems();
+  REQUIRE(now.size() == 1);
+  CHECK(now[0].error == absl::StrCat(other_instance, ": header names writer instance ", id.instance,
+                                     " but the file name says ", id.instance + 1, " (a copy of another segment?)"));
+}
+
+TEST_CASE("a refused file that becomes a segment being made is not refused any more") {
+  TempDir dir;
+  const std::string junk = dir.path() + "/shmetrics.zz.4242.1.0";
+  testing::WriteFile(junk, std::string(4096, 'X'));
+  REQUIRE(chmod(junk.c_str(), 0600) == 0);
+  reader::CollectorOptions options;
+  options.directory = dir.path();
+  auto collector = reader::Collector::Create(options).value();
+  REQUIRE(collector->Scan().ok());
+  CHECK(collector->Problems().size() == 1);
+  testing::WriteFile(junk, std::string(4096, '\0'));  // a writer's file before its header: not ready yet
+  REQUIRE(collector->Scan().ok());
+  CHECK(collector->Problems().empty());
+  CHECK(collector->Counters().segments_not_ready == 1);
 }
 
 TEST_CASE("150 junk files: health lists the first 100 problems and counts all, the problems gauge counts all") {

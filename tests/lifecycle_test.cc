@@ -648,3 +648,38 @@ TEST_CASE("kit: default request buckets run from 0.25 ms to 10 s") {
 
 }  // namespace
 }  // namespace shmetrics
+
+namespace shmetrics {
+namespace {
+
+TEST_CASE("without /proc (no descriptor left), a writer's start ticks are the ticks since boot, never 0") {
+  int result[2];
+  REQUIRE(pipe(result) == 0);
+  const pid_t child = testing::Fork();
+  if (child == 0) {
+    // Every descriptor taken (of 64 at most): /proc/self/stat cannot be opened.
+    rlimit limit{};
+    getrlimit(RLIMIT_NOFILE, &limit);
+    limit.rlim_cur = std::min<rlim_t>(limit.rlim_cur, 64);
+    setrlimit(RLIMIT_NOFILE, &limit);
+    while (open("/dev/null", O_RDONLY | O_CLOEXEC) >= 0) {
+    }
+    const uint64_t answers[2] = {shm::ProcessStartTicks(getpid()), shm::OwnStartTicks()};
+    _exit(write(result[1], answers, sizeof answers) == sizeof answers ? 0 : 1);
+  }
+  close(result[1]);
+  uint64_t answers[2] = {1, 0};
+  CHECK(read(result[0], answers, sizeof answers) == sizeof answers);
+  close(result[0]);
+  CHECK(testing::WaitChild(child) == 0);
+  CHECK(answers[0] == 0);  // /proc could not tell
+  timespec boot{};
+  clock_gettime(CLOCK_BOOTTIME, &boot);
+  const uint64_t now_ticks = static_cast<uint64_t>(boot.tv_sec) * static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
+  CHECK(answers[1] > 0);
+  CHECK(answers[1] <= now_ticks + static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
+  CHECK(answers[1] >= shm::ProcessStartTicks(getpid()));  // the child began after us
+}
+
+}  // namespace
+}  // namespace shmetrics

@@ -61,12 +61,15 @@ inline void WriteFile(const std::string& path, const std::string& bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-// A segment's `bytes` as if written by process `pid` started at tick
-// `start_ticks`: a copy placed under a writer's name must say the same in
-// its header (readers refuse one that names another process).
-inline std::string AsWrittenBy(std::string bytes, uint32_t pid, uint64_t start_ticks) {
+// A segment's `bytes` as if written by writer `instance` of process `pid`
+// started at tick `start_ticks`: a copy placed under a writer's name must
+// say the same in its header (readers refuse one that names another).
+inline std::string AsWrittenBy(std::string bytes, uint32_t pid, uint64_t start_ticks, uint32_t instance = 0) {
+  const uint32_t instance_plus_one = instance + 1;
   std::memcpy(bytes.data() + offsetof(shm::SegmentHeader, pid), &pid, sizeof pid);
   std::memcpy(bytes.data() + offsetof(shm::SegmentHeader, process_start_ticks), &start_ticks, sizeof start_ticks);
+  std::memcpy(bytes.data() + offsetof(shm::SegmentHeader, instance_plus_one), &instance_plus_one,
+              sizeof instance_plus_one);
   return bytes;
 }
 

@@ -325,11 +325,12 @@ absl::Status Collector::State::ScanLocked() {
       continue;  // still reported: Publish() lists `refused`
     }
     absl::StatusOr<std::unique_ptr<Segment>> segment = Segment::Open(entry.path, s.options.segment);
-    if (segment.status().code() == absl::StatusCode::kUnavailable) {
-      ++s.counters.segments_not_ready;
+    if (segment.status().code() == absl::StatusCode::kUnavailable ||
+        segment.status().code() == absl::StatusCode::kNotFound) {  // being made; or retired or removed since listed
+      s.refused_changed |= s.refused.erase(entry.file_name) > 0;  // whatever it was, it is that now
+      if (segment.status().code() == absl::StatusCode::kUnavailable) ++s.counters.segments_not_ready;
       continue;
     }
-    if (segment.status().code() == absl::StatusCode::kNotFound) continue;  // retired or removed since listed
     if (!segment.ok()) {
       const ProblemKind kind = KindOf(segment.status());
       std::string error(segment.status().message());

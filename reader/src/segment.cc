@@ -132,6 +132,13 @@ absl::Status Segment::ValidateHeader(const Options& options) {
         file, ": header names process ", header_.pid, " started at tick ", header_.process_start_ticks,
         " but the file name says ", id->pid, " at tick ", id->start_ticks, " (a copy of another segment?)"));
   }
+  // Nor for another of its writers: the instance (recorded by writers
+  // since it was added; 0 before, not checked).
+  if (id.has_value() && header_.instance_plus_one != 0 && header_.instance_plus_one != uint64_t{id->instance} + 1) {
+    return absl::FailedPreconditionError(absl::StrCat(file, ": header names writer instance ",
+                                                      header_.instance_plus_one - 1, " but the file name says ",
+                                                      id->instance, " (a copy of another segment?)"));
+  }
   if (header_.lane_count < 2) return Corrupt(file, "lane count below 2");
   shm::Capacities capacities;
   capacities.families = header_.family_capacity;

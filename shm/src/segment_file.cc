@@ -83,6 +83,10 @@ std::optional<SegmentFileId> ParseSegmentFileName(absl::string_view file_name) {
       !absl::SimpleAtoi(parts[3], &id.instance)) {
     return std::nullopt;
   }
+  // Only the spelling SegmentFileName makes (no leading zero, no sign):
+  // "shmetrics.svc.0327..." must not pass for another name of the process
+  // that "shmetrics.svc.327..." names, as a copy counted twice.
+  if (SegmentFileName(id.service, id.pid, id.start_ticks, id.instance) != file_name) return std::nullopt;
   return id;
 }
 
@@ -128,6 +132,15 @@ uint64_t ProcessStartTicks(pid_t pid) {
   char state = 0;
   uint64_t ticks = 0;
   return ReadProcessStat(pid, &state, &ticks) ? ticks : 0;
+}
+
+uint64_t OwnStartTicks() {
+  if (const uint64_t ticks = ProcessStartTicks(getpid()); ticks != 0) return ticks;
+  timespec boot{};
+  clock_gettime(CLOCK_BOOTTIME, &boot);
+  const uint64_t ticks_per_second = static_cast<uint64_t>(std::max(1L, sysconf(_SC_CLK_TCK)));
+  return std::max<uint64_t>(1, static_cast<uint64_t>(boot.tv_sec) * ticks_per_second +
+                                   static_cast<uint64_t>(boot.tv_nsec) * ticks_per_second / 1000000000);
 }
 
 bool ProcessRunning(uint32_t pid, uint64_t start_ticks) {
@@ -238,8 +251,8 @@ namespace {
 
 // `pid` and `start_ticks` are the ones the file is named with (readers
 // refuse a header that disagrees with its name): read once, not again here.
-void FillHeader(SegmentHeader& h, const Capacities& c, const RegionPlan& plan,
-                absl::string_view service, uint32_t pid, uint64_t start_ticks, uint32_t parent_pid) {
+void FillHeader(SegmentHeader& h, const Capacities& c, const RegionPlan& plan, absl::string_view service,
+                uint32_t pid, uint64_t start_ticks, uint32_t instance, uint32_t parent_pid) {
   h.magic = kMagic;
   h.layout_version = kLayoutVersion;
   h.header_size_bytes = sizeof(SegmentHeader);
@@ -249,6 +262,7 @@ void FillHeader(SegmentHeader& h, const Capacities& c, const RegionPlan& plan,
   h.pid = pid;
   h.parent_pid = parent_pid;
   h.process_start_ticks = start_ticks;
+  h.instance_plus_one = instance + 1;
   std::memset(h.service_name, 0, sizeof h.service_name);
   std::memcpy(h.service_name, service.data(), service.size());
   h.family_capacity = c.families;
@@ -321,7 +335,7 @@ absl::StatusOr<std::unique_ptr<WritableSegment>> WritableSegment::Create(const O
   segment->mode_ = options.group_readable ? 0640 : 0600;
   segment->instance_ = options.instance;
   const pid_t pid = getpid();
-  const uint64_t start_ticks = ProcessStartTicks(pid);
+  const uint64_t start_ticks = OwnStartTicks();
   segment->path_ = absl::StrCat(segment->directory_, "/",
                                 SegmentFileName(options.service, pid, start_ticks, options.instance));
   segment->temp_path_ = absl::StrCat(segment->directory_, "/",
@@ -342,7 +356,8 @@ absl::StatusOr<std::unique_ptr<WritableSegment>> WritableSegment::Create(const O
   segment->region_ = *std::move(region);
   segment->base_ = static_cast<std::byte*>(segment->region_->get_address());
   segment->size_bytes_ = plan.total_size_bytes;
-  FillHeader(segment->header(), options.capacities, plan, options.service, static_cast<uint32_t>(pid), start_ticks, 0);
+  FillHeader(segment->header(), options.capacities, plan, options.service, static_cast<uint32_t>(pid), start_ticks,
+             options.instance, 0);
   return segment;
 }
 
@@ -425,7 +440,7 @@ void WritableSegment::DetachInForkChild(const ForkSnapshot& snapshot) {
 
 absl::Status WritableSegment::ReplaceInForkChild(const ForkSnapshot& snapshot) {
   const pid_t pid = getpid();
-  const uint64_t start_ticks = ProcessStartTicks(pid);
+  const uint64_t start_ticks = OwnStartTicks();
   // The parent's file and lock are the parent's: this process lets go of
   // its inherited descriptor whatever happens next.
   if (fd_ >= 0) close(fd_);
@@ -439,6 +454,7 @@ absl::Status WritableSegment::ReplaceInForkChild(const ForkSnapshot& snapshot) {
   h.pid = static_cast<uint32_t>(pid);
   h.parent_pid = parent_pid;
   h.process_start_ticks = start_ticks;
+  h.instance_plus_one = instance_ + 1;
   h.created_unix_ns = NowUnixNs();
   h.state = static_cast<uint32_t>(SegmentState::kReady);
   h.closed_unix_ns = 0;

@@ -149,7 +149,7 @@ struct SegmentHeader {
   uint64_t closed_unix_ns;          // 248  set with state = kClosed
   uint64_t lane_fallback_count;     // 256  threads that found no free lane and used the shared one
   uint32_t error_ring_slots_per_lane;  // 264  error ring slots after the request slots
-  uint32_t reserved0;               // 268
+  uint32_t instance_plus_one;       // 268  the file name's instance + 1 (0: not recorded, by writers before it)
   uint64_t records_dropped;         // 272  records from threads without a ring (shared lane)
   // Version 2 (zero in version 1 segments, whose readers ignore them):
   uint64_t exemplars_offset;        // 280  the exemplar region

@@ -48,7 +48,8 @@ struct SegmentFileId {
   uint64_t start_ticks = 0;
   uint32_t instance = 0;
 };
-// Returns nullopt for any file name that is not a segment's.
+// Returns nullopt for any file name that is not a segment's, in the one
+// spelling SegmentFileName makes (a leading zero or a sign is not one).
 std::optional<SegmentFileId> ParseSegmentFileName(absl::string_view file_name);
 
 // $SHMETRICS_DIR when set and non-empty, else /dev/shm.
@@ -57,6 +58,13 @@ std::string DirectoryFromEnvironment();
 // Start time of a process in clock ticks since boot (/proc/<pid>/stat field
 // 22), or 0 when the process does not exist or cannot be read.
 uint64_t ProcessStartTicks(pid_t pid);
+// This process's start ticks for its segment's name and header: as
+// ProcessStartTicks(getpid()), or, when /proc cannot tell (no /proc in a
+// sandbox, no descriptor left), the ticks since boot now (CLOCK_BOOTTIME,
+// at least 1). Never 0: a name with 0 would be the next name of any later
+// process given the same pid, and that one's segment would be taken for
+// the retired one.
+uint64_t OwnStartTicks();
 uint64_t NowUnixNs();
 
 // Whether process `pid` started at `start_ticks` still runs: false when it
