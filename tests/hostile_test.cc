@@ -456,6 +456,42 @@ TEST_CASE("a copy of a live segment under another process's name is refused, not
                                      " but the file name says ", id.instance + 1, " (a copy of another segment?)"));
 }
 
+TEST_CASE("junk moved over a live segment's name is read and reported, and never removed when the writer ends") {
+  TempDir dir;
+  auto writer = Writer::Create(testing::WriterIn(dir, "api")).value();
+  writer->AddCounter("hits_total", "H.", {}).value().WithLabels({}).value().inc(3);
+  const std::string path = writer->path();
+  reader::CollectorOptions options;
+  options.directory = dir.path();
+  auto collector = reader::Collector::Create(options).value();
+  auto render = [&] {
+    REQUIRE(collector->Scan().ok());
+    std::string out;
+    collector->Render(reader::ExpositionFormat::kPrometheusText, &out);
+    return out;
+  };
+  CHECK(absl::StrContains(render(), "hits_total{service=\"api\"} 3\n"));
+  testing::WriteFile(dir.path() + "/junk", std::string(8192, 'X'));
+  REQUIRE(chmod((dir.path() + "/junk").c_str(), 0600) == 0);
+  REQUIRE(rename((dir.path() + "/junk").c_str(), path.c_str()) == 0);
+  // Read as what it is now, as if the segment had been removed.
+  CHECK(!absl::StrContains(render(), "hits_total"));
+  const std::vector<std::string> bad_magic = {path + ": not a shmetrics segment (bad magic)"};
+  auto errors = [&] {
+    std::vector<std::string> out;
+    for (const reader::Problem& problem : collector->Problems()) out.push_back(problem.error);
+    return out;
+  };
+  CHECK(errors() == bad_magic);
+  CHECK(collector->Counters().segments_alive == 0);
+  writer->Close();
+  writer.reset();
+  render();
+  CHECK(errors() == bad_magic);
+  CHECK(testing::ReadFile(path) == std::string(8192, 'X'));  // still there, unchanged
+  CHECK(collector->Counters().segments_retired_total == 0);
+}
+
 TEST_CASE("a refused file that becomes a segment being made is not refused any more") {
   TempDir dir;
   const std::string junk = dir.path() + "/shmetrics.zz.4242.1.0";

@@ -306,6 +306,14 @@ absl::Status Collector::State::ScanLocked() {
     present.insert(entry.file_name);
     if (s.archive->folded().contains(entry.file_name)) continue;  // handled below
     auto it = s.segments.find(entry.file_name);
+    if (it != s.segments.end() && !it->second.segment->mapping().PathNamesThisFile()) {
+      // Its name now names another file (moved over it): what is there
+      // now is read as new, and the file that was mapped is gone from the
+      // directory, as if removed (its writer's values with it).
+      s.segments.erase(it);
+      it = s.segments.end();
+      changed = true;
+    }
     if (it != s.segments.end()) {
       const size_t series_before = it->second.segment->series().size();
       if (absl::Status status = it->second.segment->Refresh(); !status.ok()) {
@@ -420,14 +428,29 @@ absl::Status Collector::State::ScanLocked() {
     if (absl::Status saved = folded->Save(s.archive_path); saved.ok()) {
       s.archive = std::move(folded);
       s.archive_stamp = StampOf(s.archive_path);
+      std::set<std::string> replaced;
       for (const std::string& name : to_retire) {
-        const std::string path = s.segments.at(name).segment->path();
-        if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+        const Segment& segment = *s.segments.at(name).segment;
+        const std::string path = segment.path();
+        // Only the file folded is removed: one moved over its name since
+        // this scan looked is left, and its name is no longer folded, so
+        // the next scan reads it rather than taking it for the folded one.
+        if (!segment.mapping().PathNamesThisFile()) {
+          replaced.insert(name);
+        } else if (unlink(path.c_str()) != 0 && errno != ENOENT) {
           s.Report(s.scan_problems, path, ProblemKind::kCorrupt, "",
                    absl::StrCat(path, ": folded into the archive but not removed: ", std::strerror(errno)));
         }
         s.segments.erase(name);
         ++s.counters.segments_retired_total;
+      }
+      if (!replaced.empty()) {
+        auto pruned = std::make_shared<Archive>(*s.archive);
+        if (pruned->PruneFolded([&](const std::string& name) { return replaced.contains(name); }) &&
+            pruned->Save(s.archive_path).ok()) {
+          s.archive = std::move(pruned);
+          s.archive_stamp = StampOf(s.archive_path);
+        }
       }
     } else {
       // Nothing was removed: reload the archive as it is on disk, so the

@@ -542,6 +542,8 @@ absl::StatusOr<std::unique_ptr<ReadOnlyMapping>> ReadOnlyMapping::Open(const std
                                             " bytes, smaller than a segment header"));
   }
   mapping->size_bytes_ = static_cast<uint64_t>(st.st_size);
+  mapping->device_ = st.st_dev;
+  mapping->inode_ = st.st_ino;
   mapping->ctime_sec_ = st.st_ctim.tv_sec;
   // Map the descriptor that was opened and checked, never the path again:
   // a file swapped in meanwhile (a FIFO, another user's file) is never
@@ -561,6 +563,11 @@ ReadOnlyMapping::~ReadOnlyMapping() {
   UnguardRange(guard_slot_);
   if (data_ != nullptr) munmap(const_cast<std::byte*>(data_), size_bytes_);
   if (fd_ >= 0) close(fd_);
+}
+
+bool ReadOnlyMapping::PathNamesThisFile() const {
+  struct stat st {};
+  return lstat(path_.c_str(), &st) == 0 && st.st_dev == device_ && st.st_ino == inode_;
 }
 
 bool ReadOnlyMapping::Faulted() const { return RangeFaulted(guard_slot_); }

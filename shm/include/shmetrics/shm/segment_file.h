@@ -242,9 +242,14 @@ class ReadOnlyMapping {
   // True once a read of the mapping faulted because the file shrank (see
   // fault_guard.h): what was read since is zeros, and the mapping is done.
   bool Faulted() const;
+  // Whether `path()` still names the file mapped (its device and inode per
+  // lstat): false once it was removed, or replaced by another file.
+  bool PathNamesThisFile() const;
 
  private:
   ReadOnlyMapping() = default;
+  dev_t device_ = 0;
+  ino_t inode_ = 0;
   std::string path_;
   int fd_ = -1;
   int guard_slot_ = -1;
