@@ -6,6 +6,7 @@
 // reader and asserts exact values.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/resource.h>
@@ -679,6 +680,47 @@ TEST_CASE("without /proc (no descriptor left), a writer's start ticks are the ti
   CHECK(answers[1] > 0);
   CHECK(answers[1] <= now_ticks + static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
   CHECK(answers[1] >= shm::ProcessStartTicks(getpid()));  // the child began after us
+}
+
+}  // namespace
+}  // namespace shmetrics
+
+namespace shmetrics {
+namespace {
+
+TEST_CASE("in a pid namespace whose /proc is the outer one, a writer does not take the outer pid 1's start") {
+  if (geteuid() != 0) {
+    MESSAGE("not root: no pid namespace to make; skipped");
+    return;
+  }
+  int result[2];
+  REQUIRE(pipe(result) == 0);
+  const pid_t helper = testing::Fork();
+  if (helper == 0) {
+    if (unshare(CLONE_NEWPID) != 0) _exit(3);
+    const pid_t inner = fork();  // pid 1 of the new namespace; /proc is still ours, the outer one
+    if (inner == 0) {
+      const uint64_t answers[2] = {static_cast<uint64_t>(getpid()), shm::OwnStartTicks()};
+      _exit(write(result[1], answers, sizeof answers) == sizeof answers ? 0 : 1);
+    }
+    int status = 0;
+    waitpid(inner, &status, 0);
+    _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 2);
+  }
+  close(result[1]);
+  uint64_t answers[2] = {0, 0};
+  const bool read_all = read(result[0], answers, sizeof answers) == sizeof answers;
+  close(result[0]);
+  const int exit_code = testing::WaitChild(helper);
+  if (exit_code == 3) {
+    MESSAGE("unshare(CLONE_NEWPID) refused here; skipped");
+    return;
+  }
+  CHECK(exit_code == 0);
+  REQUIRE(read_all);
+  CHECK(answers[0] == 1);
+  CHECK(answers[1] != shm::ProcessStartTicks(1));        // not the outer init's
+  CHECK(answers[1] >= shm::ProcessStartTicks(getpid()));  // ticks since boot, after ours
 }
 
 }  // namespace

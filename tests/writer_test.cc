@@ -222,21 +222,29 @@ TEST_CASE("segment files are 0600, exclusive, and named service.pid.start_ticks"
   CHECK(Writer::Create(options).status().code() == absl::StatusCode::kNotFound);
 }
 
-TEST_CASE("a symlink planted at the segment's name is refused, not followed") {
+TEST_CASE("a symlink or file planted at the segment's names is passed over, not followed, not replaced") {
   TempDir dir;
   const pid_t pid = getpid();
+  const uint64_t ticks = shm::OwnStartTicks();
   const std::string target = dir.path() + "/target";
   testing::WriteFile(target, "precious");
-  // Writers of one process are numbered: plant the link at the next number.
+  // Writers of one process are numbered: plant a file at the next number's
+  // temporary name (creation passes over it), and a link at the final name
+  // of the one after (publication passes over that).
   const uint32_t next_instance =
       shm::ParseSegmentFileName(std::filesystem::path(MakeWriter(dir)->path()).filename().string())->instance + 1;
-  const std::string link =
-      dir.path() + "/" + shm::SegmentFileName("unit", pid, shm::ProcessStartTicks(pid), next_instance);
+  const std::string temp = dir.path() + "/" + shm::TempSegmentFileName("unit", pid, ticks, next_instance);
+  testing::WriteFile(temp, "planted");
+  const std::string link = dir.path() + "/" + shm::SegmentFileName("unit", pid, ticks, next_instance + 1);
   REQUIRE(symlink(target.c_str(), link.c_str()) == 0);
-  WriterOptions options = testing::WriterIn(dir, "unit");
-  auto writer = Writer::Create(options);
-  CHECK(writer.status().code() == absl::StatusCode::kAlreadyExists);
+  auto writer = Writer::Create(testing::WriterIn(dir, "unit")).value();
+  CHECK(writer->path() == dir.path() + "/" + shm::SegmentFileName("unit", pid, ticks, next_instance + 2));
+  writer->AddCounter("jobs_total", "J.").value().WithLabels({}).value().inc(4);
+  auto segment = reader::Segment::Open(writer->path()).value();  // its header says instance next + 2
+  CHECK(segment->ScalarValue(segment->series().at(0)) == 4);
   CHECK(testing::ReadFile(target) == "precious");
+  CHECK(testing::ReadFile(temp) == "planted");
+  CHECK(std::filesystem::is_symlink(link));
 }
 
 TEST_CASE("no room for the file is a clear error at creation, not a SIGBUS later") {

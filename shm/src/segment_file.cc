@@ -135,7 +135,15 @@ uint64_t ProcessStartTicks(pid_t pid) {
 }
 
 uint64_t OwnStartTicks() {
-  if (const uint64_t ticks = ProcessStartTicks(getpid()); ticks != 0) return ticks;
+  // /proc tells only if it is of this process's pid namespace: in one
+  // whose /proc is the outer one (unshare --pid without a /proc of its
+  // own), /proc/<getpid()> is another process, the outer pid 1 say.
+  // No allocation: this runs in fork() children too.
+  char self[32] = {}, own[32] = {};
+  const ssize_t n = readlink("/proc/self", self, sizeof self - 1);
+  const int own_length = snprintf(own, sizeof own, "%d", static_cast<int>(getpid()));
+  const bool proc_is_ours = n > 0 && n == own_length && std::memcmp(self, own, static_cast<size_t>(n)) == 0;
+  if (const uint64_t ticks = proc_is_ours ? ProcessStartTicks(getpid()) : 0; ticks != 0) return ticks;
   timespec boot{};
   clock_gettime(CLOCK_BOOTTIME, &boot);
   const uint64_t ticks_per_second = static_cast<uint64_t>(std::max(1L, sysconf(_SC_CLK_TCK)));
@@ -333,15 +341,24 @@ absl::StatusOr<std::unique_ptr<WritableSegment>> WritableSegment::Create(const O
   auto segment = std::unique_ptr<WritableSegment>(new WritableSegment());
   segment->directory_ = options.directory.empty() ? DirectoryFromEnvironment() : options.directory;
   segment->mode_ = options.group_readable ? 0640 : 0600;
-  segment->instance_ = options.instance;
   const pid_t pid = getpid();
   const uint64_t start_ticks = OwnStartTicks();
-  segment->path_ = absl::StrCat(segment->directory_, "/",
-                                SegmentFileName(options.service, pid, start_ticks, options.instance));
-  segment->temp_path_ = absl::StrCat(segment->directory_, "/",
-                                     TempSegmentFileName(options.service, pid, start_ticks, options.instance));
+  segment->service_ = options.service;
+  segment->start_ticks_ = start_ticks;
+  // A name already taken (a file or link planted there, or a writer of
+  // another pid namespace with the same pid and start tick) is passed
+  // over for the next instance, kMaxInstanceTries times at most.
   int error = 0;
-  const int fd = CreateLockedFile(segment->temp_path_.c_str(), segment->mode_, plan.total_size_bytes, &error);
+  int fd = -1;
+  for (uint32_t attempt = 0; attempt < kMaxInstanceTries; ++attempt) {
+    segment->instance_ = options.instance + attempt;
+    segment->temp_path_ = absl::StrCat(
+        segment->directory_, "/", TempSegmentFileName(options.service, pid, start_ticks, segment->instance_));
+    fd = CreateLockedFile(segment->temp_path_.c_str(), segment->mode_, plan.total_size_bytes, &error);
+    if (fd >= 0 || error != EEXIST) break;
+  }
+  segment->path_ = absl::StrCat(segment->directory_, "/",
+                                SegmentFileName(options.service, pid, start_ticks, segment->instance_));
   if (fd < 0) {
     if (error == ENOSPC) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -357,7 +374,7 @@ absl::StatusOr<std::unique_ptr<WritableSegment>> WritableSegment::Create(const O
   segment->base_ = static_cast<std::byte*>(segment->region_->get_address());
   segment->size_bytes_ = plan.total_size_bytes;
   FillHeader(segment->header(), options.capacities, plan, options.service, static_cast<uint32_t>(pid), start_ticks,
-             options.instance, 0);
+             segment->instance_, 0);
   return segment;
 }
 
@@ -380,9 +397,16 @@ void WritableSegment::MarkReady() {
 
 absl::Status WritableSegment::Publish() {
   if (published_) return absl::OkStatus();
-  if (const int error = RenameNoReplace(temp_path_.c_str(), path_.c_str()); error != 0) {
-    return ErrnoStatus(error, absl::StrCat("publish ", temp_path_, " as ", path_));
+  int error = RenameNoReplace(temp_path_.c_str(), path_.c_str());
+  // The name is taken: the next instance's, recorded in the header first
+  // (no reader lists the temporary name, so none sees it change).
+  for (uint32_t attempt = 1; error == EEXIST && attempt < kMaxInstanceTries; ++attempt) {
+    ++instance_;
+    header().instance_plus_one = instance_ + 1;
+    path_ = absl::StrCat(directory_, "/", SegmentFileName(service_, header().pid, start_ticks_, instance_));
+    error = RenameNoReplace(temp_path_.c_str(), path_.c_str());
   }
+  if (error != 0) return ErrnoStatus(error, absl::StrCat("publish ", temp_path_, " as ", path_));
   published_ = true;
   return absl::OkStatus();
 }
@@ -441,6 +465,7 @@ void WritableSegment::DetachInForkChild(const ForkSnapshot& snapshot) {
 absl::Status WritableSegment::ReplaceInForkChild(const ForkSnapshot& snapshot) {
   const pid_t pid = getpid();
   const uint64_t start_ticks = OwnStartTicks();
+  start_ticks_ = start_ticks;
   // The parent's file and lock are the parent's: this process lets go of
   // its inherited descriptor whatever happens next.
   if (fd_ >= 0) close(fd_);

@@ -60,8 +60,8 @@ std::string DirectoryFromEnvironment();
 uint64_t ProcessStartTicks(pid_t pid);
 // This process's start ticks for its segment's name and header: as
 // ProcessStartTicks(getpid()), or, when /proc cannot tell (no /proc in a
-// sandbox, no descriptor left), the ticks since boot now (CLOCK_BOOTTIME,
-// at least 1). Never 0: a name with 0 would be the next name of any later
+// sandbox, a /proc of another pid namespace, no descriptor left), the
+// ticks since boot now (CLOCK_BOOTTIME, at least 1). Never 0: a name with 0 would be the next name of any later
 // process given the same pid, and that one's segment would be taken for
 // the retired one.
 uint64_t OwnStartTicks();
@@ -144,8 +144,11 @@ class WritableSegment {
   // creates the file (O_CREAT|O_EXCL|O_NOFOLLOW), takes the writer's flock,
   // sets the mode, allocates every byte, maps it and writes the header with
   // state kInitializing. The caller lays out its tables, calls MarkReady()
-  // and then Publish(). Errors: InvalidArgument (bad service name or
-  // capacities), AlreadyExists, ResourceExhausted (no space: ENOSPC from
+  // and then Publish(). A name already taken (a planted file or link, a
+  // writer of another pid namespace with the same pid and start tick) is
+  // passed over for the next instance. Errors: InvalidArgument (bad service
+  // name or capacities), AlreadyExists (64 names in a row taken),
+  // ResourceExhausted (no space: ENOSPC from
   // posix_fallocate), PermissionDenied, NotFound (directory), Internal
   // (anything else).
   static absl::StatusOr<std::unique_ptr<WritableSegment>> Create(const Options& options);
@@ -157,15 +160,18 @@ class WritableSegment {
 
   std::byte* base() const { return base_; }
   uint64_t size_bytes() const { return size_bytes_; }
-  // The final name, "<directory>/shmetrics.<service>.<pid>.<start_ticks>.<instance>".
+  // The final name, "<directory>/shmetrics.<service>.<pid>.<start_ticks>.<instance>"
+  // (Publish() may move on to a later instance).
   const std::string& path() const { return path_; }
   SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }
 
   void MarkReady();
   // Gives the file its final name in one step (renameat2 RENAME_NOREPLACE;
   // link + unlink where the filesystem lacks it): readers see the complete
-  // segment or nothing. Errors: AlreadyExists (something has that name, a
-  // symlink say: never replaced), others as ErrnoStatus.
+  // segment or nothing. Something already there (a symlink, say) is never
+  // replaced: the next instance's name is taken instead, and recorded in the
+  // header. Errors: AlreadyExists (64 names in a row taken), others as
+  // ErrnoStatus.
   absl::Status Publish();
   void MarkClosed();
   // Deletes the published file (the mapping stays valid until destruction).
@@ -204,6 +210,9 @@ class WritableSegment {
   uint64_t size_bytes_ = 0;
   mode_t mode_ = 0600;
   uint32_t instance_ = 0;
+  std::string service_;
+  uint64_t start_ticks_ = 0;
+  static constexpr uint32_t kMaxInstanceTries = 64;
 };
 
 // A read-only view of a segment file's bytes. Never writes; opens the path
