@@ -1328,17 +1328,14 @@ void StateSet::Store(uint64_t cell_value) const {
   std::atomic_ref<uint64_t>(shared[cell_]).store(cell_value, std::memory_order_relaxed);
 }
 
-void NativeHistogram::ObserveSlow(uint32_t bucket_cell, bool out_of_range, double value) const {
+void NativeHistogram::ObserveSlow(uint32_t bucket_cell, bool out_of_range, double value, uint32_t classic) const {
   internal::AddSlow(slot_, cell_ + bucket_cell, uint64_t{1});
   internal::AddSlow(slot_, cell_ + shm::kNativeSumCell, value);
   if (out_of_range) {
     internal::AddSlow(slot_, cell_ + shm::kNativeOutOfRangeCell, uint64_t{1});
     internal::NoteOutOfRange(slot_);
   }
-  if (classic_count_ != 0) {
-    const uint32_t classic = internal::BucketIndex(classic_bounds_, classic_padded_, classic_count_, value);
-    internal::AddSlow(slot_, cell_ + classic_first_cell_ + classic, uint64_t{1});
-  }
+  if (classic_count_ != 0) internal::AddSlow(slot_, cell_ + classic_first_cell_ + classic, uint64_t{1});
 }
 
 #define SHMETRICS_WITH_LABELS(Family, Handle)                                               \

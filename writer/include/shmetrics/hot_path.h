@@ -327,7 +327,25 @@ class Histogram {
 class NativeHistogram {
  public:
   NativeHistogram() = default;
-  void observe(double value) const {
+  void observe(double value) const { ObserveIn(value, ClassicBucket(value)); }
+  // The same, with an exemplar in the value's classic bucket (the only
+  // one, +Inf, without classic bounds); kept when the family has exemplars on.
+  void observe(double value, const Exemplar& exemplar) const {
+    const uint32_t classic = ClassicBucket(value);
+    ObserveIn(value, classic);
+    if (exemplar_ != internal::kNoExemplar) internal::WriteExemplar(slot_, exemplar_ + classic, value, exemplar);
+  }
+  bool valid() const { return valid_; }
+
+ private:
+  friend class Writer;
+  // The value's classic bucket; 0 without classic bounds (the exemplar's
+  // one slot then).
+  uint32_t ClassicBucket(double value) const {
+    return classic_count_ == 0 ? 0 : internal::BucketIndex(classic_bounds_, classic_padded_, classic_count_, value);
+  }
+  // Counts `value`, whose classic bucket is `classic` (unused without classic bounds).
+  void ObserveIn(double value, uint32_t classic) const {
     const double magnitude = std::fabs(value);
     uint32_t bucket_cell = shm::kNativeZeroCell;
     bool out_of_range = false;
@@ -352,27 +370,13 @@ class NativeHistogram {
         internal::NoteOutOfRange(slot_);
       }
       if (classic_count_ != 0) {
-        const uint32_t classic = internal::BucketIndex(classic_bounds_, classic_padded_, classic_count_, value);
         internal::AddToOwnedCell<uint64_t>(lane, cell_ + classic_first_cell_ + classic, uint64_t{1});
       }
     } else {
-      ObserveSlow(bucket_cell, out_of_range, value);
+      ObserveSlow(bucket_cell, out_of_range, value, classic);
     }
   }
-  // The same, with an exemplar in the value's classic bucket (the only
-  // one, +Inf, without classic bounds); kept when the family has exemplars on.
-  void observe(double value, const Exemplar& exemplar) const {
-    observe(value);
-    if (exemplar_ == internal::kNoExemplar) return;
-    const uint32_t bucket =
-        classic_count_ == 0 ? 0 : internal::BucketIndex(classic_bounds_, classic_padded_, classic_count_, value);
-    internal::WriteExemplar(slot_, exemplar_ + bucket, value, exemplar);
-  }
-  bool valid() const { return valid_; }
-
- private:
-  friend class Writer;
-  void ObserveSlow(uint32_t bucket_cell, bool out_of_range, double value) const;
+  void ObserveSlow(uint32_t bucket_cell, bool out_of_range, double value, uint32_t classic) const;
   uint32_t slot_ = internal::kUnsetSlot;
   uint32_t cell_ = 0;
   uint32_t exemplar_ = internal::kNoExemplar;
