@@ -117,27 +117,28 @@ absl::Status Segment::ValidateHeader(const Options& options) {
   const size_t name_length = strnlen(header_.service_name, sizeof header_.service_name);
   const absl::string_view service(header_.service_name, name_length);
   if (!shm::IsValidServiceName(service)) return Corrupt(file, "invalid service name");
-  // A segment speaks for the service its file is named after, and only
-  // that one: a header naming another service would let one tenant's
-  // series pass for another's.
-  const std::optional<shm::SegmentFileId> id = shm::ParseSegmentFileName(file.substr(file.rfind('/') + 1));
-  if (id.has_value() && id->service != service) {
-    return absl::FailedPreconditionError(absl::StrCat(file, ": header names service '", service,
-                                                      "' but the file name says '", id->service, "'"));
-  }
-  // Nor for another process: a copy of a live segment under another name
-  // would count its values twice, and once more when both are retired.
-  if (id.has_value() && (id->pid != header_.pid || id->start_ticks != header_.process_start_ticks)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        file, ": header names process ", header_.pid, " started at tick ", header_.process_start_ticks,
-        " but the file name says ", id->pid, " at tick ", id->start_ticks, " (a copy of another segment?)"));
-  }
-  // Nor for another of its writers: the instance (recorded by writers
-  // since it was added; 0 before, not checked).
-  if (id.has_value() && header_.instance_plus_one != 0 && header_.instance_plus_one != uint64_t{id->instance} + 1) {
-    return absl::FailedPreconditionError(absl::StrCat(file, ": header names writer instance ",
-                                                      header_.instance_plus_one - 1, " but the file name says ",
-                                                      id->instance, " (a copy of another segment?)"));
+  // A segment speaks for the writer its file is named after, and only
+  // that one. Another service: one tenant's series would pass for
+  // another's. Another process, or another writer of it (the instance,
+  // recorded by writers since it was added; 0 before, not checked): a copy
+  // of a live segment under another name would count its values twice, and
+  // once more when both are retired. A file not named like a segment
+  // (opened by path, say) has nothing to compare.
+  if (const std::optional<shm::SegmentFileId> id = shm::ParseSegmentFileName(file.substr(file.rfind('/') + 1))) {
+    if (id->service != service) {
+      return absl::FailedPreconditionError(absl::StrCat(file, ": header names service '", service,
+                                                        "' but the file name says '", id->service, "'"));
+    }
+    if (id->pid != header_.pid || id->start_ticks != header_.process_start_ticks) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          file, ": header names process ", header_.pid, " started at tick ", header_.process_start_ticks,
+          " but the file name says ", id->pid, " at tick ", id->start_ticks, " (a copy of another segment?)"));
+    }
+    if (header_.instance_plus_one != 0 && header_.instance_plus_one != uint64_t{id->instance} + 1) {
+      return absl::FailedPreconditionError(absl::StrCat(file, ": header names writer instance ",
+                                                        header_.instance_plus_one - 1, " but the file name says ",
+                                                        id->instance, " (a copy of another segment?)"));
+    }
   }
   if (header_.lane_count < 2) return Corrupt(file, "lane count below 2");
   shm::Capacities capacities;

@@ -343,8 +343,6 @@ absl::StatusOr<std::unique_ptr<WritableSegment>> WritableSegment::Create(const O
   segment->mode_ = options.group_readable ? 0640 : 0600;
   const pid_t pid = getpid();
   const uint64_t start_ticks = OwnStartTicks();
-  segment->service_ = options.service;
-  segment->start_ticks_ = start_ticks;
   // A name already taken (a file or link planted there, or a writer of
   // another pid namespace with the same pid and start tick) is passed
   // over for the next instance, kMaxInstanceTries times at most.
@@ -400,10 +398,12 @@ absl::Status WritableSegment::Publish() {
   int error = RenameNoReplace(temp_path_.c_str(), path_.c_str());
   // The name is taken: the next instance's, recorded in the header first
   // (no reader lists the temporary name, so none sees it change).
+  const SegmentHeader& h = header();
+  const absl::string_view service(h.service_name, strnlen(h.service_name, sizeof h.service_name));
   for (uint32_t attempt = 1; error == EEXIST && attempt < kMaxInstanceTries; ++attempt) {
     ++instance_;
     header().instance_plus_one = instance_ + 1;
-    path_ = absl::StrCat(directory_, "/", SegmentFileName(service_, header().pid, start_ticks_, instance_));
+    path_ = absl::StrCat(directory_, "/", SegmentFileName(service, h.pid, h.process_start_ticks, instance_));
     error = RenameNoReplace(temp_path_.c_str(), path_.c_str());
   }
   if (error != 0) return ErrnoStatus(error, absl::StrCat("publish ", temp_path_, " as ", path_));
@@ -465,7 +465,6 @@ void WritableSegment::DetachInForkChild(const ForkSnapshot& snapshot) {
 absl::Status WritableSegment::ReplaceInForkChild(const ForkSnapshot& snapshot) {
   const pid_t pid = getpid();
   const uint64_t start_ticks = OwnStartTicks();
-  start_ticks_ = start_ticks;
   // The parent's file and lock are the parent's: this process lets go of
   // its inherited descriptor whatever happens next.
   if (fd_ >= 0) close(fd_);

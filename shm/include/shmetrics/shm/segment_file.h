@@ -61,9 +61,9 @@ uint64_t ProcessStartTicks(pid_t pid);
 // This process's start ticks for its segment's name and header: as
 // ProcessStartTicks(getpid()), or, when /proc cannot tell (no /proc in a
 // sandbox, a /proc of another pid namespace, no descriptor left), the
-// ticks since boot now (CLOCK_BOOTTIME, at least 1). Never 0: a name with 0 would be the next name of any later
-// process given the same pid, and that one's segment would be taken for
-// the retired one.
+// ticks since boot now (CLOCK_BOOTTIME, at least 1). Never 0: a name with
+// 0 would be the next name of any later process given the same pid, and
+// that one's segment would be taken for the retired one.
 uint64_t OwnStartTicks();
 uint64_t NowUnixNs();
 
@@ -210,8 +210,6 @@ class WritableSegment {
   uint64_t size_bytes_ = 0;
   mode_t mode_ = 0600;
   uint32_t instance_ = 0;
-  std::string service_;
-  uint64_t start_ticks_ = 0;
   static constexpr uint32_t kMaxInstanceTries = 64;
 };
 
