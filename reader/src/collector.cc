@@ -124,6 +124,15 @@ void Collector::State::LogOnce(const std::string& path, ProblemKind kind, const 
   }
 }
 
+bool Collector::State::ForgetFolded(absl::FunctionRef<bool(const std::string&)> gone) {
+  if (std::none_of(archive->folded().begin(), archive->folded().end(), gone)) return false;
+  auto pruned = std::make_shared<Archive>(*archive);  // copied only when there is something to forget
+  if (!pruned->PruneFolded(gone) || !pruned->Save(archive_path).ok()) return false;
+  archive = std::move(pruned);
+  archive_stamp = StampOf(archive_path);
+  return true;
+}
+
 void Collector::State::Publish() {
   auto view = std::make_shared<View>();
   view->index = built;
@@ -444,14 +453,7 @@ absl::Status Collector::State::ScanLocked() {
         s.segments.erase(name);
         ++s.counters.segments_retired_total;
       }
-      if (!replaced.empty()) {
-        auto pruned = std::make_shared<Archive>(*s.archive);
-        if (pruned->PruneFolded([&](const std::string& name) { return replaced.contains(name); }) &&
-            pruned->Save(s.archive_path).ok()) {
-          s.archive = std::move(pruned);
-          s.archive_stamp = StampOf(s.archive_path);
-        }
-      }
+      s.ForgetFolded([&](const std::string& name) { return replaced.contains(name); });
     } else {
       // Nothing was removed: reload the archive as it is on disk, so the
       // folded values are not counted twice, and count the segments live.
@@ -475,15 +477,7 @@ absl::Status Collector::State::ScanLocked() {
   }
   // Names of files that are gone can never be folded again: forget them,
   // and only them, so the list stays as long as it must and no longer.
-  const auto gone = [&](const std::string& name) { return !listed.contains(name); };
-  if (retiring && std::any_of(s.archive->folded().begin(), s.archive->folded().end(), gone)) {
-    auto pruned = std::make_shared<Archive>(*s.archive);  // copied only when there is something to forget
-    if (pruned->PruneFolded(gone) && pruned->Save(s.archive_path).ok()) {
-      s.archive = std::move(pruned);
-      s.archive_stamp = StampOf(s.archive_path);
-      changed = true;
-    }
-  }
+  if (retiring) changed |= s.ForgetFolded([&](const std::string& name) { return !listed.contains(name); });
   // Forget what was logged about files that are gone: bounded by the
   // directory, and a file that comes back is reported again.
   std::erase_if(s.logged, [&](const auto& entry) {

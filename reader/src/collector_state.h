@@ -148,6 +148,10 @@ struct Collector::State {
               const std::string& error);
   void LogOnce(const std::string& path, ProblemKind kind, const std::string& error);
 
+  // Forgets the folded names for which `gone` is true and saves the
+  // archive (copy on write); whether it did.
+  bool ForgetFolded(absl::FunctionRef<bool(const std::string&)> gone);
+
   void Log(absl::string_view sentence) const;  // options.log, or stderr
   absl::Status LoadArchive();  // from archive_path, with the trust rules
   void RebuildIndex();         // index.cc
