@@ -38,12 +38,6 @@ pid_t GaugeWriter(const TempDir& dir, double value) {
   return child;
 }
 
-std::string Render(reader::Collector& collector) {
-  REQUIRE(collector.Scan().ok());
-  std::string out;
-  collector.Render(reader::ExpositionFormat::kPrometheusText, &out);
-  return out;
-}
 
 TEST_CASE("gauge merge modes: live sum, sum, max, min and per process, before and after a writer dies") {
   TempDir dir;
@@ -52,7 +46,7 @@ TEST_CASE("gauge merge modes: live sum, sum, max, min and per process, before an
   reader::CollectorOptions options;
   options.directory = dir.path();
   auto collector = reader::Collector::Create(options).value();
-  const std::string both = Render(*collector);
+  const std::string both = testing::ScanAndRender(*collector);
   CHECK(absl::StrContains(both, "g_live_sum{service=\"svc\"} 10\n"));
   CHECK(absl::StrContains(both, "g_sum{service=\"svc\"} 10\n"));
   CHECK(absl::StrContains(both, "g_max{service=\"svc\"} 7\n"));
@@ -62,7 +56,7 @@ TEST_CASE("gauge merge modes: live sum, sum, max, min and per process, before an
 
   kill(seven, SIGKILL);
   testing::WaitChild(seven);
-  const std::string after = Render(*collector);  // retires the dead writer
+  const std::string after = testing::ScanAndRender(*collector);  // retires the dead writer
   CHECK(collector->Counters().segments_retired_total == 1);
   CHECK(absl::StrContains(after, "g_live_sum{service=\"svc\"} 3\n"));  // the dead no longer count
   CHECK(absl::StrContains(after, "g_sum{service=\"svc\"} 10\n"));      // kept through the archive

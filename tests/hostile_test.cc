@@ -333,6 +333,13 @@ TEST_CASE("control characters from a segment print escaped in tail, top and dump
 namespace shmetrics {
 namespace {
 
+// The errors of the collector's problems, in its order.
+std::vector<std::string> ProblemErrors(const reader::Collector& collector) {
+  std::vector<std::string> errors;
+  for (const reader::Problem& problem : collector.Problems()) errors.push_back(problem.error);
+  return errors;
+}
+
 // Counts the opens of files in a directory (inotify IN_OPEN): what a scan
 // opened, read after it returned (the kernel queues the event at the open).
 class OpenWatch {
@@ -375,13 +382,8 @@ TEST_CASE("a refused file is not opened again by every scan, only once it change
   options.directory = dir.path();
   auto collector = reader::Collector::Create(options).value();
   auto scan = [&] {
-    REQUIRE(collector->Scan().ok());
-    std::vector<std::string> errors;
-    for (const reader::Problem& problem : collector->Problems()) errors.push_back(problem.error);
-    std::string out;
-    collector->Render(reader::ExpositionFormat::kPrometheusText, &out);
-    CHECK(absl::StrContains(out, "hits_total{service=\"api\"} 3\n"));
-    return errors;
+    CHECK(absl::StrContains(testing::ScanAndRender(*collector), "hits_total{service=\"api\"} 3\n"));
+    return ProblemErrors(*collector);
   };
   const std::vector<std::string> bad_magic = {junk + ": not a shmetrics segment (bad magic)"};
   for (int i = 0; i < 5; ++i) CHECK(scan() == bad_magic);
@@ -423,10 +425,7 @@ TEST_CASE("a copy of a live segment under another process's name is refused, not
   options.directory = dir.path();
   options.retire_dead = false;
   auto collector = reader::Collector::Create(options).value();
-  REQUIRE(collector->Scan().ok());
-  std::string out;
-  collector->Render(reader::ExpositionFormat::kPrometheusText, &out);
-  CHECK(absl::StrContains(out, "hits_total{service=\"api\"} 3\n"));
+  CHECK(absl::StrContains(testing::ScanAndRender(*collector), "hits_total{service=\"api\"} 3\n"));
   const std::vector<reader::Problem> problems = collector->Problems();
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].error == absl::StrCat(copy, ": header names process ", pid, " started at tick ", ticks,
@@ -445,10 +444,7 @@ TEST_CASE("a copy of a live segment under another process's name is refused, not
     testing::WriteFile(name, testing::ReadFile(writer->path()));
     REQUIRE(chmod(name.c_str(), 0600) == 0);
   }
-  REQUIRE(collector->Scan().ok());
-  out.clear();
-  collector->Render(reader::ExpositionFormat::kPrometheusText, &out);
-  CHECK(absl::StrContains(out, "hits_total{service=\"api\"} 3\n"));
+  CHECK(absl::StrContains(testing::ScanAndRender(*collector), "hits_total{service=\"api\"} 3\n"));
   CHECK(collector->Counters().segments_alive == 1);
   const std::vector<reader::Problem> now = collector->Problems();
   REQUIRE(now.size() == 1);
@@ -464,12 +460,7 @@ TEST_CASE("junk moved over a live segment's name is read and reported, and never
   reader::CollectorOptions options;
   options.directory = dir.path();
   auto collector = reader::Collector::Create(options).value();
-  auto render = [&] {
-    REQUIRE(collector->Scan().ok());
-    std::string out;
-    collector->Render(reader::ExpositionFormat::kPrometheusText, &out);
-    return out;
-  };
+  auto render = [&] { return testing::ScanAndRender(*collector); };
   CHECK(absl::StrContains(render(), "hits_total{service=\"api\"} 3\n"));
   testing::WriteFile(dir.path() + "/junk", std::string(8192, 'X'));
   REQUIRE(chmod((dir.path() + "/junk").c_str(), 0600) == 0);
@@ -477,11 +468,7 @@ TEST_CASE("junk moved over a live segment's name is read and reported, and never
   // Read as what it is now, as if the segment had been removed.
   CHECK(!absl::StrContains(render(), "hits_total"));
   const std::vector<std::string> bad_magic = {path + ": not a shmetrics segment (bad magic)"};
-  auto errors = [&] {
-    std::vector<std::string> out;
-    for (const reader::Problem& problem : collector->Problems()) out.push_back(problem.error);
-    return out;
-  };
+  auto errors = [&] { return ProblemErrors(*collector); };
   CHECK(errors() == bad_magic);
   CHECK(collector->Counters().segments_alive == 0);
   writer->Close();

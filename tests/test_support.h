@@ -17,6 +17,9 @@
 #include <string>
 #include <vector>
 
+#include <doctest/doctest.h>
+
+#include "shmetrics/collector.h"
 #include "shmetrics/reader.h"
 #include "shmetrics/writer.h"
 
@@ -71,6 +74,14 @@ inline std::string AsWrittenBy(std::string bytes, uint32_t pid, uint64_t start_t
   std::memcpy(bytes.data() + offsetof(shm::SegmentHeader, instance_plus_one), &instance_plus_one,
               sizeof instance_plus_one);
   return bytes;
+}
+
+// Scans, then renders the Prometheus text exposition.
+inline std::string ScanAndRender(reader::Collector& collector) {
+  REQUIRE(collector.Scan().ok());
+  std::string out;
+  collector.Render(reader::ExpositionFormat::kPrometheusText, &out);
+  return out;
 }
 
 // Writer options for a test's own directory.

@@ -27,12 +27,6 @@ constexpr uid_t kNobody = 65534;
 
 void Jobs(Writer& writer) { writer.AddCounter("jobs_total", "Jobs.").value().WithLabels({}).value().add(100); }
 
-std::string Render(reader::Collector& collector) {
-  REQUIRE(collector.Scan().ok());
-  std::string out;
-  collector.Render(reader::ExpositionFormat::kPrometheusText, &out);
-  return out;
-}
 
 double JobsTotal(const reader::Collector& collector) {
   for (const auto& series : collector.Snapshot()) {
@@ -98,7 +92,7 @@ TEST_CASE("a planted archive (symlink, FIFO, mode 0644, another owner) is never 
     options.directory = dir.path();
     options.retire_dead = false;
     auto viewer = reader::Collector::Create(options).value();
-    const std::string seen = Render(*viewer);
+    const std::string seen = testing::ScanAndRender(*viewer);
     CHECK(absl::StrContains(seen, "jobs_total{service=\"batch\"} 100\n"));
     CHECK_FALSE(absl::StrContains(seen, "forged_total"));
     auto problems = viewer->Problems();
@@ -110,7 +104,7 @@ TEST_CASE("a planted archive (symlink, FIFO, mode 0644, another owner) is never 
     // never unlinks the live segment it names, and serves no forged value.
     options.retire_dead = true;
     auto retirer = reader::Collector::Create(options).value();
-    const std::string served = Render(*retirer);
+    const std::string served = testing::ScanAndRender(*retirer);
     CHECK(absl::StrContains(served, "jobs_total{service=\"batch\"} 100\n"));
     CHECK_FALSE(absl::StrContains(served, "forged_total"));
     CHECK(std::filesystem::exists(segment));
@@ -122,7 +116,7 @@ TEST_CASE("a planted archive (symlink, FIFO, mode 0644, another owner) is never 
     CHECK(retirer->Counters().retiring);
     // And it retires into a fresh archive of its own.
     writer.Kill9();
-    CHECK(absl::StrContains(Render(*retirer), "jobs_total{service=\"batch\"} 100\n"));
+    CHECK(absl::StrContains(testing::ScanAndRender(*retirer), "jobs_total{service=\"batch\"} 100\n"));
     CHECK_FALSE(std::filesystem::exists(segment));
     struct stat st {};
     REQUIRE(lstat(archive.c_str(), &st) == 0);
@@ -149,7 +143,7 @@ TEST_CASE("an archive owned by a uid trusted for segments is still not trusted")
   options.retire_dead = false;
   options.segment.mapping.trusted_uids = {kNobody};
   auto viewer = reader::Collector::Create(options).value();
-  const std::string seen = Render(*viewer);
+  const std::string seen = testing::ScanAndRender(*viewer);
   CHECK(absl::StrContains(seen, "jobs_total{service=\"batch\"} 100\n"));  // the live segment is not dropped
   CHECK_FALSE(absl::StrContains(seen, "forged_total"));
   REQUIRE(viewer->Problems().size() == 1);
@@ -194,7 +188,7 @@ TEST_CASE("a planted lock file turns retirement off: segments are served and nev
   auto collector = reader::Collector::Create(options).value();
   CHECK_FALSE(collector->Counters().retiring);
   writer.Kill9();
-  CHECK(absl::StrContains(Render(*collector), "jobs_total{service=\"batch\"} 100\n"));
+  CHECK(absl::StrContains(testing::ScanAndRender(*collector), "jobs_total{service=\"batch\"} 100\n"));
   CHECK(dir.SegmentPaths().size() == 1);  // dead, but not removed
   const auto problems = collector->Problems();
   REQUIRE(problems.size() == 1);
@@ -216,7 +210,7 @@ TEST_CASE("a segment owned by another uid is refused by every reader, root inclu
   options.directory = dir.path();
   options.retire_dead = false;
   auto strict = reader::Collector::Create(options).value();
-  CHECK_FALSE(absl::StrContains(Render(*strict), "jobs_total"));
+  CHECK_FALSE(absl::StrContains(testing::ScanAndRender(*strict), "jobs_total"));
   const auto problems = strict->Problems();
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].kind == reader::ProblemKind::kUntrusted);
@@ -224,7 +218,7 @@ TEST_CASE("a segment owned by another uid is refused by every reader, root inclu
 
   options.segment.mapping.trusted_uids = {kNobody};
   auto trusting = reader::Collector::Create(options).value();
-  CHECK(absl::StrContains(Render(*trusting), "jobs_total{service=\"batch\"} 100\n"));
+  CHECK(absl::StrContains(testing::ScanAndRender(*trusting), "jobs_total{service=\"batch\"} 100\n"));
   CHECK(trusting->Problems().empty());
 
   // The CLI says "untrusted" and exits 4, not "corrupt" and 5.
